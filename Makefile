@@ -1,0 +1,34 @@
+# fednas: `make run` (default scenario) and `make test` (whole suite) each install what is
+# missing into .venv first (scripts/install.sh: Python deps, learn2learn fix, Debian data).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fednas-installed
+SCENARIO ?= simulations/quickstart.toml
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install run test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.txt scripts/install.sh
+	bash scripts/install.sh
+
+run: $(STAMP)
+	$(VENV)/bin/fednas run $(SCENARIO) $(ARGS)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/search_cost.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

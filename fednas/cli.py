@@ -1,0 +1,131 @@
+"""The ``fednas`` command line. User errors print one line and exit 2 (no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from fednas.errors import FedNASError
+
+EPILOG = """examples:
+  fednas run simulations/quickstart.toml
+  fednas run simulations/quickstart.toml --set search.epochs=2 --set data.dataset=digits
+  fednas config simulations/quickstart.toml --keys
+  fednas datasets
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fednas", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Simulate federated and few-shot neural architecture search.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a scenario (search, retrain, baseline) into runs/",
+                         description="Run every phase of a scenario and write a run directory "
+                                     "(config, metrics.jsonl, genotype.json, weights, "
+                                     "summary.json, plots).")
+    run.add_argument("scenario", type=Path, help="scenario TOML file, e.g. "
+                     "simulations/quickstart.toml")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key (TOML value syntax), repeatable: "
+                          "--set search.epochs=2 --set space.cell.ops='[\"skip_connect\"]'")
+    run.add_argument("--out-dir", help="parent of the run directory (runtime.out-dir)")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    cfg = sub.add_parser("config", help="print the resolved configuration of a scenario",
+                         description="Validate a scenario and print it with every default.")
+    cfg.add_argument("scenario", type=Path, nargs="?", help="scenario TOML (default: defaults)")
+    cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    cfg.add_argument("--keys", action="store_true", help="list every key with its doc")
+
+    sub.add_parser("datasets", help="list the dataset names fednas can load",
+                   description="List registered datasets and the npz:/folder: forms.")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fednas.config import load_config
+    from fednas.pipeline import Pipeline
+    from fednas.report import print_summary
+
+    overrides = list(args.overrides)
+    if args.out_dir:
+        overrides.append(f"runtime.out-dir={args.out_dir!r}".replace("'", '"'))
+    if args.quiet:
+        overrides.append("runtime.progress=false")
+    cfg = load_config(args.scenario, overrides)
+    console = Console()
+    run_dir, summary = Pipeline(cfg, Console(stderr=True)).run()
+    print_summary(summary, console)
+    console.print(f"run dir: {run_dir}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from fednas.config import RunConfig, load_config
+    from fednas.configtools import dumps_toml, to_dict, to_kebab
+
+    cfg = load_config(args.scenario, args.overrides)
+    if not args.keys:
+        print(dumps_toml(to_dict(cfg)), end="")
+        return 0
+
+    def walk(obj, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = prefix + to_kebab(f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, key + ".")
+                continue
+            meta = f.metadata
+            limits = [f"{w} {meta[k]}" for k, w in (("ge", ">="), ("gt", ">"), ("le", "<="),
+                                                    ("lt", "<")) if meta.get(k) is not None]
+            if meta.get("choices"):
+                limits.append(f"one of {list(meta['choices'])}")
+            if meta.get("subset_of"):
+                limits.append(f"subset of {list(meta['subset_of'])}")
+            extra = f"  [{', '.join(limits)}]" if limits else ""
+            print(f"{key} = {value!r}  # {meta.get('doc', '')}{extra}")
+
+    walk(cfg if isinstance(cfg, RunConfig) else cfg, "")
+    return 0
+
+
+def cmd_datasets(_: argparse.Namespace) -> int:
+    from fednas.data import available_datasets
+
+    for name in available_datasets():
+        print(name)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        import fednas
+
+        print(f"fednas {fednas.__version__}")
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    handler = {"run": cmd_run, "config": cmd_config, "datasets": cmd_datasets}[args.command]
+    try:
+        return handler(args)
+    except FedNASError as exc:
+        print(f"fednas: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fednas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

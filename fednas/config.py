@@ -1,0 +1,171 @@
+"""The run configuration: one frozen dataclass tree loaded from a TOML scenario.
+
+Scenario files use kebab-case keys (``[search] arch-lr = 3e-3``); Python uses snake_case.
+``load_config(path, overrides=["search.epochs=2"])`` validates everything before any work:
+unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fednas.configtools import apply_override, from_dict, option, parse_override, section
+from fednas.errors import ConfigError
+from fednas.ops import DARTS_OPS, OPS
+
+PHASES = ("search", "retrain", "baseline")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = option("fashion-mnist", doc="registry name, or npz:PATH / folder:PATH")
+    root: str = option("~/.cache/fednas", doc="cache dir for downloads and rendered glyphs")
+    val_fraction: float = option(0.1, gt=0.0, lt=1.0, doc="share of train held out as val")
+    download: bool = option(True, doc="allow torchvision downloads when files are missing")
+    max_train: int = option(0, ge=0, doc="subsample train to this many (0 = all)")
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    num_clients: int = option(10, ge=1, doc="number of simulated clients")
+    scheme: str = option("dirichlet", choices=("iid", "dirichlet", "pathological"))
+    alpha: float = option(0.5, gt=0.0, doc="Dirichlet concentration (smaller = more non-IID)")
+    classes_per_client: int = option(2, ge=1, doc="classes per client for 'pathological'")
+    client_val_fraction: float = option(0.2, gt=0.0, lt=1.0, doc="each client's val split")
+    min_partition_size: int = option(10, ge=1, doc="Dirichlet resamples below this size")
+
+
+@dataclass(frozen=True)
+class CellSpaceConfig:
+    channels: int = option(8, ge=2, doc="channels of the first cell (even)")
+    layers: int = option(4, ge=1, doc="number of cells")
+    nodes: int = option(4, ge=1, doc="intermediate nodes per cell")
+    stem_stride: int = option(2, choices=(1, 2), doc="2: search 28×28 inputs at 14×14")
+    ops: tuple[str, ...] = option(DARTS_OPS, subset_of=tuple(OPS), doc="candidate ops")
+
+    def check(self) -> None:
+        if self.channels % 2:
+            raise ConfigError(f"space.cell.channels: must be even (got {self.channels})")
+
+
+@dataclass(frozen=True)
+class WidthSpaceConfig:
+    depth: int = option(20, ge=8, doc="ResNet depth, 6n+2 (20, 32, 44, 56, 110)")
+    base_channels: int = option(16, ge=1, doc="channels of the first stage")
+    width_choices: tuple[float, ...] = option((0.25, 0.5, 0.75, 1.0), gt=0.0, le=1.0)
+    stem_stride: int = option(1, choices=(1, 2))
+
+    def check(self) -> None:
+        if (self.depth - 2) % 6:
+            raise ConfigError(f"space.width.depth: must be 6n+2, e.g. 20, 32, 56 "
+                              f"(got {self.depth})")
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    name: str = option("cell", choices=("cell", "width"), doc="which search space")
+    cell: CellSpaceConfig = section(CellSpaceConfig)
+    width: WidthSpaceConfig = section(WidthSpaceConfig)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for :func:`fednas.search_space.build_space`."""
+        sub = self.cell if self.name == "cell" else self.width
+        return {k: getattr(sub, k) for k in sub.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    epochs: int = option(1, ge=0, doc="passes over the train split")
+    steps_per_epoch: int = option(0, ge=0, doc="cap on steps per epoch (0 = full pass)")
+    batch_size: int = option(64, ge=1)
+    lr: float = option(0.05, gt=0.0, doc="weight SGD lr (cosine-annealed)")
+    lr_min: float = option(1e-3, ge=0.0)
+    momentum: float = option(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = option(3e-4, ge=0.0)
+    arch_lr: float = option(3e-3, gt=0.0, doc="α Adam lr")
+    arch_weight_decay: float = option(1e-3, ge=0.0)
+    grad_clip: float = option(5.0, gt=0.0)
+    warmup_epochs: float = option(0.0, ge=0.0, doc="weight-only epochs before α updates")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = option(3, ge=0)
+    batch_size: int = option(128, ge=1)
+    optimizer: str = option("sgd", choices=("sgd", "adam"))
+    lr: float = option(0.05, gt=0.0)
+    momentum: float = option(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = option(3e-4, ge=0.0)
+    schedule: str = option("cosine", choices=("cosine", "constant", "onecycle"))
+    grad_clip: float = option(5.0, gt=0.0)
+    label_smoothing: float = option(0.0, ge=0.0, lt=1.0)
+    inherit_weights: bool = option(True, doc="start from the supernet's weights")
+    channels: int = option(0, ge=0, doc="cell space: retrain width (0 = search width)")
+    layers: int = option(0, ge=0, doc="cell space: retrain depth (0 = search depth)")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    model: str = option("cnn", choices=("cnn",), doc="hand-designed baseline")
+    width: int = option(32, ge=1, doc="channels of the first conv (conv w, conv 2w, fc 4w)")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = option("auto", doc="auto, cpu, cuda or cuda:N")
+    threads: int = option(0, ge=0, doc="torch CPU threads (0 = all cores)")
+    out_dir: str = option("runs", doc="where run directories are created")
+    progress: bool = option(True, doc="rich progress bars")
+    eval_batch_size: int = option(1000, ge=1)
+
+    def check(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"runtime.device: {self.device!r} is not allowed; allowed "
+                              "values: auto, cpu, cuda, cuda:N")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = option("fednas", doc="run name (prefix of the run dir)")
+    seed: int = option(0, ge=0)
+    phases: tuple[str, ...] = option(PHASES, subset_of=PHASES, doc="phases to run, in order")
+    data: DataConfig = section(DataConfig)
+    partition: PartitionConfig = section(PartitionConfig)
+    space: SpaceConfig = section(SpaceConfig)
+    search: SearchConfig = section(SearchConfig)
+    retrain: TrainConfig = section(TrainConfig)
+    baseline: BaselineConfig = section(BaselineConfig)
+    runtime: RuntimeConfig = section(RuntimeConfig)
+
+    def check(self) -> None:
+        if "retrain" in self.phases and "search" not in self.phases:
+            raise ConfigError("phases: 'retrain' needs 'search' (it retrains the searched subnet)")
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name: must be a non-empty name without '/' (got {self.name!r})")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                ) -> RunConfig:
+    """Load a scenario TOML file (or the defaults when ``path`` is None) plus overrides.
+
+    Raises
+    ------
+    ConfigError
+        For a missing/unparsable file, an unknown key, a wrong type or a bad value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"scenario file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        apply_override(data, key, value)
+    return from_dict(RunConfig, data)

@@ -1,0 +1,129 @@
+"""Search-space registry and the interface every weight-sharing supernet implements.
+
+A search space is an ``nn.Module`` supernet whose forward pass mixes candidate choices
+with softmax(α). Two parameter groups are kept apart: :meth:`SearchSpace.weights` (trained on
+the train split) and :meth:`SearchSpace.arch_parameters` (α, trained on the val split).
+A *genotype* is a JSON-serialisable ``dict`` describing one discrete architecture; it always
+carries ``"space": <registered name>``.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fednas.errors import CheckpointError, ConfigError
+from fednas.flops import count_flops, count_params
+
+Genotype = dict[str, Any]
+
+SPACES: dict[str, type[SearchSpace]] = {}
+
+
+def register_space(name: str) -> Callable[[type[SearchSpace]], type[SearchSpace]]:
+    """Class decorator adding a supernet class to :data:`SPACES` under ``name``."""
+
+    def wrap(cls: type[SearchSpace]) -> type[SearchSpace]:
+        if name in SPACES:
+            raise ValueError(f"search space {name!r} registered twice")
+        cls.space_name = name
+        SPACES[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_space(
+    name: str, *, input_shape: tuple[int, int, int], num_classes: int, **options: Any
+) -> SearchSpace:
+    """Instantiate the registered search space ``name``.
+
+    Parameters
+    ----------
+    name
+        Registered space name (see :data:`SPACES`).
+    input_shape
+        ``(C, H, W)`` of one input image.
+    num_classes
+        Number of output logits.
+    **options
+        Space-specific options (snake_case), e.g. ``channels=8`` for the cell space.
+    """
+    if name not in available_spaces():
+        raise ConfigError(f"space.name: unknown search space {name!r}; allowed: {sorted(SPACES)}")
+    return SPACES[name](input_shape=input_shape, num_classes=num_classes, **options)
+
+
+def available_spaces() -> list[str]:
+    """Names of the registered search spaces (importing the built-in ones)."""
+    import fednas.slimmable  # noqa: F401  (registers "width")
+    import fednas.supernet  # noqa: F401  (registers "cell")
+
+    return sorted(SPACES)
+
+
+class SearchSpace(nn.Module, ABC):
+    """Base class of weight-sharing supernets.
+
+    Subclasses set ``self.input_shape`` and ``self.num_classes`` and implement the abstract
+    methods. ``weights()`` defaults to every parameter that is not in ``arch_parameters()``.
+    """
+
+    space_name: str = ""
+    input_shape: tuple[int, int, int]
+    num_classes: int
+
+    @abstractmethod
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """Architecture parameters α (one tensor per edge or layer)."""
+
+    @abstractmethod
+    def genotype(self) -> Genotype:
+        """The discrete architecture preferred by the current α."""
+
+    @abstractmethod
+    def subnet(self, genotype: Genotype) -> nn.Module:
+        """A standalone discrete model for ``genotype`` with weights copied from the supernet."""
+
+    @abstractmethod
+    def random_genotype(self, generator: torch.Generator) -> Genotype:
+        """A uniformly random discrete architecture of this space (for baselines)."""
+
+    def weights(self) -> list[nn.Parameter]:
+        """All trainable parameters that are not architecture parameters."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def check_genotype(self, genotype: Genotype) -> None:
+        """Raise :class:`CheckpointError` if ``genotype`` does not belong to this space."""
+        if genotype.get("space") != self.space_name:
+            raise CheckpointError(
+                f"genotype is for space {genotype.get('space')!r}, not {self.space_name!r}"
+            )
+
+    def cost(self, genotype: Genotype) -> tuple[int, int]:
+        """Measured ``(params, flops)`` of the discrete model of ``genotype`` (one sample)."""
+        model = self.subnet(genotype)
+        return count_params(model), count_flops(model, self.input_shape)
+
+
+def save_genotype(genotype: Genotype, path: str | Path) -> None:
+    """Write ``genotype`` as pretty JSON."""
+    Path(path).write_text(json.dumps(genotype, indent=2, sort_keys=True) + "\n")
+
+
+def load_genotype(path: str | Path) -> Genotype:
+    """Read a genotype JSON file written by :func:`save_genotype`."""
+    try:
+        genotype = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"cannot read genotype {path}: {exc}") from exc
+    if not isinstance(genotype, dict) or "space" not in genotype:
+        raise CheckpointError(f"{path} is not a fednas genotype (no 'space' key)")
+    return genotype

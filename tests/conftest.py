@@ -1,0 +1,36 @@
+"""Shared fixtures: one torch thread (tiny tensors run faster without thread overhead)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fednas.config import load_config
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path) -> list[str]:
+    """Overrides that make any scenario a seconds-long run on sklearn digits."""
+    return [
+        "data.dataset=digits", f'data.root="{tmp_path / "cache"}"', "data.max-train=400",
+        "partition.num-clients=4", "space.cell.channels=4", "space.cell.layers=2",
+        "space.cell.nodes=2", "space.cell.stem-stride=1",
+        'space.cell.ops=["skip_connect", "max_pool_3x3", "sep_conv_3x3"]',
+        "search.epochs=2", "search.steps-per-epoch=4", "search.batch-size=16",
+        "retrain.epochs=2", "retrain.batch-size=32", "baseline.width=4",
+        f'runtime.out-dir="{tmp_path / "runs"}"', "runtime.progress=false",
+        "runtime.eval-batch-size=256",
+    ]
+
+
+@pytest.fixture
+def tiny_config(tiny_overrides):
+    return load_config(None, tiny_overrides)
