@@ -61,7 +61,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append("runtime.progress=false")
     cfg = load_config(args.scenario, overrides)
     console = Console()
-    run_dir, summary = Pipeline(cfg, Console(stderr=True)).run()
+    if cfg.mode == "federated":
+        from fednas.simulation import run_federated
+
+        run_dir, summary = run_federated(cfg, Console(stderr=True))
+    else:
+        run_dir, summary = Pipeline(cfg, Console(stderr=True)).run()
     print_summary(summary, console)
     console.print(f"run dir: {run_dir}")
     return 0

@@ -114,6 +114,31 @@ class BaselineConfig:
 
 
 @dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = option(4, ge=1, doc="federated search rounds")
+    fraction_train: float = option(1.0, gt=0.0, le=1.0, doc="clients sampled per round")
+    min_fit_clients: int = option(2, ge=1, doc="a round fails below this many successes")
+    local_epochs: int = option(1, ge=1, doc="local passes per round (search and training)")
+    local_steps: int = option(0, ge=0, doc="cap on local search steps per epoch (0 = full)")
+    shard_size: int = option(0, ge=0, doc="candidates per edge/layer a client trains "
+                                          "(0 = all: plain FedNAS)")
+    include_argmax: bool = option(True, doc="shards always hold the current best candidate")
+    subnet_rounds: int = option(4, ge=0, doc="FedAvg rounds for the derived subnet and the "
+                                             "hand-designed baseline")
+    fraction_evaluate: float = option(1.0, ge=0.0, le=1.0, doc="clients evaluating the "
+                                      "trained subnet per round (0 = server-side only)")
+    server_eval_samples: int = option(0, ge=0, doc="test samples for per-round server "
+                                      "evaluation (0 = whole test split)")
+    client_cpus: float = option(1.0, gt=0.0, doc="Ray CPUs per client")
+    client_gpus: float = option(-1.0, ge=-1.0, doc="Ray GPUs per client (-1 = 0.5 when "
+                                "CUDA is visible, else 0)")
+    ray_address: str = option("", doc="attach to this Ray cluster (empty = local)")
+    round_timeout: float = option(1800.0, gt=0.0, doc="seconds to wait for replies")
+    checkpoint_every: int = option(1, ge=0, doc="checkpoint every N rounds (0 = never)")
+    node_wait: float = option(120.0, gt=0.0, doc="seconds to wait for all nodes to register")
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     device: str = option("auto", doc="auto, cpu, cuda or cuda:N")
     threads: int = option(0, ge=0, doc="torch CPU threads (0 = all cores)")
@@ -131,6 +156,8 @@ class RuntimeConfig:
 class RunConfig:
     name: str = option("fednas", doc="run name (prefix of the run dir)")
     seed: int = option(0, ge=0)
+    mode: str = option("centralised", choices=("centralised", "federated"),
+                       doc="one process, or Flower clients on Ray")
     phases: tuple[str, ...] = option(PHASES, subset_of=PHASES, doc="phases to run, in order")
     data: DataConfig = section(DataConfig)
     partition: PartitionConfig = section(PartitionConfig)
@@ -138,9 +165,14 @@ class RunConfig:
     search: SearchConfig = section(SearchConfig)
     retrain: TrainConfig = section(TrainConfig)
     baseline: BaselineConfig = section(BaselineConfig)
+    federation: FederationConfig = section(FederationConfig)
     runtime: RuntimeConfig = section(RuntimeConfig)
 
     def check(self) -> None:
+        f = self.federation
+        if self.mode == "federated" and f.min_fit_clients > self.partition.num_clients:
+            raise ConfigError(f"federation.min-fit-clients: {f.min_fit_clients} exceeds "
+                              f"partition.num-clients = {self.partition.num_clients}")
         if "retrain" in self.phases and "search" not in self.phases:
             raise ConfigError("phases: 'retrain' needs 'search' (it retrains the searched subnet)")
         if not self.name or "/" in self.name:

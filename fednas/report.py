@@ -20,11 +20,11 @@ def summary_table(summary: dict[str, Any]) -> Table:
     """Test accuracy, params and FLOPs of every model in a summary."""
     table = Table(title=f"{summary['scenario']} (seed {summary['seed']}, "
                         f"{summary['dataset']['name']})")
-    for col in ("model", "test acc", "params", "FLOPs", "epochs"):
+    for col in ("model", "test acc", "params", "FLOPs", "epochs/rounds"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for name, m in summary["models"].items():
         table.add_row(name, f"{100 * m['test_acc']:.2f} %", format_count(m["params"]),
-                      format_count(m["flops"]), str(m.get("epochs", "")))
+                      format_count(m["flops"]), str(m.get("epochs", m.get("rounds", ""))))
     return table
 
 

@@ -69,6 +69,26 @@ class RunDir:
         self.path = path
         self.metrics: list[dict[str, Any]] = []
 
+    @classmethod
+    def reopen(cls, path: str | Path) -> RunDir:
+        """An existing run directory (for resume), with its metrics loaded."""
+        path = Path(path)
+        if not (path / "config.toml").is_file():
+            from fednas.errors import CheckpointError
+
+            raise CheckpointError(f"{path} is not a fednas run directory (no config.toml)")
+        run = cls.__new__(cls)
+        run.path = path
+        run.metrics = read_metrics(path) if (path / "metrics.jsonl").exists() else []
+        (path / "plots").mkdir(exist_ok=True)
+        return run
+
+    def truncate_metrics(self, count: int) -> None:
+        """Keep the first ``count`` records (drop those logged after the checkpoint)."""
+        self.metrics = self.metrics[:count]
+        text = "".join(json.dumps(m, sort_keys=True) + "\n" for m in self.metrics)
+        (self.path / "metrics.jsonl").write_text(text)
+
     def write_config(self, config: Any) -> None:
         (self.path / "config.toml").write_text(dumps_toml(to_dict(config)))
 

@@ -95,6 +95,36 @@ class SearchSpace(nn.Module, ABC):
     def random_genotype(self, generator: torch.Generator) -> Genotype:
         """A uniformly random discrete architecture of this space (for baselines)."""
 
+    shard: list[torch.Tensor] | None = None
+
+    def set_shard(self, masks: list[torch.Tensor] | None) -> None:
+        """Restrict the forward pass to a shard (one bool mask per α tensor); None = all."""
+        if masks is not None:
+            shapes = [tuple(a.shape) for a in self.arch_parameters()]
+            if [tuple(m.shape) for m in masks] != shapes or any(
+                    not bool(m.any(-1).all()) for m in masks):
+                raise ValueError(f"shard masks must have shapes {shapes} with at least one "
+                                 "candidate per row")
+            masks = [m.to(dtype=torch.bool, device=a.device)
+                     for m, a in zip(masks, self.arch_parameters(), strict=True)]
+        self.shard = masks
+
+    def shard_softmax(self) -> list[torch.Tensor]:
+        """softmax(α) per α tensor, renormalised over the shard's candidates when set."""
+        alphas = self.arch_parameters()
+        if self.shard is None:
+            return [a.softmax(-1) for a in alphas]
+        return [a.masked_fill(~m, float("-inf")).softmax(-1)
+                for a, m in zip(alphas, self.shard, strict=True)]
+
+    def shard_slices(self, masks: list[torch.Tensor]) -> dict[str, tuple[slice, ...] | None]:
+        """State-dict regions a client trains under ``masks``: key -> slice (None = whole).
+
+        Keys left out are not part of the shard and neither travel nor get aggregated.
+        The default is the whole state (no weight saving); spaces override it.
+        """
+        return dict.fromkeys(self.state_dict())
+
     def weights(self) -> list[nn.Parameter]:
         """All trainable parameters that are not architecture parameters."""
         arch = {id(p) for p in self.arch_parameters()}

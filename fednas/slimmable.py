@@ -257,19 +257,34 @@ class SlimmableResNet(SearchSpace):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes)`` under the active widths or the α channel mixture."""
         x = self.stem(x)
+        probs = self.shard_softmax() if self._active is None else None
         for i, block in enumerate(_blocks(self)):
-            if self._active is not None:
+            if probs is None:
                 x = block(x, width=self._active[i])
             else:
-                x = block(x, mask=self._mixture_mask(i))
+                x = block(x, mask=self._mixture_mask(i, probs[i]))
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
-    def _mixture_mask(self, i: int) -> torch.Tensor:
+    def _mixture_mask(self, i: int, probs: torch.Tensor) -> torch.Tensor:
         alpha = self.alphas[i]
         c = self.channel_choices[i][-1]
         ks = torch.tensor(self.channel_choices[i], device=alpha.device)
         masks = (torch.arange(c, device=alpha.device) < ks[:, None]).to(alpha.dtype)
-        return F.softmax(alpha, dim=-1) @ masks
+        return probs @ masks
+
+    def shard_slices(self, masks: list[torch.Tensor]) -> dict[str, tuple[slice, ...] | None]:
+        """Whole shared tensors; each block's inner channels up to the shard's widest choice."""
+        slices: dict[str, tuple[slice, ...] | None] = dict.fromkeys(self.state_dict())
+        for i, name in enumerate(self.prunable_layers()):
+            prefix = name.rsplit(".", 1)[0]
+            active = [k for k, on in zip(self.channel_choices[i], masks[i].tolist(),
+                                         strict=True) if on]
+            rows = (slice(0, max(active)),)
+            slices[f"{prefix}.conv1.weight"] = rows
+            for part in ("weight", "bias", "running_mean", "running_var"):
+                slices[f"{prefix}.bn1.{part}"] = rows
+            slices[f"{prefix}.conv2.weight"] = (slice(None), slice(0, max(active)))
+        return slices
 
     # ----------------------------------------------------------------- genotypes
     def _genotype(self, widths: list[float]) -> Genotype:

@@ -24,10 +24,11 @@ class MixedOp(nn.Module):
         self.op_names = op_names
         self.ops = nn.ModuleDict({name: OPS[name](c, stride, True) for name in op_names})
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                active: list[bool] | None = None) -> torch.Tensor:
         out: torch.Tensor | None = None
-        for w, name in zip(weights, self.op_names, strict=True):
-            if name == "none":
+        for k, (w, name) in enumerate(zip(weights, self.op_names, strict=True)):
+            if name == "none" or (active is not None and not active[k]):
                 continue
             y = w * self.ops[name](x)
             out = y if out is None else out + y
@@ -51,12 +52,15 @@ class SearchCell(nn.Module):
                 stride = 2 if reduction and j < 2 else 1
                 self.edges.append(MixedOp(c, stride, op_names))
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
+                active: list[list[bool]] | None = None) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.nodes):
             node = sum(
-                self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states)
+                self.edges[offset + j](h, weights[offset + j],
+                                       None if active is None else active[offset + j])
+                for j, h in enumerate(states)
             )
             offset += len(states)
             states.append(node)
@@ -123,15 +127,35 @@ class CellSupernet(SearchSpace):
         return [self.alpha_normal, self.alpha_reduce]
 
     def edge_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax(α) for normal and reduction cells, shape ``(edges, ops)`` each."""
+        """Softmax(α) for normal and reduction cells, shape ``(edges, ops)`` each.
+
+        Under a shard, the softmax is renormalised over each edge's active candidates.
+        """
         return self.alpha_normal.softmax(dim=-1), self.alpha_reduce.softmax(dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w_normal, w_reduce = self.edge_weights()
+        w_normal, w_reduce = self.shard_softmax()
+        active = (None, None) if self.shard is None else [m.tolist() for m in self.shard]
         s0 = s1 = self.stem(x)
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, w_reduce if cell.reduction else w_normal)
+            if cell.reduction:
+                s0, s1 = s1, cell(s0, s1, w_reduce, active[1])
+            else:
+                s0, s1 = s1, cell(s0, s1, w_normal, active[0])
         return self.classifier(self.pool(s1).flatten(1))
+
+    def shard_slices(self, masks: list[torch.Tensor]) -> dict[str, tuple[slice, ...] | None]:
+        """Every shared tensor, plus the tensors of each edge's ops inside the shard."""
+        slices: dict[str, tuple[slice, ...] | None] = {}
+        for key in self.state_dict():
+            parts = key.split(".")
+            if parts[0] == "cells" and len(parts) > 5 and parts[2] == "edges":
+                cell = self.cells[int(parts[1])]
+                mask = masks[1 if cell.reduction else 0]
+                if not mask[int(parts[3]), self.op_names.index(parts[5])]:
+                    continue
+            slices[key] = None
+        return slices
 
     def _derive(self, weights: torch.Tensor) -> list[list]:
         """Top-2 incoming edges per node by their best non-``none`` op weight."""

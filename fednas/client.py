@@ -1,0 +1,199 @@
+"""Client-side work of the federated phases, independent of Flower's message types.
+
+Virtual clients keep no state between rounds: everything a client needs arrives in the
+message (its shard, the global regions, the round) or is recomputed deterministically from
+the config (its data partition). Per process, the dataset and partitions are cached, which
+is memory the simulation pays once per Ray worker, not once per client.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fednas.cellnet import CellNetwork
+from fednas.config import RunConfig
+from fednas.data import Dataset, load_dataset
+from fednas.models import build_model
+from fednas.partition import client_train_val, partition_indices
+from fednas.search_space import Genotype, SearchSpace, build_space
+from fednas.shards import Masks, load_slices, slice_state
+from fednas.train import (
+    evaluate,
+    make_optimizer,
+    search_steps,
+    seed_everything,
+    steps_per_epoch,
+    train_epoch,
+)
+
+Split = tuple[torch.Tensor, torch.Tensor]
+
+
+@lru_cache(maxsize=2)
+def _dataset(cfg_data, seed: int) -> Dataset:
+    from pathlib import Path
+
+    return load_dataset(cfg_data.dataset, root=Path(cfg_data.root).expanduser(),
+                        val_fraction=cfg_data.val_fraction, seed=seed,
+                        download=cfg_data.download, max_train=cfg_data.max_train)
+
+
+@lru_cache(maxsize=2)
+def _partitions(cfg: RunConfig) -> list[np.ndarray]:
+    data = _dataset(cfg.data, cfg.seed)
+    p = cfg.partition
+    return partition_indices(data.train_y.numpy(), p.num_clients, p.scheme, alpha=p.alpha,
+                             classes_per_client=p.classes_per_client, seed=cfg.seed,
+                             min_size=p.min_partition_size)
+
+
+def dataset(cfg: RunConfig) -> Dataset:
+    """The run's dataset (cached per process)."""
+    return _dataset(cfg.data, cfg.seed)
+
+
+def client_splits(cfg: RunConfig, pid: int) -> tuple[Split, Split]:
+    """Client ``pid``'s own train and val splits of its partition (deterministic)."""
+    data = dataset(cfg)
+    parts = _partitions(cfg)
+    if not 0 <= pid < len(parts):
+        raise ValueError(f"partition id {pid} outside 0..{len(parts) - 1}")
+    train_idx, val_idx = client_train_val(parts[pid], cfg.partition.client_val_fraction,
+                                          cfg.seed + pid)
+    tr, va = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
+    return (data.train_x[tr], data.train_y[tr]), (data.train_x[va], data.train_y[va])
+
+
+def client_device() -> torch.device:
+    """CUDA when Ray gave this worker a GPU (CUDA_VISIBLE_DEVICES is set per actor)."""
+    return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+
+def assigned_gpu() -> int:
+    """The GPU id Ray assigned to this worker, or -1."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+            return int(ids[0]) if ids else -1
+    except Exception:  # noqa: BLE001 - outside a Ray worker there is simply no assignment
+        return -1
+    return -1
+
+
+def make_space(cfg: RunConfig) -> SearchSpace:
+    """The supernet of the scenario, with the seed's deterministic initialisation."""
+    data = dataset(cfg)
+    torch.manual_seed(cfg.seed)
+    return build_space(cfg.space.name, input_shape=data.input_shape,
+                       num_classes=data.num_classes, **cfg.space.options())
+
+
+def build_fixed_model(cfg: RunConfig, spec: dict[str, Any]) -> nn.Module:
+    """A fixed (non-supernet) model from a spec: the derived subnet or the baseline."""
+    data = dataset(cfg)
+    if spec["kind"] == "baseline":
+        return build_model(cfg.baseline.model, input_shape=data.input_shape,
+                           num_classes=data.num_classes, width=cfg.baseline.width)
+    genotype: Genotype = spec["genotype"]
+    if genotype["space"] == "cell" and (cfg.retrain.channels or cfg.retrain.layers):
+        c = cfg.space.cell
+        return CellNetwork(genotype, input_shape=data.input_shape, num_classes=data.num_classes,
+                           channels=cfg.retrain.channels or c.channels,
+                           layers=cfg.retrain.layers or c.layers, stem_stride=c.stem_stride,
+                           allowed_ops=c.ops)
+    return make_space(cfg).subnet(genotype)
+
+
+def _seed(cfg: RunConfig, server_round: int, pid: int, salt: int) -> torch.Generator:
+    return seed_everything(hash((cfg.seed, server_round, pid, salt)) % 2**31)
+
+
+def search(cfg: RunConfig, pid: int, server_round: int, regions: dict[str, torch.Tensor],
+           masks: Masks, lr: float) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Local first-order bi-level search on the client's shard; returns trained regions."""
+    generator = _seed(cfg, server_round, pid, 1)
+    device = client_device()
+    train, val = client_splits(cfg, pid)
+    space = make_space(cfg)
+    slices = space.shard_slices(masks)
+    names = {id(p): n for n, p in space.named_parameters()}
+    for a in space.arch_parameters():
+        slices[names[id(a)]] = None
+    state = space.state_dict()
+    load_slices(state, regions, slices)
+    space.load_state_dict(state)
+    space.set_shard(masks)
+    space.to(device)
+    s, f = cfg.search, cfg.federation
+    w_opt = make_optimizer("sgd", space.weights(), lr=lr, momentum=s.momentum,
+                           weight_decay=s.weight_decay)
+    a_opt = torch.optim.Adam(space.arch_parameters(), lr=s.arch_lr, betas=(0.5, 0.999),
+                             weight_decay=s.arch_weight_decay)
+    steps = steps_per_epoch(len(train[1]), s.batch_size, f.local_steps) * f.local_epochs
+    metrics: dict[str, float] = {"num-examples": len(train[1]), "partition-id": pid,
+                                 "diverged": 0, "gpu-id": assigned_gpu(), "steps": steps}
+    try:
+        stats = search_steps(space, train, val, weight_opt=w_opt, arch_opt=a_opt, steps=steps,
+                             batch_size=min(s.batch_size, len(val[1])), grad_clip=s.grad_clip,
+                             generator=generator, device=device)
+    except FloatingPointError:
+        metrics["diverged"] = 1
+        return {}, metrics
+    metrics.update(stats)
+    out = slice_state({k: v.cpu() for k, v in space.state_dict().items()}, slices)
+    return out, metrics
+
+
+def train(cfg: RunConfig, pid: int, server_round: int, state: dict[str, torch.Tensor],
+          spec: dict[str, Any], lr: float) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Local supervised training of a fixed model (the FedAvg route)."""
+    generator = _seed(cfg, server_round, pid, 2)
+    device = client_device()
+    train_split, _ = client_splits(cfg, pid)
+    model = build_fixed_model(cfg, spec)
+    model.load_state_dict(state)
+    model.to(device)
+    r = cfg.retrain
+    opt = make_optimizer(r.optimizer, model.parameters(), lr=lr, momentum=r.momentum,
+                         weight_decay=r.weight_decay)
+    metrics: dict[str, float] = {"num-examples": len(train_split[1]), "partition-id": pid,
+                                 "diverged": 0, "gpu-id": assigned_gpu()}
+    try:
+        for _ in range(cfg.federation.local_epochs):
+            stats = train_epoch(model, train_split, optimizer=opt,
+                                batch_size=min(r.batch_size, len(train_split[1])),
+                                grad_clip=r.grad_clip, generator=generator, device=device,
+                                label_smoothing=r.label_smoothing)
+    except FloatingPointError:
+        metrics["diverged"] = 1
+        return {}, metrics
+    metrics.update(stats)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
+
+
+def evaluate_local(cfg: RunConfig, pid: int, state: dict[str, torch.Tensor],
+                   spec: dict[str, Any]) -> dict[str, float]:
+    """A fixed model's loss/accuracy on the client's val split."""
+    _, val = client_splits(cfg, pid)
+    model = build_fixed_model(cfg, spec)
+    model.load_state_dict(state)
+    device = client_device()
+    result = evaluate(model.to(device), val, batch_size=cfg.runtime.eval_batch_size,
+                      device=device)
+    return {"num-examples": len(val[1]), "partition-id": pid, **result}
+
+
+def encode_spec(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True)
+
+
+def decode_spec(text: str) -> dict[str, Any]:
+    return json.loads(text)

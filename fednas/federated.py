@@ -1,0 +1,238 @@
+"""The federated pipeline on a Flower Grid: FedNAS search → derived subnet FedAvg → baseline.
+
+Runs inside a ServerApp (``simulations/server_app.py``). It owns the round loop (instead of
+``Strategy.start``) so that it can log every round, evaluate server-side, checkpoint, and
+resume from a checkpoint to exactly the result of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+
+from fednas import client
+from fednas.checkpoint import load_checkpoint, save_checkpoint
+from fednas.errors import FedNASError
+from fednas.flops import count_flops, count_params
+from fednas.pipeline import Pipeline, alpha_entropy
+from fednas.runs import RunDir
+from fednas.search_space import Genotype, save_genotype
+from fednas.train import cosine, evaluate
+from strategies.fednas import FedNAS
+
+
+class FederatedPipeline(Pipeline):
+    """Federated run of a :class:`RunConfig` (``mode = "federated"``)."""
+
+    def __init__(self, cfg, console=None, resume_dir: Path | None = None) -> None:
+        super().__init__(cfg, console)
+        self.resume_dir = resume_dir
+        self.checkpoint: dict[str, Any] | None = None
+        self.result: tuple[Path, dict[str, Any]] | None = None
+        self.error: BaseException | None = None
+        self.progress = None
+
+    # -- server-side setup ---------------------------------------------------------------
+    def open_run_dir(self) -> None:
+        if self.resume_dir is None:
+            self.rundir = RunDir(self.cfg.runtime.out_dir, self.cfg.name)
+            self.rundir.write_config(self.cfg)
+            from fednas.partition import partition_stats
+
+            self.rundir.write_json("partitions.json", partition_stats(
+                self.parts, self.data.train_y.numpy(), self.data.num_classes))
+        else:
+            self.rundir = RunDir.reopen(self.resume_dir)
+            self.checkpoint = load_checkpoint(self.resume_dir)
+            self.rundir.truncate_metrics(self.checkpoint["metrics_count"])
+            self.models = self.checkpoint["models"]
+            self.timings = self.checkpoint["timings"]
+        self.console.print(f"[bold]fednas[/] run dir: {self.rundir.path}")
+
+    def wait_for_nodes(self, grid: Grid) -> dict[int, int]:
+        """Wait until every client node registered, then map node id -> partition id."""
+        want, deadline = self.cfg.partition.num_clients, time.time() + self.cfg.federation.node_wait
+        while len(list(grid.get_node_ids())) < want:
+            if time.time() > deadline:
+                raise FedNASError(f"only {len(list(grid.get_node_ids()))} of {want} client "
+                                  f"nodes registered within federation.node-wait seconds")
+            time.sleep(0.2)
+        nodes = sorted(grid.get_node_ids())
+        messages = [Message(RecordDict({"config": ConfigRecord({"handshake": 1})}), dst_node_id=n,
+                            message_type="query") for n in nodes]
+        mapping: dict[int, int] = {}
+        replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.node_wait))
+        for reply in replies:
+            if reply.has_error():
+                raise FedNASError(f"node {reply.metadata.src_node_id} failed the handshake: "
+                                  f"{reply.error.reason}")
+            pid = int(reply.content["metrics"]["partition-id"])
+            mapping[reply.metadata.src_node_id] = pid
+        if sorted(mapping.values()) != list(range(want)):
+            raise FedNASError(f"client nodes reported partitions {sorted(mapping.values())}, "
+                              f"expected 0..{want - 1}")
+        return mapping
+
+    # -- the run ---------------------------------------------------------------------------
+    def run_on_grid(self, grid: Grid) -> tuple[Path, dict[str, Any]]:
+        """Every phase of the scenario, on ``grid``; returns the run dir and summary."""
+        cfg = self.cfg
+        self.open_run_dir()
+        self.node_partitions = self.wait_for_nodes(grid)
+        ck = self.checkpoint or {}
+        done = ck.get("phases_done", [])
+        self.genotype: Genotype | None = ck.get("genotype")
+        if "search" in cfg.phases:
+            if "search" not in done:
+                self.genotype = self.federated_search(grid)
+                done = [*done, "search"]
+            if "retrain" in cfg.phases and "retrain" not in done:
+                spec = {"kind": "subnet", "genotype": self.genotype}
+                self.models["searched"] = self.federated_train(grid, "retrain", spec, done)
+                done = [*done, "retrain"]
+        if "baseline" in cfg.phases and "baseline" not in done:
+            self.models["baseline"] = self.federated_train(grid, "baseline",
+                                                           {"kind": "baseline"}, done)
+            done = [*done, "baseline"]
+        summary = self.write_summary(self.genotype)
+        self.result = (self.rundir.path, summary)
+        return self.result
+
+    def write_summary(self, genotype: Genotype | None) -> dict[str, Any]:
+        import fednas
+        from fednas.plots import plot_curves
+
+        summary = {
+            "scenario": self.cfg.name, "seed": self.cfg.seed, "mode": "federated",
+            "dataset": self.data.describe(), "device": str(self.device), "models": self.models,
+            "genotype": genotype, "timings": self.timings, "run_dir": str(self.rundir.path),
+            "rounds": {"search": self.cfg.federation.rounds,
+                       "train": self.cfg.federation.subnet_rounds},
+            "versions": {"fednas": fednas.__version__, "torch": torch.__version__},
+        }
+        self.rundir.write_json("summary.json", summary)
+        plot_curves(self.rundir.metrics, self.rundir.path / "plots")
+        return summary
+
+    def _rounds(self, grid: Grid, phase: str, strategy: FedNAS, state: dict[str, torch.Tensor],
+                total: int, lr: tuple[float, float], extra: dict[str, Any], server_eval,
+                done: list[str]) -> dict[str, torch.Tensor]:
+        """The round loop of one phase (resumable)."""
+        start = 1
+        ck = self.checkpoint
+        if ck is not None and ck["phase"] == phase:
+            state, start = ck["state"], ck["round"] + 1
+            strategy.set_state(ck["strategy"])
+            self.checkpoint = None
+        f = self.cfg.federation
+        for rnd in range(start, total + 1):
+            t0 = time.perf_counter()
+            config = ConfigRecord({"lr": cosine(rnd - 1, total, lr[0], lr[1]), **extra})
+            messages = strategy.configure_train(rnd, ArrayRecord(state), config, grid)
+            replies = grid.send_and_receive(messages, timeout=f.round_timeout)
+            arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+            if arrays is not None:
+                state = arrays.to_torch_state_dict()
+            record: dict[str, Any] = {**strategy.round_stats, "lr": float(config["lr"])}
+            if train_metrics is not None:
+                record.update({k.replace("-", "_"): v for k, v in train_metrics.items()
+                               if k not in ("gpu-id", "steps")})
+            if f.fraction_evaluate > 0 and phase != "search":
+                replies = grid.send_and_receive(
+                    strategy.configure_evaluate(rnd, ArrayRecord(state), ConfigRecord(extra),
+                                                grid), timeout=f.round_timeout)
+                client_eval = strategy.aggregate_evaluate(rnd, replies)
+                if client_eval is not None:
+                    record["client_val_loss"] = client_eval["eval_loss"]
+                    record["client_val_acc"] = client_eval["eval_acc"]
+            record.update(server_eval(state))
+            record["wall_s"] = time.perf_counter() - t0
+            self.rundir.log(phase, rnd, **record)
+            self.console.print(f"[{phase}] round {rnd}/{total}: " + ", ".join(
+                f"{k} {record[k]:.4g}" for k in ("train_loss", "test_acc", "wall_s")
+                if isinstance(record.get(k), float)))
+            if f.checkpoint_every and (rnd % f.checkpoint_every == 0 or rnd == total):
+                save_checkpoint(self.rundir.path, {
+                    "phase": phase, "round": rnd, "state": state,
+                    "strategy": strategy.get_state(), "models": self.models,
+                    "timings": self.timings, "genotype": getattr(self, "genotype", None),
+                    "phases_done": done,
+                    "metrics_count": len(self.rundir.metrics)})
+        return state
+
+    def _server_test(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.cfg.federation.server_eval_samples
+        x, y = self._split("test")
+        return (x[:n], y[:n]) if n else (x, y)
+
+    def federated_search(self, grid: Grid) -> Genotype:
+        cfg, f, s = self.cfg, self.cfg.federation, self.cfg.search
+        t0 = time.perf_counter()
+        space = client.make_space(cfg)
+        strategy = FedNAS(space, shard_size=f.shard_size, include_argmax=f.include_argmax,
+                          seed=cfg.seed, fraction_train=f.fraction_train,
+                          min_train_nodes=f.min_fit_clients, fraction_evaluate=0.0)
+        strategy.node_partitions = self.node_partitions
+        test = self._server_test()
+
+        def server_eval(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+            space.load_state_dict(state)
+            genotype = space.genotype()
+            result = evaluate(space.subnet(genotype), test,
+                              batch_size=cfg.runtime.eval_batch_size, device=self.device)
+            return {"test_loss": result["eval_loss"], "test_acc": result["eval_acc"],
+                    "genotype": genotype, "alpha_entropy": alpha_entropy(space)}
+
+        state = self._rounds(grid, "search", strategy, space.state_dict(), f.rounds,
+                             (s.lr, s.lr_min), {}, server_eval, [])
+        space.load_state_dict(state)
+        genotype = space.genotype()
+        save_genotype(genotype, self.rundir.path / "genotype.json")
+        self._plot_alpha(space)
+        self.rundir.save_model("supernet", space)
+        self.timings["search"] = time.perf_counter() - t0
+        self.search_state = state
+        return genotype
+
+    def federated_train(self, grid: Grid, phase: str, spec: dict[str, Any],
+                        done: list[str]) -> dict[str, Any]:
+        """FedAvg of a fixed model (derived subnet or baseline) for ``subnet-rounds``."""
+        cfg, f, r = self.cfg, self.cfg.federation, self.cfg.retrain
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed + (1 if phase == "baseline" else 2))
+        model = client.build_fixed_model(cfg, spec)
+        if phase == "retrain" and r.inherit_weights and not (r.channels or r.layers):
+            space = client.make_space(cfg)
+            space.load_state_dict(getattr(self, "search_state", None)
+                                  or torch.load(self.rundir.path / "supernet.pt")["state_dict"])
+            model = space.subnet(spec["genotype"])
+        strategy = FedNAS(None, seed=cfg.seed + 7, fraction_train=f.fraction_train,
+                          min_train_nodes=f.min_fit_clients,
+                          fraction_evaluate=f.fraction_evaluate, min_evaluate_nodes=1)
+        strategy.node_partitions = self.node_partitions
+        test = self._server_test()
+        extra = {"model": client.encode_spec(spec)}
+
+        def server_eval(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+            model.load_state_dict(state)
+            result = evaluate(model, test, batch_size=cfg.runtime.eval_batch_size,
+                              device=self.device)
+            return {"test_loss": result["eval_loss"], "test_acc": result["eval_acc"]}
+
+        lr_end = 0.0 if r.schedule == "cosine" else r.lr
+        state = self._rounds(grid, phase, strategy, model.state_dict(), f.subnet_rounds,
+                             (r.lr, lr_end), extra, server_eval, done)
+        model.load_state_dict(state)
+        final = evaluate(model, self._split("test"), batch_size=cfg.runtime.eval_batch_size,
+                         device=self.device)
+        name = "searched" if phase == "retrain" else "baseline"
+        self.rundir.save_model(name, model, spec=spec)
+        self.timings[phase] = time.perf_counter() - t0
+        return {"test_acc": final["eval_acc"], "test_loss": final["eval_loss"],
+                "params": count_params(model), "flops": count_flops(model, self.data.input_shape),
+                "rounds": f.subnet_rounds}

@@ -1,0 +1,65 @@
+"""Run a federated scenario in-process: Flower's simulation runtime on a Ray backend."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from fednas.config import RunConfig
+from fednas.errors import FedNASError
+
+
+def backend_config(cfg: RunConfig) -> dict[str, Any]:
+    """Ray resources per client and ``ray.init`` arguments from the scenario.
+
+    ``client-gpus = -1`` means 0.5 GPU per client when CUDA is visible (two clients share a
+    GPU), else 0. ``ray-address`` attaches to an existing cluster instead of starting one.
+    """
+    f = cfg.federation
+    gpus = f.client_gpus
+    if gpus < 0:
+        gpus = 0.5 if torch.cuda.is_available() else 0.0
+    init: dict[str, Any] = {"include_dashboard": False}
+    if f.ray_address:
+        init = {"address": f.ray_address}
+    else:
+        init["num_cpus"] = os.cpu_count() or 1
+        if torch.cuda.is_available():
+            init["num_gpus"] = torch.cuda.device_count()
+    return {"client_resources": {"num_cpus": f.client_cpus, "num_gpus": gpus},
+            "init_args": init}
+
+
+def run_federated(cfg: RunConfig, console: Console | None = None,
+                  resume_dir: Path | None = None,
+                  backend: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Validate, start the simulation, and return (run dir, summary).
+
+    Bad input (config, data, partitions) fails before Ray starts.
+    """
+    from flwr.simulation import run_simulation
+
+    from fednas.federated import FederatedPipeline
+    from simulations.client_app import make_client_app
+    from simulations.server_app import make_server_app
+
+    pipeline = FederatedPipeline(cfg, console, resume_dir)
+    pipeline.prepare()
+    for name in ("flwr", "ray"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    run_simulation(server_app=make_server_app(pipeline), client_app=make_client_app(cfg),
+                   num_supernodes=cfg.partition.num_clients,
+                   backend_config=backend or backend_config(cfg))
+    if pipeline.error is not None:
+        if isinstance(pipeline.error, FedNASError):
+            raise pipeline.error
+        raise RuntimeError(f"federated run failed: {pipeline.error!r}") from pipeline.error
+    if pipeline.result is None:
+        raise FedNASError("the federated simulation ended without a result (see the log)")
+    return pipeline.result

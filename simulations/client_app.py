@@ -1,0 +1,85 @@
+"""The fednas ClientApp (Flower Message API): routes for search, training and evaluation.
+
+Routes
+------
+``query``         reply with this node's partition id (the server's handshake)
+``train.search``  local bi-level search on the supernet shard in the message
+``train``         local training of a fixed model (derived subnet or baseline): FedAvg
+``evaluate``      loss/accuracy of a fixed model on the client's val split
+
+The scenario comes from the ``make_client_app(cfg)`` closure (``fednas run``: the app is
+shipped to Ray workers by value) or, under ``flwr run .``, from the run config.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fednas import client
+from fednas.config import RunConfig
+from fednas.shards import decode_masks
+
+
+def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
+    """A ClientApp bound to ``cfg`` (None: read the scenario from the Flower run config)."""
+    app = ClientApp()
+
+    def resolve(context: Context) -> RunConfig:
+        if cfg is not None:
+            return cfg
+        from simulations.runconfig import config_from_run_config
+
+        return config_from_run_config(context.run_config)
+
+    def threads(run_cfg: RunConfig) -> None:
+        torch.set_num_threads(max(1, int(run_cfg.federation.client_cpus)))
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config.get("partition-id", -1))
+        return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}),
+                       reply_to=msg)
+
+    @app.train("search")
+    def search(msg: Message, context: Context) -> Message:
+        run_cfg = resolve(context)
+        threads(run_cfg)
+        conf = msg.content["config"]
+        regions = msg.content["arrays"].to_torch_state_dict()
+        space = client.make_space(run_cfg)
+        masks = decode_masks(list(conf["shard"]),
+                             [a.shape for a in space.arch_parameters()])
+        out, metrics = client.search(run_cfg, int(conf["partition-id"]),
+                                     int(conf["server-round"]), regions, masks,
+                                     float(conf["lr"]))
+        return Message(RecordDict({"arrays": ArrayRecord(out),
+                                   "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        run_cfg = resolve(context)
+        threads(run_cfg)
+        conf = msg.content["config"]
+        out, metrics = client.train(run_cfg, int(conf["partition-id"]),
+                                    int(conf["server-round"]),
+                                    msg.content["arrays"].to_torch_state_dict(),
+                                    client.decode_spec(str(conf["model"])), float(conf["lr"]))
+        return Message(RecordDict({"arrays": ArrayRecord(out),
+                                   "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        run_cfg = resolve(context)
+        threads(run_cfg)
+        conf = msg.content["config"]
+        metrics = client.evaluate_local(run_cfg, int(conf["partition-id"]),
+                                        msg.content["arrays"].to_torch_state_dict(),
+                                        client.decode_spec(str(conf["model"])))
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    return app
+
+
+app = make_client_app()

@@ -1,0 +1,225 @@
+"""FedNAS strategy: per-client supernet shards, masked sample-weighted aggregation of w and α.
+
+A thin :class:`flwr.serverapp.strategy.FedAvg` subclass. What it changes:
+
+* **per-client messages**: each sampled client gets its own shard (Gumbel-top-s over
+  softmax(α) per edge/layer) and only the shard's tensor regions;
+* **aggregation**: every entry of every tensor is averaged over the clients that trained it,
+  weighted by ``num-examples`` (:func:`fednas.aggregation.masked_weighted_mean`); full shards
+  are exactly FedNAS (He et al. 2020) / FedAvg;
+* **robustness**: error replies, diverged (NaN) clients and time-outs are dropped and counted;
+  a round with fewer than ``min_train_nodes`` successes leaves the global state unchanged;
+* **determinism**: clients are sampled by partition id from a seeded generator and replies are
+  aggregated in partition order, so a seed fixes the run (and a resumed run matches).
+
+With ``space=None`` it trains a fixed model: the same FedAvg, deterministic and robust.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.supercore import log
+
+from fednas.aggregation import Contribution, masked_weighted_mean
+from fednas.search_space import SearchSpace
+from fednas.shards import Masks, Slices, encode_masks, full_masks, gumbel_top_s, slice_state
+
+SEARCH_ROUTE = "train.search"
+TRAIN_ROUTE = "train"
+EVALUATE_ROUTE = "evaluate"
+
+
+class FedNAS(FedAvg):
+    """Federated NAS over supernet shards (see the module docstring).
+
+    Parameters
+    ----------
+    space
+        The server's supernet (defines α keys and shard slicing), or None for a fixed model.
+    shard_size
+        Candidates per edge/layer each client trains; 0 or ≥ all = the full supernet.
+    include_argmax
+        Every shard keeps each edge's current best candidate.
+    seed
+        Seeds client sampling and shard sampling.
+    train_route
+        Message type of training messages (``train.search`` or ``train``).
+    **fedavg
+        ``fraction_train``, ``min_train_nodes``, ``fraction_evaluate``, ... as in FedAvg.
+    """
+
+    def __init__(self, space: SearchSpace | None = None, *, shard_size: int = 0,
+                 include_argmax: bool = True, seed: int = 0, train_route: str | None = None,
+                 **fedavg: Any) -> None:
+        fedavg.setdefault("min_available_nodes", 1)
+        super().__init__(**fedavg)
+        self.space = space
+        self.shard_size = shard_size
+        self.include_argmax = include_argmax
+        self.train_route = train_route or (SEARCH_ROUTE if space is not None else TRAIN_ROUTE)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.node_partitions: dict[int, int] = {}
+        self.alpha_keys: list[str] = []
+        if space is not None:
+            names = {id(p): n for n, p in space.named_parameters()}
+            self.alpha_keys = [names[id(a)] for a in space.arch_parameters()]
+        self._state: dict[str, torch.Tensor] = {}
+        self._plan: dict[int, tuple[Masks | None, Slices]] = {}
+        self.round_stats: dict[str, float] = {}
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def summary(self) -> None:
+        super().summary()
+        log(INFO, "\t└──> FedNAS: shard size %s, route %s", self.shard_size or "all",
+            self.train_route)
+
+    def get_state(self) -> dict[str, Any]:
+        """What a checkpoint needs to resume this strategy exactly."""
+        return {"generator": self.generator.get_state()}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+    def _sample(self, fraction: float, minimum: int) -> list[tuple[int, int]]:
+        """(partition id, node id) pairs sampled with the seeded generator, in id order."""
+        if not self.node_partitions:
+            raise RuntimeError("FedNAS.node_partitions is empty: map node ids to partition "
+                               "ids (the server app's handshake) before configuring rounds")
+        pairs = sorted((pid, node) for node, pid in self.node_partitions.items())
+        size = min(len(pairs), max(int(len(pairs) * fraction), minimum, 1))
+        chosen = torch.randperm(len(pairs), generator=self.generator)[:size].sort().values
+        return [pairs[i] for i in chosen.tolist()]
+
+    # -- training ----------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self._state = arrays.to_torch_state_dict()
+        self._plan = {}
+        sampled = self._sample(self.fraction_train, self.min_train_nodes)
+        messages, bytes_down = [], 0
+        for pid, node in sampled:
+            masks, slices = self._shard()
+            regions = ArrayRecord(slice_state(self._state, slices))
+            bytes_down += regions.count_bytes()
+            cfg = ConfigRecord({**dict(config), "server-round": server_round,
+                                "partition-id": pid})
+            if masks is not None:
+                cfg["shard"] = encode_masks(masks)
+            self._plan[pid] = (masks, slices)
+            messages.append(Message(RecordDict({self.arrayrecord_key: regions,
+                                                self.configrecord_key: cfg}),
+                                    dst_node_id=node, message_type=self.train_route))
+        self.round_stats = {"clients_sampled": len(messages), "bytes_down": bytes_down}
+        log(INFO, "configure_train: %d clients, %.2f MB down", len(messages), bytes_down / 1e6)
+        return messages
+
+    def _shard(self) -> tuple[Masks | None, Slices]:
+        if self.space is None:
+            return None, dict.fromkeys(self._state)
+        alphas = [self._state[k] for k in self.alpha_keys]
+        if self.shard_size and self.shard_size < max(a.shape[-1] for a in alphas):
+            masks = [gumbel_top_s(a, self.shard_size, self.generator, self.include_argmax)
+                     for a in alphas]
+        else:
+            masks = full_masks(alphas)
+        slices = self.space.shard_slices(masks)
+        for key in self.alpha_keys:
+            slices[key] = None
+        return masks, slices
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        good: list[tuple[int, RecordDict]] = []
+        errors = diverged = 0
+        for msg in replies:
+            if msg.has_error():
+                errors += 1
+                log(WARNING, "client error dropped: %s", msg.error.reason)
+                continue
+            metrics = next(iter(msg.content.metric_records.values()))
+            pid = int(metrics["partition-id"])
+            if pid not in self._plan:
+                errors += 1
+                log(WARNING, "reply from unexpected partition %s dropped", pid)
+            elif metrics.get("diverged", 0) or not _finite(msg.content):
+                diverged += 1
+                log(WARNING, "partition %d diverged (non-finite loss/weights): dropped", pid)
+            else:
+                good.append((pid, msg.content))
+        good.sort(key=lambda t: t[0])
+        timeouts = max(len(self._plan) - len(replies), 0)
+        bytes_up = sum(c[self.arrayrecord_key].count_bytes() for _, c in good)
+        self.round_stats.update(clients_ok=len(good), client_errors=errors,
+                                clients_diverged=diverged, client_timeouts=timeouts,
+                                bytes_up=bytes_up)
+        if len(good) < max(self.min_train_nodes, 1):
+            self.round_stats["round_failed"] = 1
+            log(WARNING, "round %d failed: %d successful clients < min %d; global state kept",
+                server_round, len(good), self.min_train_nodes)
+            return None, None
+        self.round_stats["round_failed"] = 0
+        contributions = []
+        for pid, content in good:
+            masks, slices = self._plan[pid]
+            weight = float(next(iter(content.metric_records.values()))[self.weighted_by_key])
+            entry = {} if masks is None else dict(zip(self.alpha_keys, masks, strict=True))
+            contributions.append(Contribution(
+                content[self.arrayrecord_key].to_torch_state_dict(), slices, weight, entry))
+        new_state = masked_weighted_mean(self._state, contributions)
+        metrics = aggregate_metricrecords([c for _, c in good], self.weighted_by_key)
+        for key in ("partition-id", "diverged"):
+            metrics.pop(key, None)
+        return ArrayRecord(new_state), metrics
+
+    # -- evaluation --------------------------------------------------------------------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        if self.fraction_evaluate == 0.0:
+            return []
+        messages = []
+        for pid, node in self._sample(self.fraction_evaluate, self.min_evaluate_nodes):
+            cfg = ConfigRecord({**dict(config), "server-round": server_round,
+                                "partition-id": pid})
+            messages.append(Message(RecordDict({self.arrayrecord_key: arrays,
+                                                self.configrecord_key: cfg}),
+                                    dst_node_id=node, message_type=EVALUATE_ROUTE))
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        good = []
+        for msg in replies:
+            if msg.has_error():
+                continue
+            metrics = next(iter(msg.content.metric_records.values()))
+            good.append((int(metrics["partition-id"]), msg.content))
+        if not good:
+            return None
+        good.sort(key=lambda t: t[0])
+        metrics = aggregate_metricrecords([c for _, c in good], self.weighted_by_key)
+        metrics.pop("partition-id", None)
+        return metrics
+
+
+def _finite(content: RecordDict) -> bool:
+    """True when every metric and array in a reply is finite."""
+    for record in content.metric_records.values():
+        for value in record.values():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                return False
+    for record in content.array_records.values():
+        for tensor in record.to_torch_state_dict().values():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                return False
+    return True
