@@ -12,6 +12,8 @@ from fednas.errors import FedNASError
 EPILOG = """examples:
   fednas run simulations/quickstart.toml
   fednas run simulations/quickstart.toml --set search.epochs=2 --set data.dataset=digits
+  fednas run simulations/federated_fashion.toml      # Flower clients on Ray
+  fednas resume runs/federated_fashion-20261127-120000
   fednas config simulations/quickstart.toml --keys
   fednas datasets
 """
@@ -42,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     cfg.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     cfg.add_argument("--keys", action="store_true", help="list every key with its doc")
 
+    res = sub.add_parser("resume", help="continue an interrupted federated run from its "
+                                        "last checkpoint",
+                         description="Continue a federated run dir from checkpoints/latest.pt; "
+                                     "the result equals an uninterrupted run with the same seed.")
+    res.add_argument("run_dir", type=Path, help="the run directory (runs/<name>-<time>)")
+    res.add_argument("--quiet", action="store_true", help="no progress output")
+
     sub.add_parser("datasets", help="list the dataset names fednas can load",
                    description="List registered datasets and the npz:/folder: forms.")
     return parser
@@ -67,6 +76,28 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir, summary = run_federated(cfg, Console(stderr=True))
     else:
         run_dir, summary = Pipeline(cfg, Console(stderr=True)).run()
+    print_summary(summary, console)
+    console.print(f"run dir: {run_dir}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fednas.config import load_config
+    from fednas.errors import CheckpointError
+    from fednas.report import print_summary
+    from fednas.simulation import run_federated
+
+    config = args.run_dir / "config.toml"
+    if not config.is_file():
+        raise CheckpointError(f"{args.run_dir} is not a fednas run directory (no config.toml)")
+    cfg = load_config(config)
+    if cfg.mode != "federated":
+        raise CheckpointError(f"{args.run_dir} is a centralised run; only federated runs "
+                              "checkpoint and resume")
+    console = Console()
+    run_dir, summary = run_federated(cfg, Console(stderr=True), resume_dir=args.run_dir)
     print_summary(summary, console)
     console.print(f"run dir: {run_dir}")
     return 0
@@ -121,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    handler = {"run": cmd_run, "config": cmd_config, "datasets": cmd_datasets}[args.command]
+    handler = {"run": cmd_run, "resume": cmd_resume, "config": cmd_config,
+               "datasets": cmd_datasets}[args.command]
     try:
         return handler(args)
     except FedNASError as exc:

@@ -1,0 +1,120 @@
+"""End-to-end federated runs (Flower simulation on Ray) on digits, and SIGKILL + resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fednas.config import load_config
+from fednas.runs import read_metrics
+
+pytestmark = pytest.mark.slow
+
+FEDERATED = ["mode=federated", "federation.rounds=2", "federation.subnet-rounds=2",
+             "federation.shard-size=2", "federation.local-steps=3", "federation.min-fit-clients=2",
+             "federation.fraction-evaluate=1.0", "federation.node-wait=300"]
+
+
+def strip_time(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "wall_s"} for r in records]
+
+
+def test_two_rounds_four_clients_on_digits(tiny_overrides):
+    from fednas.simulation import run_federated
+
+    cfg = load_config(None, tiny_overrides + FEDERATED)
+    run_dir, summary = run_federated(cfg)
+    metrics = read_metrics(run_dir)
+    assert [m["phase"] for m in metrics] == ["search"] * 2 + ["retrain"] * 2 + ["baseline"] * 2
+    for m in metrics:
+        assert m["clients_ok"] == 4 and m["client_errors"] == 0 and m["round_failed"] == 0
+        assert m["bytes_down"] > 0 and m["bytes_up"] > 0
+        assert 0.0 <= m["test_acc"] <= 1.0
+    search = [m for m in metrics if m["phase"] == "search"]
+    assert all("genotype" in m and m["genotype"]["space"] == "cell" for m in search)
+    assert all("client_val_acc" in m for m in metrics if m["phase"] != "search")
+    for name in ("genotype.json", "supernet.pt", "searched.pt", "baseline.pt", "summary.json",
+                 "checkpoints/latest.pt", "plots/search_curves.png", "plots/alpha_heatmap.png"):
+        assert (run_dir / name).is_file(), name
+    assert set(summary["models"]) == {"searched", "baseline"}
+    assert summary["models"]["searched"]["rounds"] == 2
+
+
+def test_half_shards_send_fewer_bytes_than_full(tiny_overrides):
+    from fednas.client import make_space
+    from strategies.fednas import FedNAS
+
+    cfg = load_config(None, tiny_overrides + FEDERATED)
+    space = make_space(cfg)
+    sent = {}
+    for size in (0, 2):
+        strategy = FedNAS(space, shard_size=size, seed=0)
+        strategy._state = space.state_dict()
+        sent[size] = sum(v.numel() for k, v in strategy._state.items()
+                         if k in strategy._shard()[1])
+    assert sent[2] < sent[0]
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fednas", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            **kwargs)
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tiny_overrides, tmp_path):
+    sets = [a for o in tiny_overrides + FEDERATED + ["federation.rounds=3",
+                                                     "federation.checkpoint-every=1"]
+            for a in ("--set", o)]
+    full = run_cli("run", "/dev/null", *sets, "--out-dir", str(tmp_path / "full"))
+    out, _ = full.communicate(timeout=900)
+    assert full.returncode == 0, out
+    (full_dir,) = (tmp_path / "full").iterdir()
+
+    victim = run_cli("run", "/dev/null", *sets, "--out-dir", str(tmp_path / "killed"))
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        dirs = list((tmp_path / "killed").glob("*/metrics.jsonl"))
+        if dirs and len(dirs[0].read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    os.killpg(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=60)
+    (killed_dir,) = (tmp_path / "killed").iterdir()
+    assert not (killed_dir / "summary.json").exists()
+
+    resumed = run_cli("resume", str(killed_dir))
+    out, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, out
+    assert strip_time(read_metrics(killed_dir)) == strip_time(read_metrics(full_dir))
+    for name in ("genotype.json",):
+        assert (killed_dir / name).read_bytes() == (full_dir / name).read_bytes()
+    a = json.loads((killed_dir / "summary.json").read_text())["models"]
+    b = json.loads((full_dir / "summary.json").read_text())["models"]
+    assert a == b
+    sa = torch.load(killed_dir / "searched.pt")["state_dict"]
+    sb = torch.load(full_dir / "searched.pt")["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_rejects_non_run_dirs(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "fednas", "resume", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "not a fednas run directory" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_resume_of_a_run_without_checkpoint_is_a_clear_error(tiny_overrides, tmp_path):
+    cfg_text = Path(tmp_path / "config.toml")
+    cfg_text.write_text('mode = "federated"\n')
+    proc = subprocess.run([sys.executable, "-m", "fednas", "resume", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "has no checkpoint" in proc.stderr or "fednas: error" in proc.stderr
