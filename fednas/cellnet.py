@@ -15,6 +15,21 @@ def reduction_layers(layers: int) -> set[int]:
     return {layers // 3, 2 * layers // 3} if layers >= 3 else {layers - 1} if layers == 2 else set()
 
 
+def macro_layout(layers: int, channels: int, nodes: int, stem_multiplier: int):
+    """Yield ``(reduction, reduction_prev, c_pp, c_p, c)`` for each cell of the network."""
+    c_pp = c_p = stem_multiplier * channels
+    c = channels
+    reductions = reduction_layers(layers)
+    reduction_prev = False
+    for i in range(layers):
+        reduction = i in reductions
+        if reduction:
+            c *= 2
+        yield reduction, reduction_prev, c_pp, c_p, c
+        reduction_prev = reduction
+        c_pp, c_p = c_p, nodes * c
+
+
 def make_stem(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     """3×3 conv + BN stem."""
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False),
@@ -105,21 +120,14 @@ class CellNetwork(nn.Module):
         nodes = check_cell_genotype(genotype, allowed_ops)
         self.genotype = genotype
         self.stem = make_stem(input_shape[0], stem_multiplier * channels, stem_stride)
-        c_pp = c_p = stem_multiplier * channels
-        c = channels
-        reductions = reduction_layers(layers)
         self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                c *= 2
+        c = channels
+        for reduction, reduction_prev, c_pp, c_p, c in macro_layout(layers, channels, nodes,
+                                                                    stem_multiplier):
             gene = genotype["reduce" if reduction else "normal"]
             self.cells.append(DiscreteCell(gene, c_pp, c_p, c, reduction, reduction_prev))
-            reduction_prev = reduction
-            c_pp, c_p = c_p, nodes * c
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c_p, num_classes)
+        self.classifier = nn.Linear(nodes * c, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s0 = s1 = self.stem(x)

@@ -88,6 +88,13 @@ def assigned_gpu() -> int:
     return -1
 
 
+def placement(device: torch.device) -> dict[str, int]:
+    """Where this client ran: worker pid, Ray GPU id (-1: none) and whether it used CUDA."""
+    import os
+
+    return {"pid": os.getpid(), "gpu-id": assigned_gpu(), "cuda": int(device.type == "cuda")}
+
+
 def make_space(cfg: RunConfig) -> SearchSpace:
     """The supernet of the scenario, with the seed's deterministic initialisation."""
     data = dataset(cfg)
@@ -139,7 +146,7 @@ def search(cfg: RunConfig, pid: int, server_round: int, regions: dict[str, torch
                              weight_decay=s.arch_weight_decay)
     steps = steps_per_epoch(len(train[1]), s.batch_size, f.local_steps) * f.local_epochs
     metrics: dict[str, float] = {"num-examples": len(train[1]), "partition-id": pid,
-                                 "diverged": 0, "gpu-id": assigned_gpu(), "steps": steps}
+                                 "diverged": 0, "steps": steps, **placement(device)}
     try:
         stats = search_steps(space, train, val, weight_opt=w_opt, arch_opt=a_opt, steps=steps,
                              batch_size=min(s.batch_size, len(val[1])), grad_clip=s.grad_clip,
@@ -165,7 +172,7 @@ def train(cfg: RunConfig, pid: int, server_round: int, state: dict[str, torch.Te
     opt = make_optimizer(r.optimizer, model.parameters(), lr=lr, momentum=r.momentum,
                          weight_decay=r.weight_decay)
     metrics: dict[str, float] = {"num-examples": len(train_split[1]), "partition-id": pid,
-                                 "diverged": 0, "gpu-id": assigned_gpu()}
+                                 "diverged": 0, **placement(device)}
     try:
         for _ in range(cfg.federation.local_epochs):
             stats = train_epoch(model, train_split, optimizer=opt,

@@ -129,6 +129,9 @@ class FederationConfig:
                                       "trained subnet per round (0 = server-side only)")
     server_eval_samples: int = option(0, ge=0, doc="test samples for per-round server "
                                       "evaluation (0 = whole test split)")
+    bn_calibration_samples: int = option(500, ge=0, doc="server-side val images used to "
+                                         "recalibrate BN of the argmax subnet before its "
+                                         "per-round evaluation (0 = off)")
     client_cpus: float = option(1.0, gt=0.0, doc="Ray CPUs per client")
     client_gpus: float = option(-1.0, ge=-1.0, doc="Ray GPUs per client (-1 = 0.5 when "
                                 "CUDA is visible, else 0)")

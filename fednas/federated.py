@@ -7,6 +7,7 @@ resume from a checkpoint to exactly the result of an uninterrupted run.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,24 @@ from fednas import client
 from fednas.checkpoint import load_checkpoint, save_checkpoint
 from fednas.errors import FedNASError
 from fednas.flops import count_flops, count_params
-from fednas.pipeline import Pipeline, alpha_entropy
+from fednas.pipeline import Pipeline, alpha_columns, alpha_entropy, alpha_snapshot
+from fednas.plots import plot_alpha_evolution
 from fednas.runs import RunDir
 from fednas.search_space import Genotype, save_genotype
-from fednas.train import cosine, evaluate
+from fednas.train import cosine, evaluate, recalibrate_bn
 from strategies.fednas import FedNAS
+
+
+def make_strategy(space, **kwargs: Any) -> FedNAS:
+    """A FedNAS strategy, without FedAvg's warning that fraction_evaluate=0 skips evaluation
+    (server-side evaluation runs every round regardless)."""
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.ERROR)
+    try:
+        return FedNAS(space, **kwargs)
+    finally:
+        flwr_log.setLevel(level)
 
 
 class FederatedPipeline(Pipeline):
@@ -141,7 +155,7 @@ class FederatedPipeline(Pipeline):
             record: dict[str, Any] = {**strategy.round_stats, "lr": float(config["lr"])}
             if train_metrics is not None:
                 record.update({k.replace("-", "_"): v for k, v in train_metrics.items()
-                               if k not in ("gpu-id", "steps")})
+                               if k != "steps"})
             if f.fraction_evaluate > 0 and phase != "search":
                 replies = grid.send_and_receive(
                     strategy.configure_evaluate(rnd, ArrayRecord(state), ConfigRecord(extra),
@@ -150,6 +164,9 @@ class FederatedPipeline(Pipeline):
                 if client_eval is not None:
                     record["client_val_loss"] = client_eval["eval_loss"]
                     record["client_val_acc"] = client_eval["eval_acc"]
+            record["clients_on_cuda"] = sum(p.get("cuda", 0) for p in strategy.placements)
+            self.rundir.append_jsonl("clients.jsonl", [{"phase": phase, **p}
+                                                       for p in strategy.placements])
             record.update(server_eval(state))
             record["wall_s"] = time.perf_counter() - t0
             self.rundir.log(phase, rnd, **record)
@@ -174,19 +191,24 @@ class FederatedPipeline(Pipeline):
         cfg, f, s = self.cfg, self.cfg.federation, self.cfg.search
         t0 = time.perf_counter()
         space = client.make_space(cfg)
-        strategy = FedNAS(space, shard_size=f.shard_size, include_argmax=f.include_argmax,
-                          seed=cfg.seed, fraction_train=f.fraction_train,
-                          min_train_nodes=f.min_fit_clients, fraction_evaluate=0.0)
+        strategy = make_strategy(space, shard_size=f.shard_size,
+                                 include_argmax=f.include_argmax, seed=cfg.seed,
+                                 fraction_train=f.fraction_train,
+                                 min_train_nodes=f.min_fit_clients, fraction_evaluate=0.0)
         strategy.node_partitions = self.node_partitions
         test = self._server_test()
+        proxy = self.data.val_x[: f.bn_calibration_samples]  # server-side split, no client's
 
         def server_eval(state: dict[str, torch.Tensor]) -> dict[str, Any]:
             space.load_state_dict(state)
             genotype = space.genotype()
-            result = evaluate(space.subnet(genotype), test,
-                              batch_size=cfg.runtime.eval_batch_size, device=self.device)
+            subnet = recalibrate_bn(space.subnet(genotype), proxy, batch_size=s.batch_size,
+                                    device=self.device)
+            result = evaluate(subnet, test, batch_size=cfg.runtime.eval_batch_size,
+                              device=self.device)
             return {"test_loss": result["eval_loss"], "test_acc": result["eval_acc"],
-                    "genotype": genotype, "alpha_entropy": alpha_entropy(space)}
+                    "genotype": genotype, "alpha_entropy": alpha_entropy(space),
+                    "alpha": alpha_snapshot(space)}
 
         state = self._rounds(grid, "search", strategy, space.state_dict(), f.rounds,
                              (s.lr, s.lr_min), {}, server_eval, [])
@@ -194,6 +216,8 @@ class FederatedPipeline(Pipeline):
         genotype = space.genotype()
         save_genotype(genotype, self.rundir.path / "genotype.json")
         self._plot_alpha(space)
+        plot_alpha_evolution(self.rundir.metrics, alpha_columns(space),
+                             self.rundir.path / "plots")
         self.rundir.save_model("supernet", space)
         self.timings["search"] = time.perf_counter() - t0
         self.search_state = state
@@ -211,9 +235,9 @@ class FederatedPipeline(Pipeline):
             space.load_state_dict(getattr(self, "search_state", None)
                                   or torch.load(self.rundir.path / "supernet.pt")["state_dict"])
             model = space.subnet(spec["genotype"])
-        strategy = FedNAS(None, seed=cfg.seed + 7, fraction_train=f.fraction_train,
-                          min_train_nodes=f.min_fit_clients,
-                          fraction_evaluate=f.fraction_evaluate, min_evaluate_nodes=1)
+        strategy = make_strategy(None, seed=cfg.seed + 7, fraction_train=f.fraction_train,
+                                 min_train_nodes=f.min_fit_clients,
+                                 fraction_evaluate=f.fraction_evaluate, min_evaluate_nodes=1)
         strategy.node_partitions = self.node_partitions
         test = self._server_test()
         extra = {"model": client.encode_spec(spec)}

@@ -24,7 +24,7 @@ from fednas.errors import ConfigError
 from fednas.flops import count_flops, count_params
 from fednas.models import build_model
 from fednas.partition import partition_indices, partition_stats
-from fednas.plots import plot_alpha, plot_curves
+from fednas.plots import plot_alpha, plot_alpha_evolution, plot_curves
 from fednas.runs import RunDir
 from fednas.search_space import Genotype, SearchSpace, build_space, save_genotype
 from fednas.train import (
@@ -146,10 +146,12 @@ class Pipeline:
                            device=self.device)
             self.rundir.log("search", epoch, **stats, val_loss=val["eval_loss"],
                             val_acc=val["eval_acc"], genotype=space.genotype(),
-                            alpha_entropy=alpha_entropy(space))
+                            alpha_entropy=alpha_entropy(space), alpha=alpha_snapshot(space))
         genotype = space.genotype()
         save_genotype(genotype, self.rundir.path / "genotype.json")
         self._plot_alpha(space)
+        plot_alpha_evolution(self.rundir.metrics, alpha_columns(space),
+                             self.rundir.path / "plots")
         self.timings["search"] = time.perf_counter() - t0
         return space, genotype
 
@@ -213,15 +215,25 @@ class Pipeline:
                 "flops": count_flops(model, self.data.input_shape), "epochs": r.epochs}
 
     def _plot_alpha(self, space: SearchSpace) -> None:
-        if space.space_name == "cell":
-            alphas = {"normal": space.alpha_normal, "reduce": space.alpha_reduce}
-            columns = list(space.op_names)
-        else:
-            alphas = {"layers": torch.stack(list(space.arch_parameters()))}
-            columns = [str(c) for c in space.width_choices]
-        plot_alpha({k: v.detach().softmax(-1).cpu().numpy() for k, v in alphas.items()}, columns,
-                   self.rundir.path / "plots",
+        alphas = {k: np.asarray(v) for k, v in alpha_snapshot(space).items()}
+        plot_alpha(alphas, alpha_columns(space), self.rundir.path / "plots",
                    row_label="edge" if space.space_name == "cell" else "prunable layer")
+
+
+def alpha_snapshot(space: SearchSpace) -> dict[str, list[list[float]]]:
+    """softmax(α) per group as nested lists: cell → normal/reduce, width → layers."""
+    if space.space_name == "cell":
+        groups = {"normal": space.alpha_normal, "reduce": space.alpha_reduce}
+    else:
+        groups = {"layers": torch.stack(list(space.arch_parameters()))}
+    return {k: v.detach().softmax(-1).cpu().tolist() for k, v in groups.items()}
+
+
+def alpha_columns(space: SearchSpace) -> list[str]:
+    """Names of the α candidates (op names or width fractions)."""
+    if space.space_name == "cell":
+        return list(space.op_names)
+    return [str(c) for c in space.width_choices]
 
 
 def alpha_entropy(space: SearchSpace) -> float:

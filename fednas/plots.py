@@ -55,3 +55,31 @@ def plot_alpha(alphas: dict[str, np.ndarray], columns: list[str], out: Path,
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_alpha_evolution(metrics: list[dict[str, Any]], columns: list[str], out: Path,
+                         phase: str = "search") -> Path | None:
+    """Mean softmax(α) weight of each candidate over rounds, one panel per α group.
+
+    Reads the ``alpha`` entry of each ``phase`` record: ``{group: rows × candidates}``.
+    """
+    rows = [m for m in metrics if m["phase"] == phase and isinstance(m.get("alpha"), dict)]
+    if not rows:
+        return None
+    groups = list(rows[0]["alpha"])
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.8), squeeze=False)
+    steps = [m["step"] for m in rows]
+    for ax, group in zip(axes[0], groups, strict=True):
+        series = np.array([np.asarray(m["alpha"][group], dtype=float).mean(0) for m in rows])
+        for k, name in enumerate(columns):
+            ax.plot(steps, series[:, k], marker="o", label=name)
+        ax.set_xlabel("round" if phase == "search" else "step")
+        ax.set_ylabel("mean softmax(α)")
+        ax.set_title(f"α evolution: {group}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "alpha_evolution.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -100,6 +100,12 @@ class RunDir:
             fh.write(json.dumps(record, sort_keys=True) + "\n")
         return record
 
+    def append_jsonl(self, name: str, records: list[dict[str, Any]]) -> None:
+        """Append records to a side log (e.g. clients.jsonl: where each client ran)."""
+        with (self.path / name).open("a") as fh:
+            for record in records:
+                fh.write(json.dumps(_clean(record), sort_keys=True) + "\n")
+
     def write_json(self, name: str, data: Any) -> Path:
         path = self.path / name
         tmp = path.with_suffix(".tmp")

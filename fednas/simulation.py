@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ def run_federated(cfg: RunConfig, console: Console | None = None,
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray's notice about a future default; fednas relies on today's (num_gpus=0 hides GPUs).
+    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
     run_simulation(server_app=make_server_app(pipeline), client_app=make_client_app(cfg),
                    num_supernodes=cfg.partition.num_clients,
                    backend_config=backend or backend_config(cfg))

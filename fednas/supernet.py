@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fednas.cellnet import CellNetwork, make_preprocess, make_stem, reduction_layers
+from fednas.cellnet import CellNetwork, macro_layout, make_preprocess, make_stem
 from fednas.errors import ConfigError
 from fednas.ops import DARTS_OPS, OPS
 from fednas.search_space import Genotype, SearchSpace, register_space
@@ -105,20 +105,13 @@ class CellSupernet(SearchSpace):
         self.channels, self.layers, self.nodes = channels, layers, nodes
         self.stem_stride, self.stem_multiplier = stem_stride, stem_multiplier
         self.stem = make_stem(input_shape[0], stem_multiplier * channels, stem_stride)
-        c_pp = c_p = stem_multiplier * channels
-        c = channels
-        reductions = reduction_layers(layers)
         self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in reductions
-            if reduction:
-                c *= 2
+        c = channels
+        for reduction, reduction_prev, c_pp, c_p, c in macro_layout(layers, channels, nodes,
+                                                                    stem_multiplier):
             self.cells.append(SearchCell(nodes, c_pp, c_p, c, reduction, reduction_prev, ops))
-            reduction_prev = reduction
-            c_pp, c_p = c_p, nodes * c
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(c_p, num_classes)
+        self.classifier = nn.Linear(nodes * c, num_classes)
         num_edges = sum(2 + i for i in range(nodes))
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(ops)))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, len(ops)))

@@ -197,3 +197,28 @@ def steps_per_epoch(n: int, batch_size: int, cap: int = 0) -> int:
 def cosine(step: int, total: int, start: float, end: float) -> float:
     """Cosine interpolation from ``start`` to ``end``."""
     return end + 0.5 * (start - end) * (1 + math.cos(math.pi * min(step / max(total, 1), 1.0)))
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, *, batch_size: int,
+                   device: torch.device) -> nn.Module:
+    """Re-estimate BatchNorm running statistics on ``x`` (cumulative average, no grads).
+
+    A subnet inheriting a supernet's weights inherits BN statistics gathered under the
+    mixture of ops; recalibrating on a few hundred proxy images makes its evaluation honest.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(x) == 0:
+        return model
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    for start in range(0, len(x), batch_size):
+        model(x[start: start + batch_size].to(device))
+    for m, momentum in zip(norms, saved, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+    return model

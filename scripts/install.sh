@@ -5,10 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
-PIP="$VENV/bin/python -m pip"
+PIP="pip_quiet"
 L2L_DIR=build/l2l
 
 say() { printf '\033[1m[fednas install]\033[0m %s\n' "$*"; }
+# pip, minus the machine-local "Location ... is ignored" notices some pip configs print
+pip_quiet() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "^WARNING: Location '" >&2); }
 
 "$PYTHON" - <<'PY' || { echo "fednas needs Python >= 3.11 (found $("$PYTHON" --version 2>&1))" >&2; exit 1; }
 import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
@@ -45,12 +47,13 @@ if ! "$VENV/bin/python" -c "import learn2learn" >/dev/null 2>&1; then
   rm -rf "$L2L_DIR/learn2learn-0.2.0"
   tar xzf "$L2L_DIR/learn2learn-0.2.0.tar.gz" -C "$L2L_DIR"
   "$VENV/bin/cython" -3 "$L2L_DIR"/learn2learn-0.2.0/learn2learn/data/{meta_dataset,task_dataset,transforms}.pyx
-  $PIP install -q --no-deps --no-build-isolation "./$L2L_DIR/learn2learn-0.2.0"
+  $PIP install -q --no-deps --no-build-isolation "./$L2L_DIR/learn2learn-0.2.0" >/dev/null
 fi
 
 # 4. fednas itself (editable), deps already satisfied above.
-$PIP install -q --no-deps --no-build-isolation -e .
-"$VENV/bin/python" -c "import torch, flwr, learn2learn, fednas" \
-  || { echo "fednas install check failed" >&2; exit 1; }
+$PIP install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+  || $PIP install --no-deps --no-build-isolation -e .
+"$VENV/bin/python" -c "import torch, flwr, learn2learn, fednas" >/dev/null 2>&1 \
+  || { "$VENV/bin/python" -c "import torch, flwr, learn2learn, fednas"; echo "fednas install check failed" >&2; exit 1; }
 touch "$VENV/.fednas-installed"
 say "done: $("$VENV/bin/python" -c 'import torch, flwr; print(f"torch {torch.__version__}, flwr {flwr.__version__}")')"

@@ -36,6 +36,7 @@ from fednas.shards import Masks, Slices, encode_masks, full_masks, gumbel_top_s,
 SEARCH_ROUTE = "train.search"
 TRAIN_ROUTE = "train"
 EVALUATE_ROUTE = "evaluate"
+PLACEMENT_KEYS = ("pid", "gpu-id", "cuda")
 
 
 class FedNAS(FedAvg):
@@ -75,6 +76,7 @@ class FedNAS(FedAvg):
         self._state: dict[str, torch.Tensor] = {}
         self._plan: dict[int, tuple[Masks | None, Slices]] = {}
         self.round_stats: dict[str, float] = {}
+        self.placements: list[dict[str, int]] = []  # per reply: where the client ran
 
     # -- bookkeeping -------------------------------------------------------------------
     def summary(self) -> None:
@@ -157,6 +159,12 @@ class FedNAS(FedAvg):
             else:
                 good.append((pid, msg.content))
         good.sort(key=lambda t: t[0])
+        self.placements = []
+        for pid, content in good:
+            m = next(iter(content.metric_records.values()))
+            self.placements.append({"round": server_round, "partition": pid,
+                                    **{k.replace("-", "_"): int(m[k])
+                                       for k in PLACEMENT_KEYS if k in m}})
         timeouts = max(len(self._plan) - len(replies), 0)
         bytes_up = sum(c[self.arrayrecord_key].count_bytes() for _, c in good)
         self.round_stats.update(clients_ok=len(good), client_errors=errors,
@@ -177,7 +185,7 @@ class FedNAS(FedAvg):
                 content[self.arrayrecord_key].to_torch_state_dict(), slices, weight, entry))
         new_state = masked_weighted_mean(self._state, contributions)
         metrics = aggregate_metricrecords([c for _, c in good], self.weighted_by_key)
-        for key in ("partition-id", "diverged"):
+        for key in ("partition-id", "diverged", *PLACEMENT_KEYS):
             metrics.pop(key, None)
         return ArrayRecord(new_state), metrics
 

@@ -42,7 +42,8 @@ def test_two_rounds_four_clients_on_digits(tiny_overrides):
     assert all("genotype" in m and m["genotype"]["space"] == "cell" for m in search)
     assert all("client_val_acc" in m for m in metrics if m["phase"] != "search")
     for name in ("genotype.json", "supernet.pt", "searched.pt", "baseline.pt", "summary.json",
-                 "checkpoints/latest.pt", "plots/search_curves.png", "plots/alpha_heatmap.png"):
+                 "checkpoints/latest.pt", "plots/search_curves.png", "plots/alpha_heatmap.png",
+                 "plots/alpha_evolution.png", "clients.jsonl"):
         assert (run_dir / name).is_file(), name
     assert set(summary["models"]) == {"searched", "baseline"}
     assert summary["models"]["searched"]["rounds"] == 2

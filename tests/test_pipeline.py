@@ -22,7 +22,8 @@ def test_tiny_run_writes_a_complete_run_dir(tiny_config):
     run_dir, summary = Pipeline(tiny_config).run()
     for name in ("config.toml", "metrics.jsonl", "genotype.json", "partitions.json",
                  "searched.pt", "baseline.pt", "summary.json", "plots/alpha_heatmap.png",
-                 "plots/search_curves.png", "plots/retrain_curves.png"):
+                 "plots/search_curves.png", "plots/retrain_curves.png",
+                 "plots/alpha_evolution.png"):
         assert (run_dir / name).is_file(), name
     on_disk = json.loads((run_dir / "summary.json").read_text())
     assert set(SUMMARY_SCHEMA) <= set(on_disk)

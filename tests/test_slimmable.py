@@ -17,15 +17,6 @@ from fednas.slimmable import SlimmableResNet
 SMALL = (1, 8, 8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread is faster and immune to CPU contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(input_shape=SMALL, num_classes=10, seed=0, **options) -> SlimmableResNet:
     torch.manual_seed(seed)
     return SlimmableResNet(input_shape=input_shape, num_classes=num_classes, **options)

@@ -119,3 +119,18 @@ def test_device_resolution():
         assert resolve_device("auto").type == "cpu"
         with pytest.raises(ConfigError, match="runtime.device"):
             resolve_device("cuda")
+
+
+def test_recalibrate_bn_estimates_the_data_statistics():
+    from fednas.train import recalibrate_bn
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1, bias=False), torch.nn.BatchNorm2d(2))
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+    model[1].running_mean.fill_(-50.0)
+    x = 3.0 + 2.0 * torch.randn(600, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    recalibrate_bn(model, x, batch_size=64, device=torch.device("cpu"))
+    assert not model.training and model[1].momentum == 0.1
+    torch.testing.assert_close(model[1].running_mean, torch.full((2,), 3.0), atol=0.05, rtol=0)
+    torch.testing.assert_close(model[1].running_var, torch.full((2,), 4.0), atol=0.2, rtol=0)

@@ -1,0 +1,119 @@
+"""Simulation overhead, memory at scale, and shard bytes. Prints one JSON line.
+
+(a) ``overhead_ratio``: federated round wall time (rounds 2..R, Flower + Ray, one actor with
+    all cores) ÷ the same clients' local search run back to back in-process with the same
+    thread count (10 clients, ≥ 1 s of local work each);
+(b) ``rss_ratio_1000_vs_10``: peak RSS of the whole process tree (driver + Ray workers) with
+    1000 virtual clients at fraction 0.01 ÷ with 10 clients at fraction 1.0;
+(c) ``bytes_ratio_half_shard``: bytes per round (down + up) with half-size shards ÷ full
+    supernet, from real rounds.
+
+Usage: ``python bench/overhead.py [--rounds 3] [--local-steps 8]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import torch
+
+from fednas.config import load_config
+from fednas.runs import read_metrics
+
+BASE = ["mode=federated", "data.dataset=fashion-mnist", 'phases=["search"]',
+        "partition.scheme=iid", "space.cell.channels=8", "space.cell.layers=3",
+        "space.cell.nodes=2", "space.cell.stem-stride=2",
+        'space.cell.ops=["max_pool_3x3","skip_connect","sep_conv_3x3","dil_conv_3x3"]',
+        "search.batch-size=64", "federation.server-eval-samples=500",
+        "federation.min-fit-clients=1", "federation.checkpoint-every=0",
+        "federation.node-wait=600", "runtime.progress=false"]
+
+
+def run(overrides: list[str], out: Path) -> tuple[Path, float]:
+    """Run a scenario in a subprocess; return its run dir and the tree's peak RSS (bytes)."""
+    args = [a for o in BASE + overrides for a in ("--set", o)]
+    proc = subprocess.Popen([sys.executable, "-m", "fednas", "run", "/dev/null", *args,
+                             "--out-dir", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    parent, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            tree = [parent, *parent.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    if proc.returncode:
+        raise SystemExit(f"run failed: {proc.stderr.read()[-2000:]}")
+    (run_dir,) = [d for d in out.iterdir() if d.is_dir()]
+    return run_dir, peak
+
+
+def local_loop(cfg_overrides: list[str], rounds: int, threads: int) -> float:
+    """Seconds per round of the same client work run in-process, no Flower/Ray."""
+    from fednas import client
+    from strategies.fednas import FedNAS
+
+    cfg = load_config(None, BASE + cfg_overrides)
+    torch.set_num_threads(threads)
+    space = client.make_space(cfg)
+    strategy = FedNAS(space, shard_size=cfg.federation.shard_size, seed=cfg.seed)
+    state = space.state_dict()
+    client.client_splits(cfg, 0)  # load data outside the timing, as the actors do in round 1
+    times = []
+    for rnd in range(1, rounds + 1):
+        strategy._state = state
+        t0 = time.perf_counter()
+        for pid in range(cfg.partition.num_clients):
+            masks, slices = strategy._shard()
+            regions = {k: state[k] if s is None else state[k][s] for k, s in slices.items()}
+            client.search(cfg, pid, rnd, regions, masks, cfg.search.lr)
+        times.append(time.perf_counter() - t0)
+    return sum(times[1:]) / max(len(times) - 1, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--local-steps", type=int, default=8)
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    work = [f"federation.local-steps={args.local_steps}", "federation.shard-size=2",
+            "partition.num-clients=10", f"federation.client-cpus={cores}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sim_dir, rss_10 = run(work + [f"federation.rounds={args.rounds}"], tmp / "sim")
+        rounds = [m for m in read_metrics(sim_dir) if m["phase"] == "search"]
+        sim_round = sum(m["wall_s"] for m in rounds[1:]) / max(len(rounds) - 1, 1)
+        loop_round = local_loop(work, args.rounds, cores)
+        full_dir, _ = run(work[:1] + ["federation.shard-size=0", "partition.num-clients=10",
+                                      "federation.rounds=1"], tmp / "full")
+        full = read_metrics(full_dir)[0]
+        half = rounds[0]
+        _, rss_1000 = run(["federation.local-steps=2", "partition.num-clients=1000",
+                           "federation.fraction-train=0.01", "federation.rounds=1",
+                           "federation.client-cpus=1"], tmp / "k")
+        _, rss_10b = run(["federation.local-steps=2", "partition.num-clients=10",
+                          "federation.fraction-train=1.0", "federation.rounds=1",
+                          "federation.client-cpus=1"], tmp / "ten")
+    print(json.dumps({
+        "overhead_ratio": round(sim_round / loop_round, 3),
+        "rss_ratio_1000_vs_10": round(rss_1000 / rss_10b, 3),
+        "bytes_ratio_half_shard": round((half["bytes_down"] + half["bytes_up"])
+                                        / (full["bytes_down"] + full["bytes_up"]), 3),
+        "sim_round_s": round(sim_round, 2), "loop_round_s": round(loop_round, 2),
+        "rss_10_mb": round(rss_10b / 2**20), "rss_1000_mb": round(rss_1000 / 2**20),
+        "clients": 10, "rounds": args.rounds, "cores": cores,
+    }))
+
+
+if __name__ == "__main__":
+    main()
