@@ -77,6 +77,9 @@ class FederatedPipeline(Pipeline):
                                   f"nodes registered within federation.node-wait seconds")
             time.sleep(0.2)
         nodes = sorted(grid.get_node_ids())
+        if len(nodes) > want:
+            raise FedNASError(f"{len(nodes)} client nodes registered but partition.num-clients "
+                              f"= {want}; start {want} nodes (flwr run: num-supernodes={want})")
         messages = [Message(RecordDict({"config": ConfigRecord({"handshake": 1})}), dst_node_id=n,
                             message_type="query") for n in nodes]
         mapping: dict[int, int] = {}
@@ -130,7 +133,7 @@ class FederatedPipeline(Pipeline):
             "versions": {"fednas": fednas.__version__, "torch": torch.__version__},
         }
         self.rundir.write_json("summary.json", summary)
-        plot_curves(self.rundir.metrics, self.rundir.path / "plots")
+        plot_curves(self.rundir.metrics, self.rundir.path / "plots", unit="round")
         return summary
 
     def _rounds(self, grid: Grid, phase: str, strategy: FedNAS, state: dict[str, torch.Tensor],

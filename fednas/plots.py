@@ -12,8 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_curves(metrics: list[dict[str, Any]], out: Path) -> list[Path]:
-    """One figure per phase: every ``*_loss`` and ``*_acc`` series against ``step``."""
+def plot_curves(metrics: list[dict[str, Any]], out: Path, unit: str = "epoch") -> list[Path]:
+    """One figure per phase: every ``*_loss`` and ``*_acc`` series against ``step``.
+
+    ``unit`` names the step on the x axis (``epoch`` centralised, ``round`` federated).
+    """
     written = []
     for phase in dict.fromkeys(m["phase"] for m in metrics):
         rows = [m for m in metrics if m["phase"] == phase]
@@ -27,7 +30,8 @@ def plot_curves(metrics: list[dict[str, Any]], out: Path) -> list[Path]:
             ax = ax_loss if key.endswith("_loss") else ax_acc
             ax.plot(*zip(*pts, strict=True), marker="o", label=key)
         for ax, title in ((ax_loss, "loss"), (ax_acc, "accuracy")):
-            ax.set_xlabel("epoch" if phase != "search" else "search epoch")
+            ax.set_xlabel(unit if phase != "search" else f"search {unit}")
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_title(f"{phase}: {title}")
             ax.grid(alpha=0.3)
             if ax.lines:

@@ -225,17 +225,23 @@ def test_flwr_run_dot_runs_a_tiny_federated_scenario(tmp_path):
     ]
     t0 = time.time()
     try:
+        # --stream returns when the run ends, with exit status 0 even if the run failed
         proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
                               timeout=300)
+        elapsed = time.time() - t0
+        listing = subprocess.run([str(bin_dir / "flwr"), "ls", "--format", "json"], cwd=REPO,
+                                 env=env, capture_output=True, text=True, timeout=60)
     except subprocess.TimeoutExpired as exc:
         log = flwr_home / "local-superlink" / "superlink.log"
-        pytest.fail(f"flwr run did not finish within 300 s; output:\n{exc.stdout}\n"
-                    f"{log.read_text()[-4000:] if log.exists() else ''}")
+        pytest.fail(f"{exc.cmd[:2]} did not finish within {exc.timeout} s; output:\n"
+                    f"{exc.stdout}\n{log.read_text()[-4000:] if log.exists() else ''}")
     finally:
         stop_processes(our_processes(flwr_home))
     output = proc.stdout + proc.stderr
-    print(f"flwr run took {time.time() - t0:.1f} s")
+    print(f"flwr run took {elapsed:.1f} s")
     assert proc.returncode == 0, output[-4000:]
+    runs = json.loads(listing.stdout)["runs"]
+    assert [r["status"] for r in runs] == ["finished:completed"], (runs, output[-4000:])
     assert "Successfully started run" in output, output[-4000:]
     assert "(4 simulated SuperNodes)" in output, output[-4000:]
     run_dirs = sorted(out_dir.glob("federated_fashion-*"))
