@@ -7,7 +7,7 @@ SCENARIO ?= simulations/quickstart.toml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run run-federated test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml requirements.txt scripts/install.sh
 
 run: $(STAMP)
 	$(VENV)/bin/fednas run $(SCENARIO) $(ARGS)
+
+run-federated: $(STAMP)
+	$(VENV)/bin/fednas run simulations/federated_fashion.toml $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -29,6 +32,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/search_cost.py
+	$(PY) bench/overhead.py
+	$(PY) bench/federated_vs_baseline.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

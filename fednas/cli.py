@@ -104,7 +104,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from fednas.config import RunConfig, load_config
+    from fednas.config import load_config
     from fednas.configtools import dumps_toml, to_dict, to_kebab
 
     cfg = load_config(args.scenario, args.overrides)
@@ -129,7 +129,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             extra = f"  [{', '.join(limits)}]" if limits else ""
             print(f"{key} = {value!r}  # {meta.get('doc', '')}{extra}")
 
-    walk(cfg if isinstance(cfg, RunConfig) else cfg, "")
+    walk(cfg, "")
     return 0
 
 
