@@ -119,6 +119,15 @@ def build_fixed_model(cfg: RunConfig, spec: dict[str, Any]) -> nn.Module:
     return make_space(cfg).subnet(genotype)
 
 
+def inject_fault(cfg: RunConfig, pid: int) -> bool:
+    """Fault injection (federation.fault-partitions): raise, or return True to report NaN."""
+    if pid not in cfg.federation.fault_partitions:
+        return False
+    if cfg.federation.fault_kind == "raise":
+        raise RuntimeError(f"injected fault on partition {pid}")
+    return True
+
+
 def _seed(cfg: RunConfig, server_round: int, pid: int, salt: int) -> torch.Generator:
     return seed_everything(hash((cfg.seed, server_round, pid, salt)) % 2**31)
 
@@ -155,6 +164,8 @@ def search(cfg: RunConfig, pid: int, server_round: int, regions: dict[str, torch
         metrics["diverged"] = 1
         return {}, metrics
     metrics.update(stats)
+    if inject_fault(cfg, pid):
+        metrics["train_loss"] = float("nan")
     out = slice_state({k: v.cpu() for k, v in space.state_dict().items()}, slices)
     return out, metrics
 
@@ -183,6 +194,8 @@ def train(cfg: RunConfig, pid: int, server_round: int, state: dict[str, torch.Te
         metrics["diverged"] = 1
         return {}, metrics
     metrics.update(stats)
+    if inject_fault(cfg, pid):
+        metrics["train_loss"] = float("nan")
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
 
 

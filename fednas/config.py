@@ -139,6 +139,10 @@ class FederationConfig:
     round_timeout: float = option(1800.0, gt=0.0, doc="seconds to wait for replies")
     checkpoint_every: int = option(1, ge=0, doc="checkpoint every N rounds (0 = never)")
     node_wait: float = option(120.0, gt=0.0, doc="seconds to wait for all nodes to register")
+    fault_partitions: tuple[int, ...] = option((), ge=0, doc="fault injection: these "
+                                               "partitions fail every training round")
+    fault_kind: str = option("raise", choices=("raise", "nan"),
+                             doc="how injected faults fail: raise an error or return NaN")
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,10 @@ class RunConfig:
 
     def check(self) -> None:
         f = self.federation
+        bad = [p for p in f.fault_partitions if p >= self.partition.num_clients]
+        if bad:
+            raise ConfigError(f"federation.fault-partitions: {bad} outside 0.."
+                              f"{self.partition.num_clients - 1}")
         if self.mode == "federated" and f.min_fit_clients > self.partition.num_clients:
             raise ConfigError(f"federation.min-fit-clients: {f.min_fit_clients} exceeds "
                               f"partition.num-clients = {self.partition.num_clients}")

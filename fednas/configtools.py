@@ -145,6 +145,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, raw = key.strip(), raw.strip()
     if not key:
         raise ConfigError(f"--set {text!r}: empty key")
+    if raw.lstrip("+-") in ("nan", "inf"):  # bare words, not TOML's special floats
+        return key.split("."), raw
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:

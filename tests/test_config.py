@@ -89,6 +89,7 @@ def test_overrides_parse_toml_values():
     assert parse_override("data.dataset=digits") == (["data", "dataset"], "digits")
     assert parse_override("data.dataset=npz:/tmp/x.npz") == (["data", "dataset"], "npz:/tmp/x.npz")
     assert parse_override('phases=["search"]') == (["phases"], ["search"])
+    assert parse_override("federation.fault-kind=nan") == (["federation", "fault-kind"], "nan")
     cfg = load_config(None, ["search.epochs=3", "space.width.width-choices=[0.5, 1]"])
     assert cfg.search.epochs == 3
     assert cfg.space.width.width_choices == (0.5, 1.0)

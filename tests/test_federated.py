@@ -119,3 +119,21 @@ def test_resume_of_a_run_without_checkpoint_is_a_clear_error(tiny_overrides, tmp
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "has no checkpoint" in proc.stderr or "fednas: error" in proc.stderr
+
+
+def test_failing_clients_are_dropped_and_counted(tiny_overrides):
+    """A client that raises and one that returns NaN leave the round to the other two."""
+    from fednas.simulation import run_federated
+
+    cfg = load_config(None, tiny_overrides + FEDERATED + [
+        'phases=["search"]', "federation.fault-partitions=[1]", "federation.fault-kind=raise"])
+    run_dir, _ = run_federated(cfg)
+    for m in read_metrics(run_dir):
+        assert (m["clients_ok"], m["client_errors"], m["round_failed"]) == (3, 1, 0)
+    cfg = load_config(None, tiny_overrides + FEDERATED + [
+        'phases=["search"]', "federation.fault-partitions=[0, 2, 3]",
+        "federation.fault-kind=nan", "federation.min-fit-clients=2"])
+    run_dir, _ = run_federated(cfg)
+    for m in read_metrics(run_dir):
+        assert (m["clients_ok"], m["clients_diverged"], m["round_failed"]) == (1, 3, 1)
+    assert json.loads((run_dir / "summary.json").read_text())["genotype"]["space"] == "cell"
