@@ -38,6 +38,7 @@ SCHEDULES = ("aggressive", "constant")
 _Z_FLOOR = -1e4  # logits never reach -inf (exp(-1e4) is already 0.0)
 _MAX_STEP = 1e3  # per-entry cap of a step, so z stays finite with "constant" steps
 _MAX_EXP = 700.0  # cap of the exponent when 1/θ is rebuilt from a scaled gradient
+_MAX_SCORE = 1e150  # |scores| are clipped here, so sums and differences never overflow
 
 
 @dataclass(frozen=True)
@@ -71,16 +72,16 @@ class HPRange:
         return v
 
 
-def _check_ranges(ranges: Sequence[HPRange], known: Mapping[str, Any] | None) -> None:
-    seen: set[str] = set()
-    for r in ranges:
+def _check_ranges(ranges: Sequence[HPRange], k: int, known: Mapping[str, Any] | None) -> None:
+    if k < 1:
+        raise ConfigError(f"fedex.configs: need k >= 1 (got {k})")
+    for i, r in enumerate(ranges):
         r.check()
-        if r.name in seen:
+        if r.name in [q.name for q in ranges[:i]]:
             raise ConfigError(f"fedex.ranges.{r.name}: listed twice")
         if known is not None and r.name not in known:
             raise ConfigError(f"fedex.ranges.{r.name}: unknown hyperparameter "
                               f"(known: {', '.join(sorted(known))})")
-        seen.add(r.name)
 
 
 def centre_and_perturbations(centre: Mapping[str, Any], ranges: Sequence[HPRange], k: int,
@@ -92,15 +93,12 @@ def centre_and_perturbations(centre: Mapping[str, Any], ranges: Sequence[HPRange
     and rounded if ``integer``; hyperparameters without a range keep their centre value.
     ``scale = 0`` gives k copies of the centre (FedAvg with fixed HPs).
     """
-    if k < 1:
-        raise ConfigError(f"fedex.configs: need k >= 1 configurations (got {k})")
     if not (math.isfinite(scale) and scale >= 0):
         raise ConfigError(f"fedex.perturbation-scale: must be >= 0 (got {scale})")
-    _check_ranges(ranges, centre)
+    _check_ranges(ranges, k, centre)
     for r in ranges:
         if not r.low <= centre[r.name] <= r.high:
-            raise ConfigError(f"fedex.centre.{r.name}: {centre[r.name]} is outside "
-                              f"[{r.low}, {r.high}]")
+            raise ConfigError(f"fedex.centre.{r.name}: {centre[r.name]} is outside the range")
     configs = [dict(centre)]
     for _ in range(k - 1):
         config = dict(centre)
@@ -119,16 +117,12 @@ def product_grid(ranges: Sequence[HPRange], k: int,
     with it they are sorted uniform draws. Integer values are rounded and deduplicated, so an
     integer hyperparameter may get fewer than ``k`` values.
     """
-    if k < 1:
-        raise ConfigError(f"fedex.configs: need k >= 1 values per hyperparameter (got {k})")
-    _check_ranges(ranges, None)
+    _check_ranges(ranges, k, None)
     grid = {}
     for r in ranges:
         lo, hi = r._space(r.low), r._space(r.high)
-        if rng is not None:
-            points = np.sort(rng.uniform(lo, hi, size=k))
-        else:
-            points = np.linspace(lo, hi, k) if k > 1 else np.array([(lo + hi) / 2])
+        points = (np.sort(rng.uniform(lo, hi, size=k)) if rng is not None
+                  else np.linspace(lo, hi, k) if k > 1 else [(lo + hi) / 2])
         values = [r._value(float(u)) for u in points]
         grid[r.name] = sorted(set(values)) if r.integer else values
     return grid
@@ -158,9 +152,7 @@ class Categorical:
         return np.exp(self.z)
 
     def entropy(self) -> float:
-        p = self.theta()
-        p = p[p > 0]
-        return max(0.0, float(-np.sum(p * np.log(p))))
+        return max(0.0, float(-np.sum(self.theta() * self.z)))  # log θ = z, always finite
 
     def baseline(self) -> float:
         return self.baseline_sum / self.baseline_weight if self.baseline_weight > 0 else 0.0
@@ -262,10 +254,6 @@ class FedEx:
         self.rounds = 0  # update calls that carried data
         self.max_abs_score = 0.0  # largest finite |score| seen (adaptive divergence penalty)
 
-    @property
-    def mode(self) -> str:
-        return "joint" if self.configs is not None else "product"
-
     def config(self, indices: Sequence[int]) -> dict:
         """The configuration for one index per factor."""
         if self.configs is not None:
@@ -307,7 +295,8 @@ class FedEx:
             if opts["use_improvement"]:
                 s = s - np.asarray(pre_losses, dtype=np.float64)
         finite = np.isfinite(s)
-        top = max(self.max_abs_score, float(np.max(np.abs(s[finite]), initial=0.0)))
+        s = np.clip(np.where(finite, s, 0.0), -_MAX_SCORE, _MAX_SCORE)
+        top = max(self.max_abs_score, float(np.max(np.abs(s), initial=0.0)))
         penalty = opts["divergence_penalty"]
         s = np.where(finite, s, max(1.0, 2 * top) if penalty is None else penalty)
         return idx, s, (w / w.sum() if w.sum() > 0 else w), top
@@ -345,8 +334,9 @@ class FedEx:
 
     def state_dict(self) -> dict:
         """Everything needed to resume, as JSON-safe Python types (RNG state is the caller's)."""
-        return {"version": 1, "mode": self.mode, "configs": self.configs, "grid": self.grid,
-                "base": self.base, "names": list(self.names), "options": dict(self.options),
+        return {"version": 1, "mode": "joint" if self.grid is None else "product",
+                "configs": self.configs, "grid": self.grid, "base": self.base,
+                "names": list(self.names), "options": dict(self.options),
                 "rounds": self.rounds, "max_abs_score": self.max_abs_score,
                 "factors": [{"z": f.z.tolist(), "baseline_sum": f.baseline_sum,
                              "baseline_weight": f.baseline_weight, "steps": f.steps,
