@@ -75,7 +75,7 @@ def local_loop(cfg_overrides: list[str], rounds: int, threads: int) -> float:
         for pid in range(cfg.partition.num_clients):
             masks, slices = strategy._shard()
             regions = {k: state[k] if s is None else state[k][s] for k, s in slices.items()}
-            client.search(cfg, pid, rnd, regions, masks, cfg.search.lr)
+            client.search(cfg, pid, rnd, regions, masks, {"lr": cfg.search.lr})
         times.append(time.perf_counter() - t0)
     return sum(times[1:]) / max(len(times) - 1, 1)
 

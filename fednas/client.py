@@ -132,9 +132,33 @@ def _seed(cfg: RunConfig, server_round: int, pid: int, salt: int) -> torch.Gener
     return seed_everything(hash((cfg.seed, server_round, pid, salt)) % 2**31)
 
 
+def local_hps(cfg: RunConfig, phase: str, conf: dict[str, Any]) -> dict[str, float]:
+    """The local hyperparameters of one client: the scenario's, overridden by ``hp.*`` keys
+    of the message (FedEx samples them per client) and by the round's ``lr``."""
+    src = cfg.search if phase == "search" else cfg.retrain
+    hps: dict[str, float] = {
+        "lr": float(conf.get("lr", src.lr)), "momentum": src.momentum,
+        "weight-decay": src.weight_decay, "batch-size": src.batch_size,
+        "local-epochs": cfg.federation.local_epochs, "arch-lr": cfg.search.arch_lr}
+    for name in hps:
+        if f"hp.{name}" in conf:
+            hps[name] = float(conf[f"hp.{name}"])
+    return hps
+
+
+def _val_loss(model: nn.Module, val: Split, cfg: RunConfig, device: torch.device) -> float:
+    return evaluate(model, val, batch_size=cfg.runtime.eval_batch_size,
+                    device=device)["eval_loss"]
+
+
 def search(cfg: RunConfig, pid: int, server_round: int, regions: dict[str, torch.Tensor],
-           masks: Masks, lr: float) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Local first-order bi-level search on the client's shard; returns trained regions."""
+           masks: Masks, conf: dict[str, Any]) -> tuple[dict[str, torch.Tensor],
+                                                        dict[str, float]]:
+    """Local first-order bi-level search on the client's shard; returns trained regions.
+
+    ``conf`` is the message's config: ``lr`` and optional ``hp.*`` overrides (FedEx), and
+    ``report-val`` (1: report the val loss after training, 2: before and after).
+    """
     generator = _seed(cfg, server_round, pid, 1)
     device = client_device()
     train, val = client_splits(cfg, pid)
@@ -149,21 +173,29 @@ def search(cfg: RunConfig, pid: int, server_round: int, regions: dict[str, torch
     space.set_shard(masks)
     space.to(device)
     s, f = cfg.search, cfg.federation
-    w_opt = make_optimizer("sgd", space.weights(), lr=lr, momentum=s.momentum,
-                           weight_decay=s.weight_decay)
-    a_opt = torch.optim.Adam(space.arch_parameters(), lr=s.arch_lr, betas=(0.5, 0.999),
+    hp = local_hps(cfg, "search", conf)
+    batch = max(1, int(hp["batch-size"]))
+    w_opt = make_optimizer("sgd", space.weights(), lr=hp["lr"], momentum=hp["momentum"],
+                           weight_decay=hp["weight-decay"])
+    a_opt = torch.optim.Adam(space.arch_parameters(), lr=hp["arch-lr"], betas=(0.5, 0.999),
                              weight_decay=s.arch_weight_decay)
-    steps = steps_per_epoch(len(train[1]), s.batch_size, f.local_steps) * f.local_epochs
+    steps = steps_per_epoch(len(train[1]), batch, f.local_steps) * int(hp["local-epochs"])
+    report = int(conf.get("report-val", 0))
     metrics: dict[str, float] = {"num-examples": len(train[1]), "partition-id": pid,
-                                 "diverged": 0, "steps": steps, **placement(device)}
+                                 "diverged": 0, "steps": steps, "num-val": len(val[1]),
+                                 **placement(device)}
+    if report >= 2:
+        metrics["val_loss_pre"] = _val_loss(space, val, cfg, device)
     try:
         stats = search_steps(space, train, val, weight_opt=w_opt, arch_opt=a_opt, steps=steps,
-                             batch_size=min(s.batch_size, len(val[1])), grad_clip=s.grad_clip,
+                             batch_size=min(batch, len(val[1])), grad_clip=s.grad_clip,
                              generator=generator, device=device)
     except FloatingPointError:
         metrics["diverged"] = 1
         return {}, metrics
     metrics.update(stats)
+    if report >= 1:
+        metrics["val_loss"] = _val_loss(space, val, cfg, device)
     if inject_fault(cfg, pid):
         metrics["train_loss"] = float("nan")
     out = slice_state({k: v.cpu() for k, v in space.state_dict().items()}, slices)
@@ -171,29 +203,37 @@ def search(cfg: RunConfig, pid: int, server_round: int, regions: dict[str, torch
 
 
 def train(cfg: RunConfig, pid: int, server_round: int, state: dict[str, torch.Tensor],
-          spec: dict[str, Any], lr: float) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-    """Local supervised training of a fixed model (the FedAvg route)."""
+          spec: dict[str, Any], conf: dict[str, Any]
+          ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Local supervised training of a fixed model (the FedAvg route); ``conf`` as in search."""
     generator = _seed(cfg, server_round, pid, 2)
     device = client_device()
-    train_split, _ = client_splits(cfg, pid)
+    train_split, val = client_splits(cfg, pid)
     model = build_fixed_model(cfg, spec)
     model.load_state_dict(state)
     model.to(device)
     r = cfg.retrain
-    opt = make_optimizer(r.optimizer, model.parameters(), lr=lr, momentum=r.momentum,
-                         weight_decay=r.weight_decay)
+    hp = local_hps(cfg, "train", conf)
+    opt = make_optimizer(r.optimizer, model.parameters(), lr=hp["lr"], momentum=hp["momentum"],
+                         weight_decay=hp["weight-decay"])
+    report = int(conf.get("report-val", 0))
     metrics: dict[str, float] = {"num-examples": len(train_split[1]), "partition-id": pid,
-                                 "diverged": 0, **placement(device)}
+                                 "diverged": 0, "num-val": len(val[1]), **placement(device)}
+    if report >= 2:
+        metrics["val_loss_pre"] = _val_loss(model, val, cfg, device)
     try:
-        for _ in range(cfg.federation.local_epochs):
+        for _ in range(int(hp["local-epochs"])):
             stats = train_epoch(model, train_split, optimizer=opt,
-                                batch_size=min(r.batch_size, len(train_split[1])),
+                                batch_size=min(max(1, int(hp["batch-size"])),
+                                               len(train_split[1])),
                                 grad_clip=r.grad_clip, generator=generator, device=device,
                                 label_smoothing=r.label_smoothing)
     except FloatingPointError:
         metrics["diverged"] = 1
         return {}, metrics
     metrics.update(stats)
+    if report >= 1:
+        metrics["val_loss"] = _val_loss(model, val, cfg, device)
     if inject_fault(cfg, pid):
         metrics["train_loss"] = float("nan")
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics

@@ -96,8 +96,12 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
                 raise ConfigError(f"{key}: must be {word} {meta[bound]} (got {v!r})")
 
 
-def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a kebab-case dict, strictly."""
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """Build dataclass ``cls`` from a kebab-case dict, strictly.
+
+    Keys missing from ``data`` keep their value in ``base`` (a default instance of ``cls``,
+    e.g. a nested section whose default factory sets other values than the class defaults).
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -112,16 +116,25 @@ def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             raise ConfigError(f"unknown config key {key!r}; allowed keys at {where}: {allowed}")
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value, key + ".")
+            sub_base = getattr(base, name) if base is not None else _default(fields[name])
+            kwargs[name] = from_dict(tp, value, key + ".", sub_base)
         else:
             coerced = _coerce(value, tp, key)
             _check_range(coerced, fields[name].metadata, key)
             kwargs[name] = coerced
+    if base is not None:
+        kwargs = {f: getattr(base, f) for f in fields if f not in kwargs} | kwargs
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     if callable(check):
         check()
     return obj
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from fednas.checkpoint import load_checkpoint, save_checkpoint
 from fednas.errors import FedNASError
 from fednas.flops import count_flops, count_params
 from fednas.pipeline import Pipeline, alpha_columns, alpha_entropy, alpha_snapshot
-from fednas.plots import plot_alpha_evolution
+from fednas.plots import plot_alpha_evolution, plot_fedex_theta
 from fednas.runs import RunDir
 from fednas.search_space import Genotype, save_genotype
 from fednas.train import cosine, evaluate, recalibrate_bn
@@ -134,9 +134,10 @@ class FederatedPipeline(Pipeline):
         }
         self.rundir.write_json("summary.json", summary)
         plot_curves(self.rundir.metrics, self.rundir.path / "plots", unit="round")
+        plot_fedex_theta(self.rundir.metrics, self.rundir.path / "plots")
         return summary
 
-    def _rounds(self, grid: Grid, phase: str, strategy: FedNAS, state: dict[str, torch.Tensor],
+    def _rounds(self, grid: Grid, phase: str, strategy: Any, state: dict[str, torch.Tensor],
                 total: int, lr: tuple[float, float], extra: dict[str, Any], server_eval,
                 done: list[str]) -> dict[str, torch.Tensor]:
         """The round loop of one phase (resumable)."""
@@ -167,6 +168,8 @@ class FederatedPipeline(Pipeline):
                 if client_eval is not None:
                     record["client_val_loss"] = client_eval["eval_loss"]
                     record["client_val_acc"] = client_eval["eval_acc"]
+            if hasattr(strategy, "fedex_record"):
+                record.update(strategy.fedex_record())
             record["clients_on_cuda"] = sum(p.get("cuda", 0) for p in strategy.placements)
             self.rundir.append_jsonl("clients.jsonl", [{"phase": phase, **p}
                                                        for p in strategy.placements])
@@ -185,6 +188,14 @@ class FederatedPipeline(Pipeline):
                     "metrics_count": len(self.rundir.metrics)})
         return state
 
+    def _maybe_fedex(self, strategy: FedNAS, phase: str):
+        """Wrap ``strategy`` in FedEx when the scenario enables it."""
+        if not self.cfg.fedex.enabled:
+            return strategy
+        from strategies.fedex import FedExWrapper, build_tuner
+
+        return FedExWrapper(strategy, build_tuner(self.cfg, phase), seed=self.cfg.seed + 13)
+
     def _server_test(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.cfg.federation.server_eval_samples
         x, y = self._split("test")
@@ -199,6 +210,7 @@ class FederatedPipeline(Pipeline):
                                  fraction_train=f.fraction_train,
                                  min_train_nodes=f.min_fit_clients, fraction_evaluate=0.0)
         strategy.node_partitions = self.node_partitions
+        strategy = self._maybe_fedex(strategy, "search")
         test = self._server_test()
         proxy = self.data.val_x[: f.bn_calibration_samples]  # server-side split, no client's
 
@@ -242,6 +254,7 @@ class FederatedPipeline(Pipeline):
                                  min_train_nodes=f.min_fit_clients,
                                  fraction_evaluate=f.fraction_evaluate, min_evaluate_nodes=1)
         strategy.node_partitions = self.node_partitions
+        strategy = self._maybe_fedex(strategy, phase)
         test = self._server_test()
         extra = {"model": client.encode_spec(spec)}
 

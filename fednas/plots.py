@@ -87,3 +87,30 @@ def plot_alpha_evolution(metrics: list[dict[str, Any]], columns: list[str], out:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_fedex_theta(metrics: list[dict[str, Any]], out: Path) -> list[Path]:
+    """FedEx θ (probability of each configuration/value) over rounds, one figure per phase."""
+    written = []
+    for phase in dict.fromkeys(m["phase"] for m in metrics):
+        rows = [m for m in metrics if m["phase"] == phase and "fedex_theta" in m]
+        if not rows:
+            continue
+        factors = len(rows[0]["fedex_theta"])
+        fig, axes = plt.subplots(1, factors, figsize=(5 * factors, 3.6), squeeze=False)
+        steps = [m["step"] for m in rows]
+        for f, ax in enumerate(axes[0]):
+            theta = np.array([m["fedex_theta"][f] for m in rows])
+            for j in range(theta.shape[1]):
+                ax.plot(steps, theta[:, j], marker=".", label=f"config {j}")
+            ax.set_xlabel("round")
+            ax.set_ylabel("θ")
+            ax.set_title(f"FedEx θ ({phase}, factor {f})")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        path = out / f"fedex_theta_{phase}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

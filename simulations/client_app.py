@@ -52,8 +52,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         masks = decode_masks(list(conf["shard"]),
                              [a.shape for a in space.arch_parameters()])
         out, metrics = client.search(run_cfg, int(conf["partition-id"]),
-                                     int(conf["server-round"]), regions, masks,
-                                     float(conf["lr"]))
+                                     int(conf["server-round"]), regions, masks, dict(conf))
         return Message(RecordDict({"arrays": ArrayRecord(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
 
@@ -65,7 +64,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         out, metrics = client.train(run_cfg, int(conf["partition-id"]),
                                     int(conf["server-round"]),
                                     msg.content["arrays"].to_torch_state_dict(),
-                                    client.decode_spec(str(conf["model"])), float(conf["lr"]))
+                                    client.decode_spec(str(conf["model"])), dict(conf))
         return Message(RecordDict({"arrays": ArrayRecord(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
 

@@ -185,7 +185,7 @@ class FedNAS(FedAvg):
                 content[self.arrayrecord_key].to_torch_state_dict(), slices, weight, entry))
         new_state = masked_weighted_mean(self._state, contributions)
         metrics = aggregate_metricrecords([c for _, c in good], self.weighted_by_key)
-        for key in ("partition-id", "diverged", *PLACEMENT_KEYS):
+        for key in ("partition-id", "diverged", "num-val", *PLACEMENT_KEYS):
             metrics.pop(key, None)
         return ArrayRecord(new_state), metrics
 

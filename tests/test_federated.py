@@ -71,8 +71,10 @@ def run_cli(*args: str, **kwargs) -> subprocess.Popen:
 
 
 def test_sigkill_then_resume_matches_uninterrupted_run(tiny_overrides, tmp_path):
+    """With FedEx tuning the clients' HPs, so its state must survive the resume too."""
     sets = [a for o in tiny_overrides + FEDERATED + ["federation.rounds=3",
-                                                     "federation.checkpoint-every=1"]
+                                                     "federation.checkpoint-every=1",
+                                                     "fedex.enabled=true", "fedex.configs=4"]
             for a in ("--set", o)]
     full = run_cli("run", "/dev/null", *sets, "--out-dir", str(tmp_path / "full"))
     out, _ = full.communicate(timeout=900)
@@ -95,6 +97,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tiny_overrides, tmp_path)
     out, _ = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, out
     assert strip_time(read_metrics(killed_dir)) == strip_time(read_metrics(full_dir))
+    assert all("fedex_theta" in m for m in read_metrics(full_dir))
+    assert (full_dir / "plots" / "fedex_theta_search.png").is_file()
     for name in ("genotype.json",):
         assert (killed_dir / name).read_bytes() == (full_dir / name).read_bytes()
     a = json.loads((killed_dir / "summary.json").read_text())["models"]
