@@ -8,7 +8,7 @@
 (c) ``bytes_ratio_half_shard``: bytes per round (down + up) with half-size shards ÷ full
     supernet, from real rounds.
 
-Usage: ``python bench/overhead.py [--rounds 3] [--local-steps 8]``
+Usage: ``python bench/overhead.py [--rounds 3] [--local-steps 4]``
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def local_loop(cfg_overrides: list[str], rounds: int, threads: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--local-steps", type=int, default=8)
+    parser.add_argument("--local-steps", type=int, default=4)
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     work = [f"federation.local-steps={args.local_steps}", "federation.shard-size=2",
