@@ -173,8 +173,11 @@ class FederatedPipeline(Pipeline):
             record["clients_on_cuda"] = sum(p.get("cuda", 0) for p in strategy.placements)
             self.rundir.append_jsonl("clients.jsonl", [{"phase": phase, **p}
                                                        for p in strategy.placements])
+            t_eval = time.perf_counter()
             record.update(server_eval(state))
-            record["wall_s"] = time.perf_counter() - t0
+            now = time.perf_counter()
+            record.update(wall_s=now - t0, eval_wall_s=now - t_eval,
+                          train_wall_s=t_eval - t0)
             self.rundir.log(phase, rnd, **record)
             self.console.print(f"[{phase}] round {rnd}/{total}: " + ", ".join(
                 f"{k} {record[k]:.4g}" for k in ("train_loss", "test_acc", "wall_s")
