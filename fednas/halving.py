@@ -62,6 +62,13 @@ def schedule(n: int, budget: int, eta: int) -> list[tuple[int, int]]:
     return plan
 
 
+def _rank(score: float, i: int, maximize: bool) -> tuple[float, int]:
+    """Sort key: best first, ties by index, non-finite scores last."""
+    if not math.isfinite(score):
+        return (math.inf, i)
+    return (-score if maximize else score, i)
+
+
 def successive_halving(candidates: Sequence[T], advance: Callable[[int, T, int], float], *,
                        budget: int, eta: int = 3, maximize: bool = False) -> HalvingResult[T]:
     """Run successive halving; lower scores are better unless ``maximize``.
@@ -80,14 +87,7 @@ def successive_halving(candidates: Sequence[T], advance: Callable[[int, T, int],
             result.rounds_used += rounds - done[i]
             done[i] = rounds
         result.rungs.append(Rung(k, list(alive), rounds, scores))
-
-        def key(i: int) -> tuple[float, int]:
-            s = scores[i]
-            if not math.isfinite(s):
-                return (math.inf, i)
-            return (-s if maximize else s, i)
-
-        alive = sorted(alive, key=key)
+        alive = sorted(alive, key=lambda i, sc=scores: _rank(sc[i], i, maximize))
         keep = max(1, math.ceil(len(alive) / eta))
         if k + 1 < len(plan):
             alive = alive[:max(keep, plan[k + 1][0])]
