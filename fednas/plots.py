@@ -77,7 +77,8 @@ def plot_alpha_evolution(metrics: list[dict[str, Any]], columns: list[str], out:
         series = np.array([np.asarray(m["alpha"][group], dtype=float).mean(0) for m in rows])
         for k, name in enumerate(columns):
             ax.plot(steps, series[:, k], marker="o", label=name)
-        ax.set_xlabel("round" if phase == "search" else "step")
+        ax.set_xlabel("round or epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("mean softmax(α)")
         ax.set_title(f"α evolution: {group}")
         ax.grid(alpha=0.3)
@@ -104,6 +105,7 @@ def plot_fedex_theta(metrics: list[dict[str, Any]], out: Path) -> list[Path]:
             for j in range(theta.shape[1]):
                 ax.plot(steps, theta[:, j], marker=".", label=f"config {j}")
             ax.set_xlabel("round")
+            ax.xaxis.get_major_locator().set_params(integer=True)
             ax.set_ylabel("θ")
             ax.set_title(f"FedEx θ ({phase}, factor {f})")
             ax.grid(alpha=0.3)
