@@ -34,3 +34,15 @@ def tiny_overrides(tmp_path) -> list[str]:
 @pytest.fixture
 def tiny_config(tiny_overrides):
     return load_config(None, tiny_overrides)
+
+
+@pytest.fixture
+def task_identity():
+    """Flower messages need a run/task identity, which a ServerApp normally sets."""
+    from flwr.common.constant import SUPERLINK_NODE_ID
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
+    yield
+    TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
