@@ -103,6 +103,12 @@ def make_space(cfg: RunConfig) -> SearchSpace:
                        num_classes=data.num_classes, **cfg.space.options())
 
 
+@lru_cache(maxsize=4)
+def arch_shapes(cfg: RunConfig) -> tuple[torch.Size, ...]:
+    """Shapes of the supernet's α tensors (cached per process: decoding shard masks)."""
+    return tuple(a.shape for a in make_space(cfg).arch_parameters())
+
+
 def build_fixed_model(cfg: RunConfig, spec: dict[str, Any]) -> nn.Module:
     """A fixed (non-supernet) model from a spec: the derived subnet or the baseline."""
     data = dataset(cfg)

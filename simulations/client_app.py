@@ -48,9 +48,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         threads(run_cfg)
         conf = msg.content["config"]
         regions = msg.content["arrays"].to_torch_state_dict()
-        space = client.make_space(run_cfg)
-        masks = decode_masks(list(conf["shard"]),
-                             [a.shape for a in space.arch_parameters()])
+        masks = decode_masks(list(conf["shard"]), list(client.arch_shapes(run_cfg)))
         out, metrics = client.search(run_cfg, int(conf["partition-id"]),
                                      int(conf["server-round"]), regions, masks, dict(conf))
         return Message(RecordDict({"arrays": ArrayRecord(out),
