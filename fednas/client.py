@@ -157,6 +157,17 @@ def _val_loss(model: nn.Module, val: Split, cfg: RunConfig, device: torch.device
                     device=device)["eval_loss"]
 
 
+def _after_training(metrics: dict[str, float], stats: dict[str, float], model: nn.Module,
+                    val: Split, cfg: RunConfig, pid: int, device: torch.device,
+                    report: int) -> None:
+    """Add the training stats, the post-training val loss (if asked) and injected faults."""
+    metrics.update(stats)
+    if report >= 1:
+        metrics["val_loss"] = _val_loss(model, val, cfg, device)
+    if inject_fault(cfg, pid):
+        metrics["train_loss"] = float("nan")
+
+
 def search(cfg: RunConfig, pid: int, server_round: int, regions: dict[str, torch.Tensor],
            masks: Masks, conf: dict[str, Any]) -> tuple[dict[str, torch.Tensor],
                                                         dict[str, float]]:
@@ -199,11 +210,7 @@ def search(cfg: RunConfig, pid: int, server_round: int, regions: dict[str, torch
     except FloatingPointError:
         metrics["diverged"] = 1
         return {}, metrics
-    metrics.update(stats)
-    if report >= 1:
-        metrics["val_loss"] = _val_loss(space, val, cfg, device)
-    if inject_fault(cfg, pid):
-        metrics["train_loss"] = float("nan")
+    _after_training(metrics, stats, space, val, cfg, pid, device, report)
     out = slice_state({k: v.cpu() for k, v in space.state_dict().items()}, slices)
     return out, metrics
 
@@ -237,11 +244,7 @@ def train(cfg: RunConfig, pid: int, server_round: int, state: dict[str, torch.Te
     except FloatingPointError:
         metrics["diverged"] = 1
         return {}, metrics
-    metrics.update(stats)
-    if report >= 1:
-        metrics["val_loss"] = _val_loss(model, val, cfg, device)
-    if inject_fault(cfg, pid):
-        metrics["train_loss"] = float("nan")
+    _after_training(metrics, stats, model, val, cfg, pid, device, report)
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
 
 
