@@ -1,13 +1,13 @@
-# fednas: `make run` (default scenario) and `make test` (whole suite) each install what is
+# fednas: `make run` (the federated default scenario) and `make test` (whole suite) each install what is
 # missing into .venv first (scripts/install.sh: Python deps, learn2learn fix, Debian data).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fednas-installed
-SCENARIO ?= simulations/quickstart.toml
+SCENARIO ?= simulations/federated_fashion.toml
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install run run-federated test test-fast lint bench clean
+.PHONY: install run run-centralised test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -17,8 +17,8 @@ $(STAMP): pyproject.toml requirements.txt scripts/install.sh
 run: $(STAMP)
 	$(VENV)/bin/fednas run $(SCENARIO) $(ARGS)
 
-run-federated: $(STAMP)
-	$(VENV)/bin/fednas run simulations/federated_fashion.toml $(ARGS)
+run-centralised: $(STAMP)
+	$(VENV)/bin/fednas run simulations/quickstart.toml $(ARGS)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -14,6 +14,8 @@ EPILOG = """examples:
   fednas run simulations/quickstart.toml --set search.epochs=2 --set data.dataset=digits
   fednas run simulations/federated_fashion.toml      # Flower clients on Ray
   fednas resume runs/federated_fashion-20261127-120000
+  fednas halving simulations/fedex_fashion.toml --set 'phases=["baseline"]' \
+      --grid federation.server-lr=0.5,1,2 --budget 24
   fednas config simulations/quickstart.toml --keys
   fednas datasets
 """
@@ -50,6 +52,20 @@ def build_parser() -> argparse.ArgumentParser:
                                      "the result equals an uninterrupted run with the same seed.")
     res.add_argument("run_dir", type=Path, help="the run directory (runs/<name>-<time>)")
     res.add_argument("--quiet", action="store_true", help="no progress output")
+
+    hal = sub.add_parser("halving", help="successive halving over federated runs (server-side "
+                                         "HPs such as federation.server-lr, fedex.eta0)",
+                         description="One federated run per grid point; after each rung the "
+                                     "best 1/eta (by the clients' val loss) continue from their "
+                                     "checkpoints; the total rounds never exceed --budget.")
+    hal.add_argument("scenario", type=Path, help="a federated scenario with one round phase "
+                     "(phases = [\"search\"] or [\"baseline\"])")
+    hal.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                     help="candidate values of a config key, repeatable (cartesian product)")
+    hal.add_argument("--budget", type=int, required=True, help="total rounds of all runs")
+    hal.add_argument("--eta", type=int, default=3, help="keep 1/eta per rung (default 3)")
+    hal.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    hal.add_argument("--out-dir", help="parent of the halving directory (runtime.out-dir)")
 
     sub.add_parser("datasets", help="list the dataset names fednas can load",
                    description="List registered datasets and the npz:/folder: forms.")
@@ -103,6 +119,22 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_halving(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fednas.halving_runs import print_halving, run_halving
+
+    overrides = list(args.overrides) + ["runtime.progress=false"]
+    if args.out_dir:
+        overrides.append(f"runtime.out-dir={args.out_dir!r}".replace("'", '"'))
+    record = run_halving(args.scenario, overrides, args.grid, budget=args.budget, eta=args.eta,
+                         console=Console(stderr=True))
+    console = Console()
+    print_halving(record, console)
+    console.print(f"halving dir: {record['dir']}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from fednas.config import load_config
     from fednas.configtools import dumps_toml, to_dict, to_kebab
@@ -153,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handler = {"run": cmd_run, "resume": cmd_resume, "config": cmd_config,
-               "datasets": cmd_datasets}[args.command]
+               "halving": cmd_halving, "datasets": cmd_datasets}[args.command]
     try:
         return handler(args)
     except FedNASError as exc:

@@ -125,6 +125,9 @@ class FederationConfig:
     include_argmax: bool = option(True, doc="shards always hold the current best candidate")
     subnet_rounds: int = option(4, ge=0, doc="FedAvg rounds for the derived subnet and the "
                                              "hand-designed baseline")
+    server_lr: float = option(1.0, gt=0.0, doc="server step on the averaged update "
+                              "(FedAvgM; 1 with momentum 0 = FedAvg)")
+    server_momentum: float = option(0.0, ge=0.0, lt=1.0, doc="server momentum (FedAvgM)")
     fraction_evaluate: float = option(1.0, ge=0.0, le=1.0, doc="clients evaluating the "
                                       "trained subnet per round (0 = server-side only)")
     server_eval_samples: int = option(0, ge=0, doc="test samples for per-round server "

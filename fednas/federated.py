@@ -40,12 +40,23 @@ def make_strategy(space, **kwargs: Any) -> FedNAS:
         flwr_log.setLevel(level)
 
 
-class FederatedPipeline(Pipeline):
-    """Federated run of a :class:`RunConfig` (``mode = "federated"``)."""
+class RunPaused(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised inside the round loop when the run reaches its ``stop_after`` round."""
 
-    def __init__(self, cfg, console=None, resume_dir: Path | None = None) -> None:
+
+class FederatedPipeline(Pipeline):
+    """Federated run of a :class:`RunConfig` (``mode = "federated"``).
+
+    ``stop_after = (phase, k)`` pauses the run after round ``k`` of ``phase``: it writes a
+    checkpoint and returns without a summary; :func:`fednas.simulation.run_federated` with
+    ``resume_dir`` continues it (successive halving advances runs this way).
+    """
+
+    def __init__(self, cfg, console=None, resume_dir: Path | None = None,
+                 stop_after: tuple[str, int] | None = None) -> None:
         super().__init__(cfg, console)
         self.resume_dir = resume_dir
+        self.stop_after = stop_after
         self.checkpoint: dict[str, Any] | None = None
         self.result: tuple[Path, dict[str, Any]] | None = None
         self.error: BaseException | None = None
@@ -98,9 +109,18 @@ class FederatedPipeline(Pipeline):
     # -- the run ---------------------------------------------------------------------------
     def run_on_grid(self, grid: Grid) -> tuple[Path, dict[str, Any]]:
         """Every phase of the scenario, on ``grid``; returns the run dir and summary."""
-        cfg = self.cfg
         self.open_run_dir()
         self.node_partitions = self.wait_for_nodes(grid)
+        try:
+            return self._phases(grid)
+        except RunPaused as paused:
+            phase, rnd = paused.args
+            self.result = (self.rundir.path, {"paused": {"phase": phase, "round": rnd},
+                                              "run_dir": str(self.rundir.path)})
+            return self.result
+
+    def _phases(self, grid: Grid) -> tuple[Path, dict[str, Any]]:
+        cfg = self.cfg
         ck = self.checkpoint or {}
         done = ck.get("phases_done", [])
         self.genotype: Genotype | None = ck.get("genotype")
@@ -182,13 +202,17 @@ class FederatedPipeline(Pipeline):
             self.console.print(f"[{phase}] round {rnd}/{total}: " + ", ".join(
                 f"{k} {record[k]:.4g}" for k in ("train_loss", "test_acc", "wall_s")
                 if isinstance(record.get(k), float)))
-            if f.checkpoint_every and (rnd % f.checkpoint_every == 0 or rnd == total):
+            pause = self.stop_after == (phase, rnd) and rnd < total
+            if pause or (f.checkpoint_every and (rnd % f.checkpoint_every == 0 or rnd == total)):
                 save_checkpoint(self.rundir.path, {
                     "phase": phase, "round": rnd, "state": state,
                     "strategy": strategy.get_state(), "models": self.models,
                     "timings": self.timings, "genotype": getattr(self, "genotype", None),
                     "phases_done": done,
                     "metrics_count": len(self.rundir.metrics)})
+            if pause:
+                self.console.print(f"[{phase}] paused after round {rnd}/{total}")
+                raise RunPaused(phase, rnd)
         return state
 
     def _maybe_fedex(self, strategy: FedNAS, phase: str):
@@ -211,7 +235,8 @@ class FederatedPipeline(Pipeline):
         strategy = make_strategy(space, shard_size=f.shard_size,
                                  include_argmax=f.include_argmax, seed=cfg.seed,
                                  fraction_train=f.fraction_train,
-                                 min_train_nodes=f.min_fit_clients, fraction_evaluate=0.0)
+                                 min_train_nodes=f.min_fit_clients, fraction_evaluate=0.0,
+                                 server_lr=f.server_lr, server_momentum=f.server_momentum)
         strategy.node_partitions = self.node_partitions
         strategy = self._maybe_fedex(strategy, "search")
         test = self._server_test()
@@ -255,7 +280,8 @@ class FederatedPipeline(Pipeline):
             model = space.subnet(spec["genotype"])
         strategy = make_strategy(None, seed=cfg.seed + 7, fraction_train=f.fraction_train,
                                  min_train_nodes=f.min_fit_clients,
-                                 fraction_evaluate=f.fraction_evaluate, min_evaluate_nodes=1)
+                                 fraction_evaluate=f.fraction_evaluate, min_evaluate_nodes=1,
+                                 server_lr=f.server_lr, server_momentum=f.server_momentum)
         strategy.node_partitions = self.node_partitions
         strategy = self._maybe_fedex(strategy, phase)
         test = self._server_test()

@@ -38,10 +38,13 @@ def backend_config(cfg: RunConfig) -> dict[str, Any]:
 
 def run_federated(cfg: RunConfig, console: Console | None = None,
                   resume_dir: Path | None = None,
-                  backend: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
+                  backend: dict[str, Any] | None = None,
+                  stop_after: tuple[str, int] | None = None) -> tuple[Path, dict[str, Any]]:
     """Validate, start the simulation, and return (run dir, summary).
 
-    Bad input (config, data, partitions) fails before Ray starts.
+    Bad input (config, data, partitions) fails before Ray starts. ``stop_after = (phase, k)``
+    pauses after round ``k`` of ``phase`` (checkpoint written; the summary is then
+    ``{"paused": {"phase": ..., "round": k}, ...}``); resume with ``resume_dir``.
     """
     from flwr.simulation import run_simulation
 
@@ -49,7 +52,7 @@ def run_federated(cfg: RunConfig, console: Console | None = None,
     from simulations.client_app import make_client_app
     from simulations.server_app import make_server_app
 
-    pipeline = FederatedPipeline(cfg, console, resume_dir)
+    pipeline = FederatedPipeline(cfg, console, resume_dir, stop_after)
     pipeline.prepare()
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -54,7 +54,7 @@ def resolve_scenario(scenario: str) -> Path:
 def config_from_run_config(run_config: dict[str, Any]) -> RunConfig:
     """The RunConfig named by a Flower run config (see the module docstring)."""
     values = dict(run_config)
-    scenario = values.pop("scenario", UNSET) or "simulations/quickstart.toml"
+    scenario = values.pop("scenario", UNSET) or "simulations/federated_fashion.toml"
     path = resolve_scenario(str(scenario))
     overrides = []
     for key, value in sorted(values.items()):

@@ -9,6 +9,8 @@ A thin :class:`flwr.serverapp.strategy.FedAvg` subclass. What it changes:
   are exactly FedNAS (He et al. 2020) / FedAvg;
 * **robustness**: error replies, diverged (NaN) clients and time-outs are dropped and counted;
   a round with fewer than ``min_train_nodes`` successes leaves the global state unchanged;
+* **server optimiser**: ``server_lr``/``server_momentum`` turn the averaging into FedAvgM
+  (:class:`fednas.server_opt.FedAvgM`); the defaults (1, 0) are FedAvg exactly;
 * **determinism**: clients are sampled by partition id from a seeded generator and replies are
   aggregated in partition order, so a seed fixes the run (and a resumed run matches).
 
@@ -31,6 +33,7 @@ from flwr.supercore import log
 
 from fednas.aggregation import Contribution, masked_weighted_mean
 from fednas.search_space import SearchSpace
+from fednas.server_opt import FedAvgM
 from fednas.shards import Masks, Slices, encode_masks, full_masks, gumbel_top_s, slice_state
 
 SEARCH_ROUTE = "train.search"
@@ -54,13 +57,15 @@ class FedNAS(FedAvg):
         Seeds client sampling and shard sampling.
     train_route
         Message type of training messages (``train.search`` or ``train``).
+    server_lr, server_momentum
+        Server step on the aggregated update (FedAvgM); 1 and 0 = plain averaging.
     **fedavg
         ``fraction_train``, ``min_train_nodes``, ``fraction_evaluate``, ... as in FedAvg.
     """
 
     def __init__(self, space: SearchSpace | None = None, *, shard_size: int = 0,
                  include_argmax: bool = True, seed: int = 0, train_route: str | None = None,
-                 **fedavg: Any) -> None:
+                 server_lr: float = 1.0, server_momentum: float = 0.0, **fedavg: Any) -> None:
         fedavg.setdefault("min_available_nodes", 1)
         super().__init__(**fedavg)
         self.space = space
@@ -68,6 +73,7 @@ class FedNAS(FedAvg):
         self.include_argmax = include_argmax
         self.train_route = train_route or (SEARCH_ROUTE if space is not None else TRAIN_ROUTE)
         self.generator = torch.Generator().manual_seed(seed)
+        self.server_opt = FedAvgM(server_lr, server_momentum)
         self.node_partitions: dict[int, int] = {}
         self.alpha_keys: list[str] = []
         if space is not None:
@@ -81,15 +87,18 @@ class FedNAS(FedAvg):
     # -- bookkeeping -------------------------------------------------------------------
     def summary(self) -> None:
         super().summary()
-        log(INFO, "\t└──> FedNAS: shard size %s, route %s", self.shard_size or "all",
-            self.train_route)
+        log(INFO, "\t└──> FedNAS: shard size %s, route %s, server lr %s, momentum %s",
+            self.shard_size or "all", self.train_route, self.server_opt.lr,
+            self.server_opt.momentum)
 
     def get_state(self) -> dict[str, Any]:
         """What a checkpoint needs to resume this strategy exactly."""
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(),
+                "server_opt": self.server_opt.state_dict()}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
+        self.server_opt.load_state_dict(state.get("server_opt", {}))
 
     def _sample(self, fraction: float, minimum: int) -> list[tuple[int, int]]:
         """(partition id, node id) pairs sampled with the seeded generator, in id order."""
@@ -183,7 +192,8 @@ class FedNAS(FedAvg):
             entry = {} if masks is None else dict(zip(self.alpha_keys, masks, strict=True))
             contributions.append(Contribution(
                 content[self.arrayrecord_key].to_torch_state_dict(), slices, weight, entry))
-        new_state = masked_weighted_mean(self._state, contributions)
+        new_state = self.server_opt.step(self._state,
+                                         masked_weighted_mean(self._state, contributions))
         metrics = aggregate_metricrecords([c for _, c in good], self.weighted_by_key)
         for key in ("partition-id", "diverged", "num-val", *PLACEMENT_KEYS):
             metrics.pop(key, None)
