@@ -16,7 +16,8 @@ from fednas.configtools import apply_override, from_dict, option, parse_override
 from fednas.errors import ConfigError
 from fednas.ops import DARTS_OPS, OPS
 
-PHASES = ("search", "retrain", "baseline")
+PHASES = ("search", "retrain", "random", "baseline")
+DEFAULT_PHASES = ("search", "retrain", "baseline")
 
 
 @dataclass(frozen=True)
@@ -230,7 +231,10 @@ class RunConfig:
     seed: int = option(0, ge=0)
     mode: str = option("centralised", choices=("centralised", "federated"),
                        doc="one process, or Flower clients on Ray")
-    phases: tuple[str, ...] = option(PHASES, subset_of=PHASES, doc="phases to run, in order")
+    phases: tuple[str, ...] = option(DEFAULT_PHASES, subset_of=PHASES,
+                                     doc="phases to run (always in the order search, retrain, "
+                                         "random, baseline); random = a random architecture "
+                                         "of the space, trained like the searched one")
     data: DataConfig = section(DataConfig)
     partition: PartitionConfig = section(PartitionConfig)
     space: SpaceConfig = section(SpaceConfig)
@@ -255,6 +259,9 @@ class RunConfig:
                               f"partition.num-clients = {self.partition.num_clients}")
         if "retrain" in self.phases and "search" not in self.phases:
             raise ConfigError("phases: 'retrain' needs 'search' (it retrains the searched subnet)")
+        if "random" in self.phases and "search" not in self.phases:
+            raise ConfigError("phases: 'random' needs 'search' (the random architecture gets "
+                              "the searched subnet's treatment: same supernet, same budget)")
         if not self.name or "/" in self.name:
             raise ConfigError(f"name: must be a non-empty name without '/' (got {self.name!r})")
 

@@ -13,14 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from fednas import client
 from fednas.checkpoint import load_checkpoint, save_checkpoint
-from fednas.errors import FedNASError
 from fednas.flops import count_flops, count_params
-from fednas.pipeline import Pipeline, alpha_columns, alpha_entropy, alpha_snapshot
+from fednas.handshake import wait_for_nodes
+from fednas.pipeline import (
+    Pipeline,
+    alpha_columns,
+    alpha_entropy,
+    alpha_snapshot,
+    random_genotype,
+)
 from fednas.plots import plot_alpha_evolution, plot_fedex_theta
 from fednas.runs import RunDir
 from fednas.search_space import Genotype, save_genotype
@@ -80,31 +86,9 @@ class FederatedPipeline(Pipeline):
         self.console.print(f"[bold]fednas[/] run dir: {self.rundir.path}")
 
     def wait_for_nodes(self, grid: Grid) -> dict[int, int]:
-        """Wait until every client node registered, then map node id -> partition id."""
-        want, deadline = self.cfg.partition.num_clients, time.time() + self.cfg.federation.node_wait
-        while len(list(grid.get_node_ids())) < want:
-            if time.time() > deadline:
-                raise FedNASError(f"only {len(list(grid.get_node_ids()))} of {want} client "
-                                  f"nodes registered within federation.node-wait seconds")
-            time.sleep(0.2)
-        nodes = sorted(grid.get_node_ids())
-        if len(nodes) > want:
-            raise FedNASError(f"{len(nodes)} client nodes registered but partition.num-clients "
-                              f"= {want}; start {want} nodes (flwr run: num-supernodes={want})")
-        messages = [Message(RecordDict({"config": ConfigRecord({"handshake": 1})}), dst_node_id=n,
-                            message_type="query") for n in nodes]
-        mapping: dict[int, int] = {}
-        replies = list(grid.send_and_receive(messages, timeout=self.cfg.federation.node_wait))
-        for reply in replies:
-            if reply.has_error():
-                raise FedNASError(f"node {reply.metadata.src_node_id} failed the handshake: "
-                                  f"{reply.error.reason}")
-            pid = int(reply.content["metrics"]["partition-id"])
-            mapping[reply.metadata.src_node_id] = pid
-        if sorted(mapping.values()) != list(range(want)):
-            raise FedNASError(f"client nodes reported partitions {sorted(mapping.values())}, "
-                              f"expected 0..{want - 1}")
-        return mapping
+        """Wait until every client node registered; map node id -> partition id."""
+        f = self.cfg.federation
+        return wait_for_nodes(grid, self.cfg.partition.num_clients, f.node_wait)
 
     # -- the run ---------------------------------------------------------------------------
     def run_on_grid(self, grid: Grid) -> tuple[Path, dict[str, Any]]:
@@ -132,6 +116,12 @@ class FederatedPipeline(Pipeline):
                 spec = {"kind": "subnet", "genotype": self.genotype}
                 self.models["searched"] = self.federated_train(grid, "retrain", spec, done)
                 done = [*done, "retrain"]
+            if "random" in cfg.phases and "random" not in done:
+                genotype = random_genotype(client.make_space(cfg), cfg.seed)
+                spec = {"kind": "subnet", "genotype": genotype}
+                self.models["random"] = self.federated_train(grid, "random", spec, done)
+                self.models["random"]["genotype"] = genotype
+                done = [*done, "random"]
         if "baseline" in cfg.phases and "baseline" not in done:
             self.models["baseline"] = self.federated_train(grid, "baseline",
                                                            {"kind": "baseline"}, done)
@@ -271,9 +261,9 @@ class FederatedPipeline(Pipeline):
         """FedAvg of a fixed model (derived subnet or baseline) for ``subnet-rounds``."""
         cfg, f, r = self.cfg, self.cfg.federation, self.cfg.retrain
         t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed + (1 if phase == "baseline" else 2))
+        torch.manual_seed(cfg.seed + {"baseline": 1, "retrain": 2, "random": 3}[phase])
         model = client.build_fixed_model(cfg, spec)
-        if phase == "retrain" and r.inherit_weights and not (r.channels or r.layers):
+        if phase != "baseline" and r.inherit_weights and not (r.channels or r.layers):
             space = client.make_space(cfg)
             space.load_state_dict(getattr(self, "search_state", None)
                                   or torch.load(self.rundir.path / "supernet.pt")["state_dict"])
@@ -299,7 +289,7 @@ class FederatedPipeline(Pipeline):
         model.load_state_dict(state)
         final = evaluate(model, self._split("test"), batch_size=cfg.runtime.eval_batch_size,
                          device=self.device)
-        name = "searched" if phase == "retrain" else "baseline"
+        name = {"retrain": "searched", "random": "random", "baseline": "baseline"}[phase]
         self.rundir.save_model(name, model, spec=spec)
         self.timings[phase] = time.perf_counter() - t0
         return {"test_acc": final["eval_acc"], "test_loss": final["eval_loss"],

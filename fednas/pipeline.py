@@ -99,6 +99,8 @@ class Pipeline:
                 space, genotype = self.search()
                 if "retrain" in cfg.phases:
                     self.retrain(space, genotype)
+                if "random" in cfg.phases:
+                    self.random_architecture(space)
             if "baseline" in cfg.phases:
                 self.baseline()
         summary = {
@@ -162,6 +164,16 @@ class Pipeline:
         self.models["searched"]["genotype_source"] = "search"
         self.rundir.save_model("searched", model, genotype=genotype, space=space.space_name)
 
+    def random_architecture(self, space: SearchSpace) -> None:
+        """A random genotype of the space (seeded), derived and trained like the searched one
+        (with the supernet's weights when ``retrain.inherit-weights``): the random-search
+        baseline of Li & Talwalkar (2019) at the same training budget."""
+        genotype = random_genotype(space, self.cfg.seed)
+        model = self.derive_model(space, genotype, self.cfg.retrain)
+        self.models["random"] = self.fit("random", model, self.cfg.retrain)
+        self.models["random"]["genotype"] = genotype
+        self.rundir.save_model("random", model, genotype=genotype, space=space.space_name)
+
     def baseline(self) -> None:
         b = self.cfg.baseline
         torch.manual_seed(self.cfg.seed + 1)
@@ -218,6 +230,11 @@ class Pipeline:
         alphas = {k: np.asarray(v) for k, v in alpha_snapshot(space).items()}
         plot_alpha(alphas, alpha_columns(space), self.rundir.path / "plots",
                    row_label="edge" if space.space_name == "cell" else "prunable layer")
+
+
+def random_genotype(space: SearchSpace, seed: int) -> Genotype:
+    """The run's random architecture: a function of the seed only."""
+    return space.random_genotype(torch.Generator().manual_seed(seed + 3))
 
 
 def alpha_snapshot(space: SearchSpace) -> dict[str, list[list[float]]]:

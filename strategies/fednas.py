@@ -151,6 +151,7 @@ class FedNAS(FedAvg):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         good: list[tuple[int, RecordDict]] = []
+        tensors: dict[int, dict[str, torch.Tensor]] = {}  # converted once per reply
         errors = diverged = 0
         for msg in replies:
             if msg.has_error():
@@ -162,11 +163,15 @@ class FedNAS(FedAvg):
             if pid not in self._plan:
                 errors += 1
                 log(WARNING, "reply from unexpected partition %s dropped", pid)
-            elif metrics.get("diverged", 0) or not _finite(msg.content):
+                continue
+            record = msg.content.array_records.get(self.arrayrecord_key)
+            state = record.to_torch_state_dict() if record is not None else {}
+            if metrics.get("diverged", 0) or not _finite(msg.content, state):
                 diverged += 1
                 log(WARNING, "partition %d diverged (non-finite loss/weights): dropped", pid)
             else:
                 good.append((pid, msg.content))
+                tensors[pid] = state
         good.sort(key=lambda t: t[0])
         self.placements = []
         for pid, content in good:
@@ -190,8 +195,7 @@ class FedNAS(FedAvg):
             masks, slices = self._plan[pid]
             weight = float(next(iter(content.metric_records.values()))[self.weighted_by_key])
             entry = {} if masks is None else dict(zip(self.alpha_keys, masks, strict=True))
-            contributions.append(Contribution(
-                content[self.arrayrecord_key].to_torch_state_dict(), slices, weight, entry))
+            contributions.append(Contribution(tensors[pid], slices, weight, entry))
         new_state = self.server_opt.step(self._state,
                                          masked_weighted_mean(self._state, contributions))
         metrics = aggregate_metricrecords([c for _, c in good], self.weighted_by_key)
@@ -229,15 +233,11 @@ class FedNAS(FedAvg):
         return metrics
 
 
-def _finite(content: RecordDict) -> bool:
-    """True when every metric and array in a reply is finite."""
+def _finite(content: RecordDict, state: dict[str, torch.Tensor]) -> bool:
+    """True when every metric of a reply and every tensor of its state is finite."""
     for record in content.metric_records.values():
         for value in record.values():
             values = value if isinstance(value, list) else [value]
             if any(isinstance(v, float) and not math.isfinite(v) for v in values):
                 return False
-    for record in content.array_records.values():
-        for tensor in record.to_torch_state_dict().values():
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-                return False
-    return True
+    return all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())

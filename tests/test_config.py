@@ -74,6 +74,7 @@ def test_wrong_types_are_named(tmp_path, text, match):
     ("space.cell.channels=7", r"space.cell.channels: must be even"),
     ("space.width.depth=21", r"space.width.depth: must be 6n\+2"),
     ('phases=["retrain"]', r"phases: 'retrain' needs 'search'"),
+    ('phases=["random","baseline"]', r"phases: 'random' needs 'search'"),
     ('phases=["search", "deploy"]', r"phases: \['deploy'\] not allowed"),
     ("runtime.device=tpu", r"runtime.device: 'tpu' is not allowed"),
     ("partition.num-clients=0", r"partition.num-clients: must be >= 1"),

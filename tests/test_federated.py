@@ -30,10 +30,12 @@ def strip_time(records: list[dict]) -> list[dict]:
 def test_two_rounds_four_clients_on_digits(tiny_overrides):
     from fednas.simulation import run_federated
 
-    cfg = load_config(None, tiny_overrides + FEDERATED)
+    cfg = load_config(None, tiny_overrides + FEDERATED + [
+        'phases=["search", "retrain", "random", "baseline"]'])
     run_dir, summary = run_federated(cfg)
     metrics = read_metrics(run_dir)
-    assert [m["phase"] for m in metrics] == ["search"] * 2 + ["retrain"] * 2 + ["baseline"] * 2
+    assert [m["phase"] for m in metrics] == (["search"] * 2 + ["retrain"] * 2 + ["random"] * 2
+                                             + ["baseline"] * 2)
     for m in metrics:
         assert m["clients_ok"] == 4 and m["client_errors"] == 0 and m["round_failed"] == 0
         assert m["bytes_down"] > 0 and m["bytes_up"] > 0
@@ -45,7 +47,9 @@ def test_two_rounds_four_clients_on_digits(tiny_overrides):
                  "checkpoints/latest.pt", "plots/search_curves.png", "plots/alpha_heatmap.png",
                  "plots/alpha_evolution.png", "clients.jsonl"):
         assert (run_dir / name).is_file(), name
-    assert set(summary["models"]) == {"searched", "baseline"}
+    assert set(summary["models"]) == {"searched", "random", "baseline"}
+    assert summary["models"]["random"]["genotype"]["space"] == "cell"
+    assert (run_dir / "random.pt").is_file()
     assert summary["models"]["searched"]["rounds"] == 2
 
 

@@ -130,3 +130,19 @@ def test_cli_help_and_config(capsys):
     assert proc.returncode == 0 and "run" in proc.stdout and "examples" in proc.stdout
     proc = run_cli("run", "--help")
     assert proc.returncode == 0 and "--set" in proc.stdout
+
+
+def test_random_architecture_phase_is_seeded_and_trained_like_the_searched(tiny_overrides):
+    from fednas.config import load_config
+
+    cfg = load_config(None, tiny_overrides + ['phases=["search","retrain","random","baseline"]'])
+    run_dir, summary = Pipeline(cfg).run()
+    phases = [m["phase"] for m in read_metrics(run_dir)]
+    assert phases == ["search"] * 2 + ["retrain"] * 2 + ["random"] * 2 + ["baseline"] * 2
+    random_model = summary["models"]["random"]
+    assert random_model["epochs"] == summary["models"]["searched"]["epochs"]
+    assert random_model["genotype"]["space"] == "cell"
+    assert (run_dir / "random.pt").is_file() and (run_dir / "plots/random_curves.png").is_file()
+    again, _ = Pipeline(cfg).run()
+    assert json.loads((again / "summary.json").read_text())["models"]["random"]["genotype"] == \
+        json.loads((run_dir / "summary.json").read_text())["models"]["random"]["genotype"]
