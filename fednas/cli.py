@@ -14,6 +14,8 @@ EPILOG = """examples:
   fednas run simulations/quickstart.toml --set search.epochs=2 --set data.dataset=digits
   fednas run simulations/federated_fashion.toml      # Flower clients on Ray
   fednas resume runs/federated_fashion-20261127-120000
+  fednas sweep simulations/quickstart.toml --seeds 0,1,2 --grid search.epochs=1,2
+  fednas report runs/quickstart-sweep-1a2b3c4d
   fednas halving simulations/fedex_fashion.toml --set 'phases=["baseline"]' \
       --grid federation.server-lr=0.5,1,2 --budget 24
   fednas config simulations/quickstart.toml --keys
@@ -66,6 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
     hal.add_argument("--eta", type=int, default=3, help="keep 1/eta per rung (default 3)")
     hal.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     hal.add_argument("--out-dir", help="parent of the halving directory (runtime.out-dir)")
+
+    swp = sub.add_parser("sweep", help="run a scenario for several seeds (× grid points); "
+                                       "resumable, failures recorded",
+                         description="One run dir per seed × grid point under one sweep dir; "
+                                     "re-running the same command skips finished runs.")
+    swp.add_argument("scenario", type=Path, help="scenario TOML file")
+    swp.add_argument("--seeds", default="0,1,2", help="seeds: 0,1,2 or 0-4 (default 0,1,2)")
+    swp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                     help="values of a config key, repeatable (cartesian product)")
+    swp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    swp.add_argument("--out-dir", help="parent of the sweep dir (runtime.out-dir)")
+    swp.add_argument("--parallel", type=int, default=0,
+                     help="runs at once (default: cores ÷ runtime.threads, 1 if federated)")
+    swp.add_argument("--report", action="store_true", help="write the report afterwards")
+
+    rep = sub.add_parser("report", help="mean ± std and 95 %% CI tables and plots across seeds",
+                         description="Tables (markdown, CSV) and plots recomputed from sweep "
+                                     "dirs or run dirs.")
+    rep.add_argument("inputs", type=Path, nargs="+", help="sweep dirs or run dirs")
+    rep.add_argument("--out", type=Path, help="output dir (default: FIRST_INPUT/report)")
 
     sub.add_parser("datasets", help="list the dataset names fednas can load",
                    description="List registered datasets and the npz:/folder: forms.")
@@ -135,6 +157,31 @@ def cmd_halving(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fednas.sweep import parse_seeds, run_sweep
+
+    root, manifest = run_sweep(args.scenario, list(args.overrides), args.grid,
+                               parse_seeds(args.seeds), out_dir=args.out_dir,
+                               parallel=args.parallel, console=Console(stderr=True))
+    states = [r.get("state") for r in manifest["runs"]]
+    print(f"sweep dir: {root} ({states.count('done')} done, {states.count('failed')} failed, "
+          f"{len(states)} runs)")
+    if args.report:
+        cmd_report(argparse.Namespace(inputs=[root], out=None))
+    return 0 if states.count("done") == len(states) else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fednas.sweep_report import write_report
+
+    result = write_report(list(args.inputs), args.out)
+    print(result["markdown"])
+    print(f"report dir: {result['dir']}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from fednas.config import load_config
     from fednas.configtools import dumps_toml, to_dict, to_kebab
@@ -185,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     handler = {"run": cmd_run, "resume": cmd_resume, "config": cmd_config,
-               "halving": cmd_halving, "datasets": cmd_datasets}[args.command]
+               "halving": cmd_halving, "sweep": cmd_sweep, "report": cmd_report,
+               "datasets": cmd_datasets}[args.command]
     try:
         return handler(args)
     except FedNASError as exc:

@@ -19,7 +19,6 @@ and ``halving.json`` (plan, rungs, scores, best candidate, rounds used, its test
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import time
@@ -28,6 +27,8 @@ from typing import Any
 
 from fednas.config import RunConfig, load_config
 from fednas.errors import ConfigError
+from fednas.grid import candidates
+from fednas.grid import parse_grid as _parse_grid
 from fednas.halving import schedule, successive_halving
 from fednas.runs import read_metrics
 
@@ -37,53 +38,9 @@ FIXED_KEYS = ("federation.rounds", "federation.subnet-rounds", "phases", "mode",
 SCORE_KEYS = ("client_val_loss", "val_loss")
 
 
-def _split_values(text: str) -> list[str]:
-    """Split ``v1,v2,[a,b]`` on the commas outside brackets and quotes."""
-    out, depth, quote, cur = [], 0, "", ""
-    for ch in text:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-            continue
-        cur += ch
-    out.append(cur.strip())
-    return out
-
-
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
-    """``["KEY=v1,v2", ...]`` -> ``{KEY: [v1, v2]}`` (values as TOML text)."""
-    grid: dict[str, list[str]] = {}
-    for spec in specs:
-        key, sep, values = spec.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise ConfigError(f"halving --grid {spec!r}: expected KEY=V1,V2,...")
-        if key in FIXED_KEYS:
-            raise ConfigError(f"halving --grid {key}: the round counts, phases, mode, name "
-                              "and out-dir are set by the halving run itself")
-        if key in grid:
-            raise ConfigError(f"halving --grid {key}: given twice")
-        vals = _split_values(values)
-        if any(v == "" for v in vals):
-            raise ConfigError(f"halving --grid {spec!r}: empty value")
-        grid[key] = vals
-    if not grid:
-        raise ConfigError("halving: give at least one --grid KEY=V1,V2,...")
-    return grid
-
-
-def candidates(grid: dict[str, list[str]]) -> list[dict[str, str]]:
-    """Every grid point, in the order of the keys and values given."""
-    keys = list(grid)
-    return [dict(zip(keys, combo, strict=True)) for combo in itertools.product(*grid.values())]
+    """The halving candidates' grid (round counts, phases, mode, name and out-dir are fixed)."""
+    return _parse_grid(specs, command="halving", fixed=FIXED_KEYS)
 
 
 def tuned_phase(cfg: RunConfig) -> str:

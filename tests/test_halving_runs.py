@@ -28,7 +28,7 @@ def test_grid_parsing_and_product():
 
 @pytest.mark.parametrize("specs,match", [
     (["federation.server-lr"], "expected KEY=V1"),
-    (["federation.rounds=2,3"], "set by the halving run"),
+    (["federation.rounds=2,3"], "set by the halving run itself"),
     (["a=1", "a=2"], "given twice"),
     (["a=1,,2"], "empty value"),
     ([], "at least one --grid"),

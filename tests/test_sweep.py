@@ -1,0 +1,85 @@
+"""Sweeps and reports: seeds × grid points, interruption and resume, failures, CI tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from fednas.errors import ConfigError, FedNASError
+from fednas.sweep import parse_seeds, plan
+from fednas.sweep_report import mean_std_ci, write_report
+
+
+def test_mean_std_ci_matches_hand_computation():
+    m, sd, ci = mean_std_ci([1.0, 2.0, 3.0])
+    assert (m, sd) == (2.0, 1.0)
+    assert ci == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)  # t(0.975, 2) · sd / √n
+    assert math.isnan(mean_std_ci([5.0])[2])
+
+
+def test_seed_parsing():
+    assert parse_seeds("0,1,2") == [0, 1, 2] and parse_seeds("3-5") == [3, 4, 5]
+    for bad in ("a", "1,1", "", "-1"):
+        with pytest.raises(ConfigError, match="sweep --seeds"):
+            parse_seeds(bad)
+
+
+def test_plan_is_deterministic_and_validates_every_point(tiny_overrides, tmp_path):
+    a, runs, _ = plan(None, tiny_overrides, ["search.epochs=1,2"], [0, 1], str(tmp_path))
+    b, _, _ = plan(None, tiny_overrides, ["search.epochs=1,2"], [0, 1], str(tmp_path))
+    c, _, _ = plan(None, tiny_overrides, ["search.epochs=1,2"], [0, 2], str(tmp_path))
+    assert a == b != c
+    assert [r.key for r in runs] == ["p00-s0", "p00-s1", "p01-s0", "p01-s1"]
+    with pytest.raises(ConfigError, match="sweep point .*search.epochs"):
+        plan(None, tiny_overrides, ["search.epochs=1,-2"], [0], str(tmp_path))
+    with pytest.raises(ConfigError, match="set by the sweep run"):
+        plan(None, tiny_overrides, ["seed=1,2"], [0], str(tmp_path))
+
+
+def test_report_rejects_non_run_dirs(tmp_path):
+    with pytest.raises(FedNASError, match="neither a sweep dir"):
+        write_report([tmp_path])
+
+
+@pytest.mark.slow
+def test_sweep_interrupted_resumed_with_a_failing_point_then_reported(tiny_overrides, tmp_path):
+    sets = [a for o in tiny_overrides + ['phases=["search","retrain","random","baseline"]']
+            for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "fednas", "sweep", "/dev/null", "--seeds", "0,1,2",
+           "--grid", f'data.dataset=digits,"npz:{tmp_path}/missing.npz"', *sets,
+           "--out-dir", str(tmp_path / "sw")]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and not list((tmp_path / "sw").glob("*/p00-s0/*/summary.json")):
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)  # interrupt after the first run finished
+    first.wait(timeout=60)
+    (root,) = (tmp_path / "sw").iterdir()
+    (done,) = root.glob("p00-s0/*/summary.json")
+    stamp = done.stat().st_mtime_ns
+
+    again = subprocess.run(cmd + ["--report"], capture_output=True, text=True, timeout=900)
+    assert again.returncode == 1, again.stderr[-2000:]  # the npz point fails on every seed
+    assert "3 done, 3 failed, 6 runs" in again.stdout
+    assert done.stat().st_mtime_ns == stamp  # not re-run
+    assert len(list(root.glob("p00-s0/*/summary.json"))) == 1
+    manifest = json.loads((root / "sweep.json").read_text())
+    failed = [r for r in manifest["runs"] if r["state"] == "failed"]
+    assert len(failed) == 3 and all("missing.npz" in r["error"] for r in failed)
+
+    report = root / "report"
+    text = (report / "report.md").read_text()
+    for model in ("searched", "random", "baseline"):
+        assert f"| data.dataset=digits | {model} | 3 |" in text
+    assert "Failed or unfinished runs" in text and "missing.npz" in text
+    csv_lines = (report / "report.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("group,model,n,test_acc_mean") and len(csv_lines) == 4
+    assert (report / "accuracy_vs_round.png").is_file() and (report / "pareto.png").is_file()
