@@ -212,6 +212,25 @@ class FedExConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    mode: str = option("off", choices=("off", "central"),
+                       doc="central: clip each client's update, Gaussian noise on the aggregate")
+    noise_multiplier: float = option(1.0, ge=0.0, doc="σ: noise std = σ · clip-norm on the "
+                                     "per-entry sum of clipped client updates")
+    clip_norm: float = option(1.0, gt=0.0, doc="C: L2 bound of each client's update (weights "
+                              "and α jointly; the initial C with adaptive clipping)")
+    adaptive: bool = option(False, doc="adaptive clipping (Andrew et al. 2021): C tracks the "
+                            "target quantile of the update norms")
+    target_quantile: float = option(0.5, ge=0.0, le=1.0)
+    clip_lr: float = option(0.2, gt=0.0, doc="adaptive clipping step size")
+    count_noise: float = option(0.0, ge=0.0, doc="σ_b, noise on the unclipped count "
+                                "(adaptive; 0 = clients per round / 20)")
+    delta: float = option(1e-5, gt=0.0, lt=1.0, doc="δ of the reported ε(δ)")
+    epsilon_budget: float = option(0.0, ge=0.0, doc="stop before a round that would exceed "
+                                   "this ε (0 = no budget)")
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     device: str = option("auto", doc="auto, cpu, cuda or cuda:N")
     threads: int = option(0, ge=0, doc="torch CPU threads (0 = all cores)")
@@ -243,6 +262,7 @@ class RunConfig:
     baseline: BaselineConfig = section(BaselineConfig)
     federation: FederationConfig = section(FederationConfig)
     fedex: FedExConfig = section(FedExConfig)
+    privacy: PrivacyConfig = section(PrivacyConfig)
     runtime: RuntimeConfig = section(RuntimeConfig)
 
     def check(self) -> None:
@@ -257,6 +277,9 @@ class RunConfig:
         if self.mode == "federated" and f.min_fit_clients > self.partition.num_clients:
             raise ConfigError(f"federation.min-fit-clients: {f.min_fit_clients} exceeds "
                               f"partition.num-clients = {self.partition.num_clients}")
+        if self.privacy.mode != "off" and self.mode != "federated":
+            raise ConfigError("privacy.mode: differential privacy protects federated clients; "
+                              'set mode = "federated"')
         if "retrain" in self.phases and "search" not in self.phases:
             raise ConfigError("phases: 'retrain' needs 'search' (it retrains the searched subnet)")
         if "random" in self.phases and "search" not in self.phases:

@@ -7,7 +7,6 @@ resume from a checkpoint to exactly the result of an uninterrupted run.
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from fednas import client
 from fednas.checkpoint import load_checkpoint, save_checkpoint
 from fednas.flops import count_flops, count_params
 from fednas.handshake import wait_for_nodes
+from fednas.phase_strategy import phase_strategy
 from fednas.pipeline import (
     Pipeline,
     alpha_columns,
@@ -30,20 +30,8 @@ from fednas.pipeline import (
 from fednas.plots import plot_alpha_evolution, plot_fedex_theta
 from fednas.runs import RunDir
 from fednas.search_space import Genotype, save_genotype
+from fednas.server_opt import STAT_SUFFIXES
 from fednas.train import cosine, evaluate, recalibrate_bn
-from strategies.fednas import FedNAS
-
-
-def make_strategy(space, **kwargs: Any) -> FedNAS:
-    """A FedNAS strategy, without FedAvg's warning that fraction_evaluate=0 skips evaluation
-    (server-side evaluation runs every round regardless)."""
-    flwr_log = logging.getLogger("flwr")
-    level = flwr_log.level
-    flwr_log.setLevel(logging.ERROR)
-    try:
-        return FedNAS(space, **kwargs)
-    finally:
-        flwr_log.setLevel(level)
 
 
 class RunPaused(Exception):  # noqa: N818 - a control-flow signal, not an error
@@ -63,6 +51,12 @@ class FederatedPipeline(Pipeline):
         super().__init__(cfg, console)
         self.resume_dir = resume_dir
         self.stop_after = stop_after
+        self.accountant = None
+        if cfg.privacy.mode == "central":
+            from fednas.privacy import PrivacyAccountant
+
+            self.accountant = PrivacyAccountant()
+        self.privacy_stop: dict[str, Any] | None = None
         self.checkpoint: dict[str, Any] | None = None
         self.result: tuple[Path, dict[str, Any]] | None = None
         self.error: BaseException | None = None
@@ -83,6 +77,9 @@ class FederatedPipeline(Pipeline):
             self.rundir.truncate_metrics(self.checkpoint["metrics_count"])
             self.models = self.checkpoint["models"]
             self.timings = self.checkpoint["timings"]
+            if self.accountant is not None:
+                self.accountant.load_state_dict(self.checkpoint["accountant"])
+            self.privacy_stop = self.checkpoint.get("privacy_stop")
         self.console.print(f"[bold]fednas[/] run dir: {self.rundir.path}")
 
     def wait_for_nodes(self, grid: Grid) -> dict[int, int]:
@@ -142,6 +139,13 @@ class FederatedPipeline(Pipeline):
                        "train": self.cfg.federation.subnet_rounds},
             "versions": {"fednas": fednas.__version__, "torch": torch.__version__},
         }
+        if self.accountant is not None:
+            p = self.cfg.privacy
+            steps = self.accountant.steps
+            summary["privacy"] = {
+                "mode": p.mode, "epsilon": self.accountant.epsilon(p.delta) if steps else None,
+                "delta": p.delta, "noise_multiplier": p.noise_multiplier, "rounds": steps,
+                "epsilon_budget": p.epsilon_budget or None, "stopped_by_budget": self.privacy_stop}
         self.rundir.write_json("summary.json", summary)
         plot_curves(self.rundir.metrics, self.rundir.path / "plots", unit="round")
         plot_fedex_theta(self.rundir.metrics, self.rundir.path / "plots")
@@ -159,6 +163,12 @@ class FederatedPipeline(Pipeline):
             self.checkpoint = None
         f = self.cfg.federation
         for rnd in range(start, total + 1):
+            if self.privacy_stop is not None or getattr(strategy, "privacy_exhausted",
+                                                        lambda: False)():
+                self.privacy_stop = self.privacy_stop or {"phase": phase, "round": rnd - 1}
+                self.console.print(f"[{phase}] stopped before round {rnd}: it would exceed "
+                                   f"privacy.epsilon-budget = {self.cfg.privacy.epsilon_budget}")
+                break
             t0 = time.perf_counter()
             config = ConfigRecord({"lr": cosine(rnd - 1, total, lr[0], lr[1]), **extra})
             messages = strategy.configure_train(rnd, ArrayRecord(state), config, grid)
@@ -198,20 +208,13 @@ class FederatedPipeline(Pipeline):
                     "phase": phase, "round": rnd, "state": state,
                     "strategy": strategy.get_state(), "models": self.models,
                     "timings": self.timings, "genotype": getattr(self, "genotype", None),
-                    "phases_done": done,
+                    "phases_done": done, "privacy_stop": self.privacy_stop,
+                    "accountant": self.accountant.state_dict() if self.accountant else None,
                     "metrics_count": len(self.rundir.metrics)})
             if pause:
                 self.console.print(f"[{phase}] paused after round {rnd}/{total}")
                 raise RunPaused(phase, rnd)
         return state
-
-    def _maybe_fedex(self, strategy: FedNAS, phase: str):
-        """Wrap ``strategy`` in FedEx when the scenario enables it."""
-        if not self.cfg.fedex.enabled:
-            return strategy
-        from strategies.fedex import FedExWrapper, build_tuner
-
-        return FedExWrapper(strategy, build_tuner(self.cfg, phase), seed=self.cfg.seed + 13)
 
     def _server_test(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.cfg.federation.server_eval_samples
@@ -222,13 +225,7 @@ class FederatedPipeline(Pipeline):
         cfg, f, s = self.cfg, self.cfg.federation, self.cfg.search
         t0 = time.perf_counter()
         space = client.make_space(cfg)
-        strategy = make_strategy(space, shard_size=f.shard_size,
-                                 include_argmax=f.include_argmax, seed=cfg.seed,
-                                 fraction_train=f.fraction_train,
-                                 min_train_nodes=f.min_fit_clients, fraction_evaluate=0.0,
-                                 server_lr=f.server_lr, server_momentum=f.server_momentum)
-        strategy.node_partitions = self.node_partitions
-        strategy = self._maybe_fedex(strategy, "search")
+        strategy = phase_strategy(cfg, "search", space, self.node_partitions, self.accountant)
         test = self._server_test()
         proxy = self.data.val_x[: f.bn_calibration_samples]  # server-side split, no client's
 
@@ -268,17 +265,19 @@ class FederatedPipeline(Pipeline):
             space.load_state_dict(getattr(self, "search_state", None)
                                   or torch.load(self.rundir.path / "supernet.pt")["state_dict"])
             model = space.subnet(spec["genotype"])
-        strategy = make_strategy(None, seed=cfg.seed + 7, fraction_train=f.fraction_train,
-                                 min_train_nodes=f.min_fit_clients,
-                                 fraction_evaluate=f.fraction_evaluate, min_evaluate_nodes=1,
-                                 server_lr=f.server_lr, server_momentum=f.server_momentum)
-        strategy.node_partitions = self.node_partitions
-        strategy = self._maybe_fedex(strategy, phase)
+        strategy = phase_strategy(cfg, phase, None, self.node_partitions, self.accountant)
         test = self._server_test()
         extra = {"model": client.encode_spec(spec)}
 
+        proxy = self.data.val_x[: f.bn_calibration_samples]
+
         def server_eval(state: dict[str, torch.Tensor]) -> dict[str, Any]:
             model.load_state_dict(state)
+            if self.accountant is not None:  # DP: BN statistics from the server's proxy only
+                recalibrate_bn(model, proxy, batch_size=r.batch_size, device=self.device)
+                fresh = model.state_dict()
+                state.update({k: fresh[k].detach().cpu().clone() for k in state
+                              if k.endswith(STAT_SUFFIXES)})
             result = evaluate(model, test, batch_size=cfg.runtime.eval_batch_size,
                               device=self.device)
             return {"test_loss": result["eval_loss"], "test_acc": result["eval_acc"]}
@@ -294,4 +293,4 @@ class FederatedPipeline(Pipeline):
         self.timings[phase] = time.perf_counter() - t0
         return {"test_acc": final["eval_acc"], "test_loss": final["eval_loss"],
                 "params": count_params(model), "flops": count_flops(model, self.data.input_shape),
-                "rounds": f.subnet_rounds}
+                "rounds": sum(m["phase"] == phase for m in self.rundir.metrics)}

@@ -5,8 +5,9 @@ nothing is typed in. Inputs are sweep dirs (``sweep.json``: runs grouped by grid
 plain run dirs (grouped by scenario name). Outputs, in ``--out`` (default
 ``<first input>/report``): ``report.md``, ``report.csv``, ``accuracy_vs_round.png`` (mean
 test accuracy per round/epoch with a ±1 std band over seeds, one panel per phase) and
-``pareto.png`` (test accuracy vs parameters, error bars over seeds). Failed runs of a sweep
-are listed with their error.
+``pareto.png`` (test accuracy vs parameters, error bars over seeds) and, for DP runs,
+``privacy_vs_accuracy.png`` (test accuracy vs ε, e.g. from a sweep over the noise
+multiplier). Failed runs of a sweep are listed with their error.
 """
 
 from __future__ import annotations
@@ -183,6 +184,33 @@ def plot_pareto(table: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def plot_privacy(runs: list[dict[str, Any]], path: Path) -> Path | None:
+    """Test accuracy against ε (one point per group and model, error bars over seeds)."""
+    points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for run in runs:
+        if run["epsilon"] is None:
+            continue
+        for model, m in run["summary"].get("models", {}).items():
+            points[(run["group"], model)].append((run["epsilon"], 100 * m["test_acc"]))
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for (group, model), pts in sorted(points.items()):
+        eps, acc = zip(*pts, strict=True)
+        ax.errorbar(np.mean(eps), np.mean(acc), xerr=np.std(eps), yerr=np.std(acc), fmt="o",
+                    capsize=3, label=f"{model} ({group})")
+    ax.set_xscale("log")
+    ax.set_xlabel("ε (δ from the scenario)")
+    ax.set_ylabel("test accuracy %")
+    ax.set_title("privacy vs accuracy")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_report(inputs: list[Path], out: Path | None = None) -> dict[str, Any]:
     """Write report.md, report.csv and the plots; return paths, rows and failures."""
     if not inputs:
@@ -203,6 +231,7 @@ def write_report(inputs: list[Path], out: Path | None = None) -> dict[str, Any]:
         writer.writeheader()
         writer.writerows(table)
     plots = [p for p in (plot_rounds(runs, out / "accuracy_vs_round.png"),
-                         plot_pareto(table, out / "pareto.png")) if p is not None]
+                         plot_pareto(table, out / "pareto.png"),
+                         plot_privacy(runs, out / "privacy_vs_accuracy.png")) if p is not None]
     return {"dir": str(out), "rows": table, "failed": failed, "plots": [str(p) for p in plots],
             "markdown": (out / "report.md").read_text()}

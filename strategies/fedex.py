@@ -62,6 +62,9 @@ class FedExWrapper(Strategy):
     def summary(self) -> None:
         self.base.summary()
 
+    def privacy_exhausted(self) -> bool:
+        return self.base.privacy_exhausted()
+
     def fedex_record(self) -> dict[str, Any]:
         """θ per factor, its entropy and the current best config (for metrics.jsonl)."""
         return {"fedex_theta": [t.tolist() for t in self.tuner.theta()],

@@ -59,13 +59,17 @@ class FedNAS(FedAvg):
         Message type of training messages (``train.search`` or ``train``).
     server_lr, server_momentum
         Server step on the aggregated update (FedAvgM); 1 and 0 = plain averaging.
+    dp
+        Central differential privacy (:class:`strategies.dp.CentralDP`): clipped, noised,
+        uniformly weighted masked mean instead of the sample-weighted one.
     **fedavg
         ``fraction_train``, ``min_train_nodes``, ``fraction_evaluate``, ... as in FedAvg.
     """
 
     def __init__(self, space: SearchSpace | None = None, *, shard_size: int = 0,
                  include_argmax: bool = True, seed: int = 0, train_route: str | None = None,
-                 server_lr: float = 1.0, server_momentum: float = 0.0, **fedavg: Any) -> None:
+                 server_lr: float = 1.0, server_momentum: float = 0.0, dp: Any = None,
+                 **fedavg: Any) -> None:
         fedavg.setdefault("min_available_nodes", 1)
         super().__init__(**fedavg)
         self.space = space
@@ -74,6 +78,7 @@ class FedNAS(FedAvg):
         self.train_route = train_route or (SEARCH_ROUTE if space is not None else TRAIN_ROUTE)
         self.generator = torch.Generator().manual_seed(seed)
         self.server_opt = FedAvgM(server_lr, server_momentum)
+        self.dp = dp  # strategies.dp.CentralDP or None
         self.node_partitions: dict[int, int] = {}
         self.alpha_keys: list[str] = []
         if space is not None:
@@ -94,11 +99,24 @@ class FedNAS(FedAvg):
     def get_state(self) -> dict[str, Any]:
         """What a checkpoint needs to resume this strategy exactly."""
         return {"generator": self.generator.get_state(),
-                "server_opt": self.server_opt.state_dict()}
+                "server_opt": self.server_opt.state_dict(),
+                "dp": self.dp.get_state() if self.dp is not None else None}
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
         self.server_opt.load_state_dict(state.get("server_opt", {}))
+        if self.dp is not None and state.get("dp"):
+            self.dp.set_state(state["dp"])
+
+    def sample_rate(self) -> float:
+        """Clients per training round ÷ all clients (the DP accountant's q)."""
+        n = len(self.node_partitions)
+        size = min(n, max(int(n * self.fraction_train), self.min_train_nodes, 1))
+        return size / max(n, 1)
+
+    def privacy_exhausted(self) -> bool:
+        """True when one more round would exceed the scenario's ε budget."""
+        return self.dp is not None and self.dp.exhausted(self.sample_rate())
 
     def _sample(self, fraction: float, minimum: int) -> list[tuple[int, int]]:
         """(partition id, node id) pairs sampled with the seeded generator, in id order."""
@@ -196,8 +214,13 @@ class FedNAS(FedAvg):
             weight = float(next(iter(content.metric_records.values()))[self.weighted_by_key])
             entry = {} if masks is None else dict(zip(self.alpha_keys, masks, strict=True))
             contributions.append(Contribution(tensors[pid], slices, weight, entry))
-        new_state = self.server_opt.step(self._state,
-                                         masked_weighted_mean(self._state, contributions))
+        if self.dp is not None:
+            average = self.dp.aggregate(self._state, contributions,
+                                        len(self._plan) / max(len(self.node_partitions), 1))
+            self.round_stats.update(self.dp.last)
+        else:
+            average = masked_weighted_mean(self._state, contributions)
+        new_state = self.server_opt.step(self._state, average)
         metrics = aggregate_metricrecords([c for _, c in good], self.weighted_by_key)
         for key in ("partition-id", "diverged", "num-val", *PLACEMENT_KEYS):
             metrics.pop(key, None)

@@ -83,3 +83,32 @@ def test_sweep_interrupted_resumed_with_a_failing_point_then_reported(tiny_overr
     csv_lines = (report / "report.csv").read_text().splitlines()
     assert csv_lines[0].startswith("group,model,n,test_acc_mean") and len(csv_lines) == 4
     assert (report / "accuracy_vs_round.png").is_file() and (report / "pareto.png").is_file()
+
+
+def _fake_run(path, seed, acc, eps=None):
+    path.mkdir(parents=True)
+    summary = {"scenario": "dp", "seed": seed, "timings": {"search": 10.0},
+               "models": {"searched": {"test_acc": acc, "params": 1000, "flops": 5000,
+                                       "rounds": 3}}}
+    if eps is not None:
+        summary["privacy"] = {"epsilon": eps}
+    (path / "summary.json").write_text(json.dumps(summary))
+    (path / "metrics.jsonl").write_text("".join(
+        json.dumps({"phase": "retrain", "step": s, "test_acc": acc - 0.1 * (3 - s),
+                    "bytes_down": 10, "bytes_up": 5}) + "\n" for s in (1, 2, 3)))
+    return path
+
+
+def test_report_of_run_dirs_with_epsilon(tmp_path):
+    dirs = [_fake_run(tmp_path / f"r{s}", s, acc, eps)
+            for s, acc, eps in ((0, 0.80, 5.0), (1, 0.82, 6.0), (2, 0.84, 7.0))]
+    result = write_report(dirs, tmp_path / "out")
+    (row,) = result["rows"]
+    assert row["n"] == 3 and row["test_acc_mean"] == pytest.approx(82.0)
+    assert row["test_acc_std"] == pytest.approx(2.0) and row["epsilon"] == pytest.approx(6.0)
+    assert row["bytes_per_run"] == 45 and row["budget"] == 3
+    assert "| dp | searched | 3 | 82.00 ± 2.00 |" in result["markdown"]
+    assert " ε |" in result["markdown"]
+    for name in ("report.md", "report.csv", "accuracy_vs_round.png", "pareto.png",
+                 "privacy_vs_accuracy.png"):
+        assert (tmp_path / "out" / name).is_file(), name

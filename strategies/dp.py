@@ -1,0 +1,109 @@
+"""Central differential privacy for the FedNAS strategy (masked shards, DP-FedAvg style).
+
+Flower's DP strategy wrappers clip and noise whole-model updates of equal shape; with
+supernet shards every client returns different regions, so fednas uses its own masked
+version (:mod:`fednas.privacy`): every client's update (weights and α together) is clipped
+to L2 norm C on the server, the per-entry sum over the clients that trained an entry gets
+N(0, (σC)²) and is divided by that count (one vote per client: sample weights are dropped).
+BatchNorm running statistics are data too; under DP they are not taken from clients at all
+(they keep the global value; the server recalibrates BN on its own proxy split).
+
+ε(δ) is tracked by one :class:`fednas.privacy.PrivacyAccountant` per run (Opacus RDP, sampling
+rate = clients per round ÷ total clients), so every phase of a run adds to the same ε.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from fednas.aggregation import Contribution
+from fednas.privacy import (
+    AdaptiveClipping,
+    PrivacyAccountant,
+    clip_update,
+    contribution_delta,
+    noisy_masked_mean,
+)
+from fednas.server_opt import STAT_SUFFIXES
+
+
+class CentralDP:
+    """Clipping, noise and accounting of one phase's aggregation.
+
+    Parameters
+    ----------
+    cfg
+        The scenario's ``[privacy]`` section (:class:`fednas.config.PrivacyConfig`).
+    accountant
+        The run's accountant (shared by all phases).
+    seed
+        Seeds the noise (a generator of its own: client and shard sampling stay as without DP).
+    """
+
+    def __init__(self, cfg: Any, accountant: PrivacyAccountant, seed: int) -> None:
+        self.cfg = cfg
+        self.accountant = accountant
+        self.generator = torch.Generator().manual_seed(seed)
+        self.clip_norm = float(cfg.clip_norm)
+        self.adaptive = (AdaptiveClipping(cfg.clip_norm, cfg.target_quantile, cfg.clip_lr,
+                                          cfg.count_noise) if cfg.adaptive else None)
+        self.last: dict[str, float] = {}
+
+    # -- state ---------------------------------------------------------------------------
+    def get_state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "clip_norm": self.clip_norm,
+                "adaptive": self.adaptive.state_dict() if self.adaptive else None}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self.clip_norm = float(state["clip_norm"])
+        if self.adaptive is not None and state.get("adaptive"):
+            self.adaptive.load_state_dict(state["adaptive"])
+
+    # -- the mechanism -------------------------------------------------------------------
+    def update_noise(self, clients: int) -> float:
+        """The noise multiplier on the updates (σ, or σ_Δ when the count is noised too)."""
+        if self.adaptive is None:
+            return float(self.cfg.noise_multiplier)
+        if not self.cfg.count_noise:
+            self.adaptive.count_noise = max(clients / 20.0, 1e-12)
+        if self.cfg.noise_multiplier == 0:
+            return 0.0
+        return self.adaptive.update_noise_multiplier(self.cfg.noise_multiplier)
+
+    def exhausted(self, sample_rate: float) -> bool:
+        """Whether one more round would push ε past ``epsilon-budget``."""
+        budget = self.cfg.epsilon_budget
+        return bool(budget) and self.accountant.would_exceed(
+            budget, self.cfg.delta, self.cfg.noise_multiplier, sample_rate)
+
+    def aggregate(self, state: dict[str, torch.Tensor], contributions: list[Contribution],
+                  sample_rate: float) -> dict[str, torch.Tensor]:
+        """The new global state from this round's (sorted) contributions; steps the accountant."""
+        private = []
+        norms = []
+        for c in contributions:
+            kept = Contribution({k: v for k, v in c.regions.items()
+                                 if not k.endswith(STAT_SUFFIXES)}, c.slices, c.weight,
+                                c.entry_masks)
+            delta = contribution_delta(state, kept)
+            clipped, norm = clip_update(delta.regions, self.clip_norm)
+            norms.append(norm["all"])
+            private.append(Contribution(clipped, delta.slices, 1.0, delta.entry_masks))
+        sigma = self.update_noise(len(contributions))
+        new = noisy_masked_mean(state, private, sigma, self.clip_norm, self.generator)
+        clip_used = self.clip_norm
+        if self.adaptive is not None:
+            self.clip_norm = self.adaptive.update(norms, self.generator)
+        if self.cfg.noise_multiplier > 0:
+            self.accountant.step(self.cfg.noise_multiplier, sample_rate)
+        eps = (self.accountant.epsilon(self.cfg.delta) if self.accountant.steps
+               else float("inf"))
+        self.last = {"dp_epsilon": eps, "dp_clip_norm": clip_used,
+                     "dp_noise_std": sigma * clip_used,
+                     "dp_clipped_fraction": sum(n > clip_used for n in norms) / max(len(norms), 1),
+                     "dp_update_norm_median": float(torch.tensor(norms).median()) if norms
+                     else 0.0}
+        return new

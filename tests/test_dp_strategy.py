@@ -1,0 +1,92 @@
+"""Central DP inside the FedNAS strategy: clipping, uniform votes, BN statistics, ε budget."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from fednas.config import load_config
+from fednas.privacy import PrivacyAccountant
+from strategies.dp import CentralDP
+from strategies.fednas import FedNAS
+
+
+def privacy(**kw):
+    sets = ["mode=federated", "privacy.mode=central"] + [
+        f"privacy.{k.replace('_', '-')}={v}" for k, v in kw.items()]
+    return load_config(None, sets).privacy
+
+
+def run_round(dp, values, sizes, state):
+    strategy = FedNAS(None, seed=0, dp=dp, min_train_nodes=1)
+    strategy.node_partitions = {10 + i: i for i in range(len(values))}
+    messages = sorted(strategy.configure_train(1, ArrayRecord(state), ConfigRecord({"lr": 0.1}),
+                                               grid=None), key=lambda m: m.metadata.dst_node_id)
+    replies = []
+    for msg, value, n in zip(messages, values, sizes, strict=True):
+        pid = int(msg.content["config"]["partition-id"])
+        out = {k: (v + value if v.is_floating_point() else v) for k, v in state.items()}
+        replies.append(Message(RecordDict({"arrays": ArrayRecord(out), "metrics": MetricRecord(
+            {"num-examples": n, "partition-id": pid, "diverged": 0})}), reply_to=msg))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    return strategy, arrays.to_torch_state_dict()
+
+
+@pytest.fixture
+def state():
+    return {"fc.weight": torch.zeros(3, 4), "bn.running_mean": torch.zeros(3),
+            "bn.running_var": torch.ones(3), "bn.num_batches_tracked": torch.tensor(0)}
+
+
+def test_without_noise_each_client_is_clipped_and_has_one_vote(state, task_identity):
+    acc = PrivacyAccountant()
+    dp = CentralDP(privacy(noise_multiplier=0.0, clip_norm=1.0), acc, seed=0)
+    # client 0 moves every weight by 1 (norm sqrt(12) > 1: clipped), client 1 by 0.01
+    strategy, new = run_round(dp, [1.0, 0.01], [1000, 1], state)
+    expected = (1.0 / math.sqrt(12) + 0.01) / 2  # uniform votes despite 1000 vs 1 examples
+    torch.testing.assert_close(new["fc.weight"], torch.full((3, 4), expected),
+                               rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(new["bn.running_mean"], state["bn.running_mean"])  # not from
+    torch.testing.assert_close(new["bn.running_var"], state["bn.running_var"])  # clients
+    assert strategy.round_stats["dp_clipped_fraction"] == 0.5
+    assert math.isinf(strategy.round_stats["dp_epsilon"]) and acc.steps == 0
+
+
+def test_noise_is_seeded_accounted_and_resumable(state, task_identity):
+    cfg = privacy(noise_multiplier=1.0, clip_norm=0.5)
+    acc_a, acc_b = PrivacyAccountant(), PrivacyAccountant()
+    sa, a = run_round(CentralDP(cfg, acc_a, seed=3), [0.1, 0.2], [5, 5], state)
+    sb, b = run_round(CentralDP(cfg, acc_b, seed=3), [0.1, 0.2], [5, 5], state)
+    assert torch.equal(a["fc.weight"], b["fc.weight"])
+    assert acc_a.steps == 1 and sa.round_stats["dp_noise_std"] == pytest.approx(0.5)
+    ref = PrivacyAccountant()
+    ref.step(1.0, 1.0)
+    assert sa.round_stats["dp_epsilon"] == ref.epsilon(1e-5)
+    restored = CentralDP(cfg, PrivacyAccountant(), seed=99)
+    restored.set_state(sa.dp.get_state())
+    assert torch.equal(restored.generator.get_state(), sa.dp.generator.get_state())
+
+
+def test_budget_stops_before_the_round_that_would_exceed_it():
+    acc = PrivacyAccountant()
+    for _ in range(3):
+        acc.step(1.0, 0.5)
+    eps3 = acc.epsilon(1e-5)
+    acc.step(1.0, 0.5)
+    eps4 = acc.epsilon(1e-5)
+    dp = CentralDP(privacy(noise_multiplier=1.0, epsilon_budget=(eps3 + eps4) / 2),
+                   PrivacyAccountant(), seed=0)
+    for _ in range(3):
+        assert not dp.exhausted(0.5)
+        dp.accountant.step(1.0, 0.5)
+    assert dp.exhausted(0.5)
+
+
+def test_privacy_needs_federated_mode():
+    from fednas.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="privacy.mode"):
+        load_config(None, ["privacy.mode=central"])
