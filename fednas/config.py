@@ -213,8 +213,13 @@ class FedExConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
-    mode: str = option("off", choices=("off", "central"),
-                       doc="central: clip each client's update, Gaussian noise on the aggregate")
+    mode: str = option("off", choices=("off", "central", "local"),
+                       doc="central: clip each client's update, Gaussian noise on the "
+                           "aggregate; local: clients clip and noise their own update "
+                           "(Flower's LocalDpMod)")
+    local_epsilon: float = option(1.0, gt=0.0, le=1.0, doc="local: ε of each client's "
+                                  "release per round (classic Gaussian mechanism, δ = "
+                                  "privacy.delta; its bound holds for ε ≤ 1)")
     noise_multiplier: float = option(1.0, ge=0.0, doc="σ: noise std = σ · clip-norm on the "
                                      "per-entry sum of clipped client updates")
     clip_norm: float = option(1.0, gt=0.0, doc="C: L2 bound of each client's update (weights "

@@ -139,13 +139,12 @@ class FederatedPipeline(Pipeline):
                        "train": self.cfg.federation.subnet_rounds},
             "versions": {"fednas": fednas.__version__, "torch": torch.__version__},
         }
-        if self.accountant is not None:
-            p = self.cfg.privacy
-            steps = self.accountant.steps
-            summary["privacy"] = {
-                "mode": p.mode, "epsilon": self.accountant.epsilon(p.delta) if steps else None,
-                "delta": p.delta, "noise_multiplier": p.noise_multiplier, "rounds": steps,
-                "epsilon_budget": p.epsilon_budget or None, "stopped_by_budget": self.privacy_stop}
+        from strategies.dp import privacy_summary
+
+        rounds = sum(1 for m in self.rundir.metrics if "clients_ok" in m)
+        privacy = privacy_summary(self.cfg, self.accountant, rounds, self.privacy_stop)
+        if privacy is not None:
+            summary["privacy"] = privacy
         self.rundir.write_json("summary.json", summary)
         plot_curves(self.rundir.metrics, self.rundir.path / "plots", unit="round")
         plot_fedex_theta(self.rundir.metrics, self.rundir.path / "plots")

@@ -20,6 +20,7 @@ from flwr.clientapp import ClientApp
 from fednas import client
 from fednas.config import RunConfig
 from fednas.shards import decode_masks
+from simulations.local_dp import make_local_dp_mod
 
 
 def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
@@ -42,7 +43,9 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}),
                        reply_to=msg)
 
-    @app.train("search")
+    local_dp = [make_local_dp_mod(resolve)]
+
+    @app.train("search", mods=local_dp)
     def search(msg: Message, context: Context) -> Message:
         run_cfg = resolve(context)
         threads(run_cfg)
@@ -54,7 +57,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         return Message(RecordDict({"arrays": ArrayRecord(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
 
-    @app.train()
+    @app.train(mods=local_dp)
     def train(msg: Message, context: Context) -> Message:
         run_cfg = resolve(context)
         threads(run_cfg)

@@ -107,3 +107,25 @@ class CentralDP:
                      "dp_update_norm_median": float(torch.tensor(norms).median()) if norms
                      else 0.0}
         return new
+
+
+def privacy_summary(cfg: Any, accountant: PrivacyAccountant | None, rounds: int,
+                    stopped: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The ``privacy`` entry of summary.json (None without DP).
+
+    Central: ε(δ) of the run's RDP accountant. Local: each client's per-round (ε, δ) release
+    and the basic-composition bound over all ``rounds`` (R·ε, R·δ; a client that skipped
+    rounds released less).
+    """
+    p = cfg.privacy
+    if p.mode == "central" and accountant is not None:
+        return {"mode": "central",
+                "epsilon": accountant.epsilon(p.delta) if accountant.steps else None,
+                "delta": p.delta, "noise_multiplier": p.noise_multiplier,
+                "rounds": accountant.steps, "epsilon_budget": p.epsilon_budget or None,
+                "stopped_by_budget": stopped}
+    if p.mode == "local":
+        return {"mode": "local", "epsilon_per_round": p.local_epsilon, "delta": p.delta,
+                "rounds": rounds, "epsilon": rounds * p.local_epsilon,
+                "delta_total": rounds * p.delta, "composition": "basic"}
+    return None
