@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(PY) bench/search_cost.py
 	$(PY) bench/overhead.py
 	$(PY) bench/federated_vs_baseline.py
+	$(PY) bench/fedex_vs_fixed.py
+	$(PY) bench/privacy.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

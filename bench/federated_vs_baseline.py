@@ -1,8 +1,10 @@
 """Federated searched subnet vs a FedAvg-trained hand-designed CNN, same rounds, several seeds.
 
 Runs ``simulations/federated_fashion.toml`` (Fashion-MNIST, 10 clients, Dirichlet 0.5,
-half-size shards) once per seed, each in its own process, and prints one JSON line with the
-test accuracy (mean ± std over seeds) and size of both models.
+half-size shards) once per seed through the sweep runner (``fednas sweep``: resumable, one
+process per run, kept under ``--out-dir``) and prints one JSON line with the test accuracy
+(mean ± std over seeds) and size of both models; ``fednas report SWEEP_DIR`` gives the CI
+table and plots of the same runs.
 
 Usage: ``python bench/federated_vs_baseline.py [--seeds 0,1] [--set KEY=VALUE ...]``
 """
@@ -12,32 +14,27 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-SCENARIO = "simulations/federated_fashion.toml"
+from fednas.sweep import parse_seeds, run_sweep
+from fednas.sweep_report import collect
+
+SCENARIO = Path(__file__).parents[1] / "simulations" / "federated_fashion.toml"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out-dir", default="runs/bench")
     args = parser.parse_args()
-    seeds = [int(s) for s in args.seeds.split(",")]
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in seeds:
-            out = Path(tmp) / f"seed{seed}"
-            sets = [a for o in [f"seed={seed}", "runtime.progress=false", *args.overrides]
-                    for a in ("--set", o)]
-            proc = subprocess.run([sys.executable, "-m", "fednas", "run", SCENARIO, *sets,
-                                   "--out-dir", str(out)], capture_output=True, text=True)
-            if proc.returncode:
-                raise SystemExit(f"seed {seed} failed:\n{proc.stderr[-3000:]}")
-            (run_dir,) = list(out.iterdir())
-            results.append(json.loads((run_dir / "summary.json").read_text()))
+    root, _ = run_sweep(SCENARIO, ["runtime.progress=false", *args.overrides], [],
+                        parse_seeds(args.seeds), out_dir=args.out_dir)
+    runs, failed = collect([root])
+    if failed:
+        raise SystemExit(f"bench/federated_vs_baseline: failed runs: {failed}")
+    results = [r["summary"] for r in runs]
+    seeds = [r["seed"] for r in results]
 
     def stat(model: str, key: str) -> list[float]:
         return [r["models"][model][key] for r in results]
@@ -58,6 +55,7 @@ def main() -> None:
         "rounds": results[0]["rounds"], "seeds": seeds,
         "searched_ge_baseline": statistics.mean(searched) >= statistics.mean(baseline),
         "wall_s_mean": round(statistics.mean(sum(r["timings"].values()) for r in results), 1),
+        "sweep_dir": str(root),
     }))
 
 

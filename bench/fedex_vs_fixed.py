@@ -14,7 +14,11 @@ Prints one JSON line (accuracies in %): ``fedex_acc_mean``, ``fedex_acc_std``,
 ``fedex_rounds_to_fixed_final`` (mean first round where FedEx's test accuracy reaches the
 fixed run's final one; null if never), ``budget_rounds``.
 
-Usage: ``python bench/fedex_vs_fixed.py [--seeds 0,1,2] [--budget 12] [--random-configs 4]``
+Every run goes through the sweep runner (``fednas sweep``; kept under ``--out-dir``, so an
+interrupted benchmark continues where it stopped and ``fednas report`` can tabulate it).
+
+Usage: ``python bench/fedex_vs_fixed.py [--seeds 0,1,2] [--budget 12] [--random-configs 4]
+[--set KEY=VALUE ...]``
 """
 
 from __future__ import annotations
@@ -22,31 +26,28 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from fednas.config import load_config
 from fednas.fedex import centre_and_perturbations
-from fednas.runs import read_metrics
+from fednas.sweep import run_sweep
+from fednas.sweep_report import collect
 
-SCENARIO = "simulations/fedex_fashion.toml"
+SCENARIO = Path(__file__).parents[1] / "simulations" / "fedex_fashion.toml"
 BASE = ['phases=["baseline"]', "federation.fraction-evaluate=1.0",
         "federation.server-eval-samples=0", "federation.checkpoint-every=0",
         "runtime.progress=false"]
 
 
-def run(overrides: list[str], out: Path) -> tuple[dict, list[dict]]:
-    sets = [a for o in BASE + overrides for a in ("--set", o)]
-    proc = subprocess.run([sys.executable, "-m", "fednas", "run", SCENARIO, *sets,
-                           "--out-dir", str(out)], capture_output=True, text=True)
-    if proc.returncode:
-        raise SystemExit(f"run failed ({overrides}):\n{proc.stderr[-3000:]}")
-    (run_dir,) = list(out.iterdir())
-    return json.loads((run_dir / "summary.json").read_text()), read_metrics(run_dir)
+def run(overrides: list[str], seed: int, out_dir: str) -> tuple[dict, list[dict]]:
+    """One run through the sweep runner (resumable: a finished run is not repeated)."""
+    root, _ = run_sweep(SCENARIO, BASE + overrides, [], [seed], out_dir=out_dir)
+    runs, failed = collect([root])
+    if failed:
+        raise SystemExit(f"run failed ({overrides}, seed {seed}): {failed}")
+    return runs[0]["summary"], runs[0]["metrics"]
 
 
 def mean_sd(xs: list[float]) -> tuple[float, float]:
@@ -59,37 +60,39 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--budget", type=int, default=12, help="rounds per method")
     parser.add_argument("--random-configs", type=int, default=4)
+    parser.add_argument("--out-dir", default="runs/bench")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="extra override for every run (e.g. a quick check on digits)")
     args = parser.parse_args()
+    BASE.extend(args.overrides)
     seeds = [int(s) for s in args.seeds.split(",")]
-    cfg = load_config(SCENARIO)
+    cfg = load_config(SCENARIO, args.overrides)
     ranges = cfg.fedex.hp_ranges(("lr", "momentum", "weight-decay"))
     keys = {"lr": "retrain.lr", "momentum": "retrain.momentum",
             "weight-decay": "retrain.weight-decay"}
     rounds = f"federation.subnet-rounds={args.budget}"
     fedex, fixed, rand, to_target = [], [], [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in seeds:
-            s = f"seed={seed}"
-            fx, fx_metrics = run([s, rounds, "fedex.enabled=true"], Path(tmp) / f"fx{seed}")
-            fd, _ = run([s, rounds, "fedex.enabled=false"], Path(tmp) / f"fd{seed}")
-            fedex.append(fx["models"]["baseline"]["test_acc"])
-            fixed.append(fd["models"]["baseline"]["test_acc"])
-            hits = [m["step"] for m in fx_metrics if m["test_acc"] >= fixed[-1]]
-            to_target.append(hits[0] if hits else None)
-            centre = {"lr": cfg.retrain.lr, "momentum": cfg.retrain.momentum,
-                      "weight-decay": cfg.retrain.weight_decay}
-            configs = centre_and_perturbations(centre, ranges, args.random_configs + 1,
-                                               np.random.default_rng(1000 + seed), 1.0)[1:]
-            per = max(1, args.budget // args.random_configs)
-            best = None
-            for j, hp in enumerate(configs):
-                sets = [s, f"federation.subnet-rounds={per}", "fedex.enabled=false",
-                        *(f"{keys[k]}={v}" for k, v in hp.items())]
-                summary, metrics = run(sets, Path(tmp) / f"rs{seed}-{j}")
-                val = metrics[-1].get("client_val_acc", 0.0)
-                if best is None or val > best[0]:
-                    best = (val, summary["models"]["baseline"]["test_acc"])
-            rand.append(best[1])
+    for seed in seeds:
+        fx, fx_metrics = run([rounds, "fedex.enabled=true"], seed, args.out_dir)
+        fd, _ = run([rounds, "fedex.enabled=false"], seed, args.out_dir)
+        fedex.append(fx["models"]["baseline"]["test_acc"])
+        fixed.append(fd["models"]["baseline"]["test_acc"])
+        hits = [m["step"] for m in fx_metrics if m["test_acc"] >= fixed[-1]]
+        to_target.append(hits[0] if hits else None)
+        centre = {"lr": cfg.retrain.lr, "momentum": cfg.retrain.momentum,
+                  "weight-decay": cfg.retrain.weight_decay}
+        configs = centre_and_perturbations(centre, ranges, args.random_configs + 1,
+                                           np.random.default_rng(1000 + seed), 1.0)[1:]
+        per = max(1, args.budget // args.random_configs)
+        best = None
+        for hp in configs:
+            sets = [f"federation.subnet-rounds={per}", "fedex.enabled=false",
+                    *(f"{keys[k]}={v}" for k, v in hp.items())]
+            summary, metrics = run(sets, seed, args.out_dir)
+            val = metrics[-1].get("client_val_acc", 0.0)
+            if best is None or val > best[0]:
+                best = (val, summary["models"]["baseline"]["test_acc"])
+        rand.append(best[1])
     reached = [r for r in to_target if r is not None]
     out = {"budget_rounds": args.budget, "seeds": seeds,
            "fedex_rounds_to_fixed_final": (round(statistics.mean(reached), 2) if reached
