@@ -1,0 +1,293 @@
+"""AT-NAS: meta-learned supernet weights, then a per-task evolutionary architecture search.
+
+1. :func:`meta_train_supernet` meta-trains the cell supernet's shared weights over tasks;
+   each outer step samples a random subnet (a genotype) and restricts the supernet to it
+   with a one-op-per-edge shard (the genotype's op on its edges, ``none`` elsewhere), so the
+   shard computes exactly what ``space.subnet(genotype)`` computes.
+2. For a new task, :func:`search_task` evolves genotypes (population, tournament selection,
+   crossover per node, mutation of ops and inputs; seeded). Fitness is the accuracy on a
+   held-out part of the support set after adapting the subnet (weights inherited from the
+   meta-trained supernet) on the rest. EEEA early exit: a candidate whose derived subnet
+   has more than ``max_params`` parameters is rejected before any evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fednas.episodes import Episode, FewShotSet, split_support
+from fednas.errors import ConfigError
+from fednas.flops import count_params
+from fednas.meta import MetaLearner, TaskSampler, mean_ci95, meta_train
+from fednas.search_space import Genotype, SearchSpace
+
+KINDS = ("normal", "reduce")
+
+
+@dataclass(frozen=True)
+class EvolutionConfig:
+    """Per-task evolutionary search settings."""
+
+    population: int = 8  # candidates kept per generation
+    generations: int = 4  # offspring rounds after the initial population
+    tournament: int = 3  # candidates drawn per parent selection
+    crossover: float = 0.5  # chance a child mixes two parents (node by node)
+    mutation: float = 0.2  # chance per gene of a new op or a new input
+    max_params: int | None = None  # EEEA: larger subnets are rejected unevaluated
+    holdout: int = 1  # support shots per class held out to score a candidate
+    max_tries: int = 50  # draws per wanted candidate before giving up
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the bad ``meta.evolution`` key."""
+        if self.population < 2 or self.generations < 0 or self.max_tries < 1:
+            raise ConfigError("meta.evolution: population >= 2, generations >= 0 and "
+                              "max-tries >= 1 required")
+        if not 1 <= self.tournament <= self.population:
+            raise ConfigError(f"meta.evolution.tournament must be in 1..{self.population}")
+        for key in ("crossover", "mutation"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                raise ConfigError(f"meta.evolution.{key} must be in [0, 1]")
+        if self.max_params is not None and self.max_params < 1:
+            raise ConfigError("meta.evolution.max-params must be positive (or unset)")
+
+
+@dataclass
+class TaskSearch:
+    """Outcome of the search on one task."""
+
+    genotype: Genotype
+    params: int
+    fitness: float  # held-out support accuracy of the chosen subnet
+    query_accuracy: float  # after adapting the chosen subnet on the whole support set
+    evaluations: int  # candidates adapted and scored
+    rejected: int  # candidates dropped by the params threshold, never evaluated
+    search_seconds: float
+    adapt_seconds: float  # final adaptation of the chosen subnet
+    history: list[dict] = field(default_factory=list)  # evaluated: generation, params, fitness
+
+
+@dataclass
+class AtnasReport:
+    """Per-task results over a fixed task list, with mean ± 95 % CI of query accuracy."""
+
+    tasks: list[TaskSearch]
+    mean_accuracy: float
+    ci95: float
+    mean_seconds: float  # search + adaptation per task
+
+    def describe(self) -> dict:
+        return {"mean_accuracy": self.mean_accuracy, "ci95": self.ci95,
+                "mean_seconds": self.mean_seconds,
+                "tasks": [{"genotype": t.genotype, "params": t.params,
+                           "query_accuracy": t.query_accuracy, "fitness": t.fitness,
+                           "evaluations": t.evaluations, "rejected": t.rejected,
+                           "seconds": t.search_seconds + t.adapt_seconds} for t in self.tasks]}
+
+
+# ----------------------------------------------------------------------------- encodings
+def _check_space(space: SearchSpace) -> None:
+    if space.space_name != "cell" or "none" not in space.op_names:
+        raise ConfigError("AT-NAS needs the cell space with 'none' among space.cell.ops "
+                          "(edges outside a subnet are switched off with it)")
+
+
+def genotype_masks(space: SearchSpace, genotype: Genotype) -> list[torch.Tensor]:
+    """One-op-per-edge shard masks (normal, reduce) that make the supernet ``genotype``."""
+    _check_space(space)
+    space.check_genotype(genotype)
+    ops = space.op_names
+    masks = []
+    for kind, alpha in zip(KINDS, space.arch_parameters(), strict=True):
+        mask = torch.zeros(alpha.shape, dtype=torch.bool)
+        mask[:, ops.index("none")] = True
+        for k, (op, j) in enumerate(genotype[kind]):
+            edge = sum(2 + m for m in range(k // 2)) + j
+            if not mask[edge, ops.index("none")]:
+                raise ValueError(f"genotype {kind}: node {k // 2} uses input {j} twice")
+            mask[edge] = False
+            mask[edge, ops.index(op)] = True
+        masks.append(mask)
+    return masks
+
+
+def _key(genotype: Genotype) -> str:
+    return json.dumps([genotype[k] for k in KINDS])
+
+
+def _node_pair(pairs: list[list]) -> list[list]:
+    return sorted(pairs, key=lambda p: p[1])
+
+
+def mutate(genotype: Genotype, ops: Sequence[str], rate: float,
+           generator: torch.Generator) -> Genotype:
+    """Each gene, with probability ``rate``: a different op, or a different free input."""
+    keep = [o for o in ops if o != "none"]
+    out = dict(genotype)
+    for kind in KINDS:
+        gene = [list(p) for p in genotype[kind]]
+        for k in range(len(gene)):
+            if float(torch.rand((), generator=generator)) >= rate:
+                continue
+            node, other = k // 2, gene[k ^ 1][1]
+            inputs = [j for j in range(2 + node) if j not in (other, gene[k][1])]
+            if float(torch.rand((), generator=generator)) < 0.5 and inputs:
+                gene[k][1] = inputs[int(torch.randint(len(inputs), (), generator=generator))]
+            else:
+                choices = [o for o in keep if o != gene[k][0]] or keep
+                gene[k][0] = choices[int(torch.randint(len(choices), (), generator=generator))]
+        out[kind] = [p for i in range(0, len(gene), 2) for p in _node_pair(gene[i:i + 2])]
+    return out
+
+
+def crossover(a: Genotype, b: Genotype, generator: torch.Generator) -> Genotype:
+    """Uniform crossover of whole nodes (a node's two genes come from the same parent)."""
+    out = dict(a)
+    for kind in KINDS:
+        pick = torch.rand(len(a[kind]) // 2, generator=generator) < 0.5
+        out[kind] = [list(p) for i, take_b in enumerate(pick.tolist())
+                     for p in (b if take_b else a)[kind][2 * i: 2 * i + 2]]
+    return out
+
+
+# ----------------------------------------------------------------------------- meta-training
+def meta_train_supernet(space: SearchSpace, tasks: FewShotSet | TaskSampler, *,
+                        generator: torch.Generator, algorithm: str = "maml",
+                        **kwargs) -> MetaLearner:
+    """Meta-train the supernet's weights, a random subnet (shard) per outer step.
+
+    ``kwargs`` are those of :func:`fednas.meta.meta_train` (ways, shots, queries, ...); α is
+    not trained. The shard is cleared afterwards.
+    """
+    _check_space(space)
+    if algorithm == "metasgd":
+        raise ConfigError("meta.algorithm: AT-NAS supports maml and anil (MetaSGD's per-"
+                          "parameter lrs do not transfer to subnets)")
+
+    def sample_subnet(_iteration: int) -> None:
+        space.set_shard(genotype_masks(space, space.random_genotype(generator)))
+
+    try:
+        return meta_train(space, tasks, algorithm, generator=generator,
+                          before_step=sample_subnet, **kwargs)
+    finally:
+        space.set_shard(None)
+
+
+# ----------------------------------------------------------------------------- search
+def _fitness(net: nn.Module, episode: Episode, *, algorithm: str, steps: int, inner_lr: float
+             ) -> float:
+    """Query accuracy of ``episode`` after adapting ``net`` on its support (first order)."""
+    learner = MetaLearner(net, algorithm, inner_lr=inner_lr, first_order=True).train()
+    adapted = learner.adapt(episode.support_x, episode.support_y, steps)
+    with torch.no_grad():
+        return float((adapted(episode.query_x).argmax(1) == episode.query_y).float().mean())
+
+
+class _Search:
+    """State of one task's evolution: caches, counters and the EEEA gate."""
+
+    def __init__(self, space: SearchSpace, fit: Episode, cfg: EvolutionConfig, *,
+                 algorithm: str, steps: int, inner_lr: float, generator: torch.Generator,
+                 device: torch.device) -> None:
+        self.space, self.fit, self.cfg, self.gen, self.device = space, fit, cfg, generator, device
+        self.scoring = {"algorithm": algorithm, "steps": steps, "inner_lr": inner_lr}
+        self.scored: dict[str, tuple[float, int]] = {}  # key -> (fitness, params)
+        self.params: dict[str, int] = {}
+        self.rejected = 0
+        self.history: list[dict] = []
+
+    def admit(self, genotype: Genotype, generation: int) -> bool:
+        """Score ``genotype`` unless it is known or over the params threshold (EEEA)."""
+        key = _key(genotype)
+        if key in self.scored:
+            return False
+        if key not in self.params:
+            self.params[key] = count_params(self.space.subnet(genotype))
+        params = self.params[key]
+        if self.cfg.max_params is not None and params > self.cfg.max_params:
+            self.rejected += 1  # EEEA early exit: never adapted nor scored
+            return False
+        net = self.space.subnet(genotype).to(self.device)
+        fitness = _fitness(net, self.fit, **self.scoring)
+        self.scored[key] = (fitness, params)
+        self.history.append({"generation": generation, "params": params, "fitness": fitness,
+                             "genotype": genotype})
+        return True
+
+    def rank(self, genotype: Genotype) -> tuple[float, int]:
+        fitness, params = self.scored[_key(genotype)]
+        return -fitness, params  # best first: accuracy, then fewer parameters
+
+    def tournament(self, population: list[Genotype]) -> Genotype:
+        draw = torch.randperm(len(population), generator=self.gen)[: self.cfg.tournament]
+        return min((population[i] for i in draw.tolist()), key=self.rank)
+
+    def offspring(self, population: list[Genotype], count: int, generation: int
+                  ) -> list[Genotype]:
+        """Up to ``count`` new scored candidates (random ones when ``population`` is empty)."""
+        children: list[Genotype] = []
+        for _ in range(count * self.cfg.max_tries):
+            if len(children) == count:
+                break
+            if not population:
+                child = self.space.random_genotype(self.gen)
+            else:
+                child = self.tournament(population)
+                if float(torch.rand((), generator=self.gen)) < self.cfg.crossover:
+                    child = crossover(child, self.tournament(population), self.gen)
+                child = mutate(child, self.space.op_names, self.cfg.mutation, self.gen)
+            if self.admit(child, generation):
+                children.append(child)
+        return children
+
+
+def search_task(space: SearchSpace, episode: Episode, *, config: EvolutionConfig | None = None,
+                algorithm: str = "maml", inner_steps: int = 5, inner_lr: float = 0.4,
+                generator: torch.Generator, device: torch.device | str = "cpu") -> TaskSearch:
+    """Evolve a subnet for ``episode`` and adapt the winner on its whole support set.
+
+    Raises ValueError when no sampled candidate fits ``config.max_params``.
+    """
+    cfg = config or EvolutionConfig()
+    cfg.validate()
+    _check_space(space)
+    device = torch.device(device)
+    space.set_shard(None)
+    start = time.perf_counter()
+    fit = split_support(episode, cfg.holdout).to(device)
+    search = _Search(space, fit, cfg, algorithm=algorithm, steps=inner_steps,
+                     inner_lr=inner_lr, generator=generator, device=device)
+    population = search.offspring([], cfg.population, 0)
+    if not population:
+        raise ValueError(f"AT-NAS: none of {cfg.population * cfg.max_tries} sampled subnets "
+                         f"has <= {cfg.max_params} parameters; raise meta.evolution.max-params")
+    for generation in range(1, cfg.generations + 1):
+        children = search.offspring(population, cfg.population, generation)
+        population = sorted(population + children, key=search.rank)[: cfg.population]
+    best = population[0]
+    fitness, params = search.scored[_key(best)]
+    searched = time.perf_counter()
+    ep = episode.to(device)
+    net = space.subnet(best).to(device)
+    query_acc = _fitness(net, ep, algorithm=algorithm, steps=inner_steps, inner_lr=inner_lr)
+    return TaskSearch(best, params, fitness, query_acc, len(search.history), search.rejected,
+                      searched - start, time.perf_counter() - searched, search.history)
+
+
+def atnas_evaluate(space: SearchSpace, tasks: Sequence[Episode], *,
+                   config: EvolutionConfig | None = None, algorithm: str = "maml",
+                   inner_steps: int = 5, inner_lr: float = 0.4, generator: torch.Generator,
+                   device: torch.device | str = "cpu") -> AtnasReport:
+    """:func:`search_task` on each of ``tasks`` (e.g. :func:`fednas.meta.fixed_tasks`)."""
+    results = [search_task(space, tasks[i], config=config, algorithm=algorithm,
+                           inner_steps=inner_steps, inner_lr=inner_lr, generator=generator,
+                           device=device) for i in range(len(tasks))]
+    mean, ci = mean_ci95([r.query_accuracy for r in results])
+    seconds = sum(r.search_seconds + r.adapt_seconds for r in results) / len(results)
+    return AtnasReport(results, mean, ci, seconds)

@@ -1,0 +1,391 @@
+"""Few-shot meta-learning through learn2learn: task sampling, MAML / ANIL / MetaSGD, Reptile.
+
+This is the only module that imports learn2learn. Tasks come from l2l's ``Taskset`` over a
+``MetaDataset`` with ``NWays``, ``KShots`` (``shots + queries`` per class), ``LoadData`` and
+``RemapLabels``; l2l draws from Python's global :mod:`random`, so every draw here runs on a
+private seeded state (the global state is left as it was). Any ``nn.Module`` can be wrapped:
+:class:`Conv4` (the MAML baseline), a searched subnet, a supernet under a shard.
+Batch norm uses batch statistics during adaptation and scoring (the MAML convention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import math
+import random
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fednas.episodes import Episode, FewShotSet, episode_from_batch
+from fednas.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def _import_learn2learn():
+    """Import learn2learn without gym's import-time notice (kept at DEBUG level)."""
+    notice = io.StringIO()
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(notice):
+            warnings.simplefilter("ignore")
+            import learn2learn
+    except ImportError as exc:
+        raise ImportError("the meta phase needs learn2learn 0.2.0; install it with "
+                          "scripts/install.sh (see docs: re-Cythonised, without qpth)") from exc
+    if notice.getvalue():
+        log.debug("learn2learn import said: %s", notice.getvalue().strip())
+    return learn2learn
+
+
+l2l = _import_learn2learn()
+
+ALGORITHMS = ("maml", "anil", "metasgd")
+HEAD_NAMES = ("head", "classifier", "fc", "linear")
+
+
+# ----------------------------------------------------------------------------- tasks
+@contextlib.contextmanager
+def _private_random(state: random.Random) -> Iterator[None]:
+    """Run l2l's draws (global ``random``) on ``state``, restoring the global state after."""
+    saved = random.getstate()
+    random.setstate(state.getstate())
+    try:
+        yield
+    finally:
+        state.setstate(random.getstate())
+        random.setstate(saved)
+
+
+class _Samples(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.y = x, y.tolist()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.x[i], self.y[i]
+
+
+class TaskSampler:
+    """N-way K-shot episodes (plus ``queries`` per class) from the classes of ``data``.
+
+    Parameters
+    ----------
+    data
+        The pool, e.g. ``full.subset(split.train)``; each class needs ``shots + queries``
+        samples and the pool at least ``ways`` classes.
+    ways, shots, queries
+        Classes per task, support and query samples per class.
+    seed
+        Seed of the private random state every task draw uses.
+    num_tasks
+        ``-1``: a fresh task per :meth:`sample`. ``n > 0``: a fixed list of ``n`` tasks,
+        drawn up front and loaded on access (``sampler[i]``), as l2l's Taskset caches them.
+    """
+
+    def __init__(self, data: FewShotSet, *, ways: int, shots: int, queries: int, seed: int,
+                 num_tasks: int = -1) -> None:
+        if min(ways, shots) < 1 or queries < 0 or num_tasks == 0 or num_tasks < -1:
+            raise ConfigError(f"meta: need ways, shots >= 1, queries >= 0 and num-tasks -1 or "
+                              f"> 0 (got {ways}, {shots}, {queries}, {num_tasks})")
+        ids, counts = np.unique(data.y.numpy(), return_counts=True)
+        smallest = int(counts.min()) if len(counts) else 0
+        if len(ids) < ways or smallest < shots + queries:
+            raise ConfigError(f"meta: {ways}-way {shots}-shot with {queries} queries needs "
+                              f">= {ways} classes of >= {shots + queries} samples; the pool "
+                              f"has {len(ids)} classes, the smallest {smallest}")
+        self.ways, self.shots, self.queries = ways, shots, queries
+        labels = data.y.tolist()
+        by_class: dict[int, list[int]] = {}
+        for i, c in enumerate(labels):
+            by_class.setdefault(c, []).append(i)
+        dataset = l2l.data.MetaDataset(_Samples(data.x, data.y), labels_to_indices=by_class)
+        transforms = [l2l.data.transforms.NWays(dataset, n=ways),
+                      l2l.data.transforms.KShots(dataset, k=shots + queries),
+                      l2l.data.transforms.LoadData(dataset),
+                      l2l.data.transforms.RemapLabels(dataset)]
+        self._labels = labels
+        self._random = random.Random(seed)
+        self.taskset = l2l.data.Taskset(dataset, task_transforms=transforms, num_tasks=num_tasks)
+        if num_tasks > 0:
+            with _private_random(self._random):
+                for i in range(num_tasks):
+                    self.taskset.sampled_descriptions[i] = self.taskset.sample_task_description()
+
+    def _episode(self, description) -> Episode:
+        x, y = self.taskset.get_task(description)
+        original = [self._labels[d.index] for d in description]
+        classes = {int(new): old for new, old in zip(y.tolist(), original, strict=True)}
+        return episode_from_batch(x, y, ways=self.ways, shots=self.shots, queries=self.queries,
+                                  classes=[classes[c] for c in range(self.ways)])
+
+    def sample(self) -> Episode:
+        """A new random task (or a random one of the fixed list)."""
+        if self.taskset.num_tasks > 0:
+            return self[self._random.randrange(self.taskset.num_tasks)]
+        with _private_random(self._random):
+            description = self.taskset.sample_task_description()
+        return self._episode(description)
+
+    def __len__(self) -> int:
+        return max(self.taskset.num_tasks, 0)
+
+    def __getitem__(self, i: int) -> Episode:
+        if not 0 <= i < len(self):
+            raise IndexError(f"task {i} out of range (a fixed list of {len(self)} tasks)")
+        return self._episode(self.taskset.sampled_descriptions[i])
+
+
+def fixed_tasks(data: FewShotSet, *, ways: int, shots: int, queries: int, num_tasks: int,
+                seed: int) -> TaskSampler:
+    """The same ``num_tasks`` episodes for every model compared (a sequence of Episodes)."""
+    return TaskSampler(data, ways=ways, shots=shots, queries=queries, seed=seed,
+                       num_tasks=num_tasks)
+
+
+# ----------------------------------------------------------------------------- models
+class Conv4(nn.Module):
+    """The few-shot baseline: 4 × (conv3×3-``hidden``, BN, ReLU, max-pool 2), linear head.
+
+    BN always normalises with batch statistics (no running stats), as in MAML.
+    """
+
+    def __init__(self, *, input_shape: tuple[int, int, int], num_classes: int, hidden: int = 64
+                 ) -> None:
+        super().__init__()
+        c, h, w = input_shape
+        layers: list[nn.Module] = []
+        for _ in range(4):
+            layers += [nn.Conv2d(c, hidden, 3, padding=1),
+                       nn.BatchNorm2d(hidden, track_running_stats=False), nn.ReLU(),
+                       nn.MaxPool2d(2, ceil_mode=True)]
+            c, h, w = hidden, math.ceil(h / 2), math.ceil(w / 2)
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Linear(hidden * h * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def find_head(model: nn.Module, name: str | None = None) -> nn.Module:
+    """The output layer ANIL adapts: ``model.<name>``, else head/classifier/fc/linear."""
+    for attr in (name,) if name else HEAD_NAMES:
+        head = getattr(model, attr, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise ValueError(f"ANIL: {type(model).__name__} has no head module "
+                     f"({name or ', '.join(HEAD_NAMES)}); pass head=<attribute name>")
+
+
+# ----------------------------------------------------------------------------- learners
+class MetaLearner(nn.Module):
+    """Wrap ``model`` with a learn2learn algorithm; :meth:`adapt` returns the adapted model.
+
+    ``maml`` adapts every parameter (``first_order`` for FOMAML), ``anil`` only the head
+    (features shared, computed once per task), ``metasgd`` with learned per-parameter lrs.
+    Inner steps use l2l's ``maml_update`` / ``meta_sgd_update``; parameters that a forward
+    pass leaves unused (a supernet's ops outside its shard) are simply not adapted.
+    """
+
+    def __init__(self, model: nn.Module, algorithm: str = "maml", *, inner_lr: float = 0.4,
+                 first_order: bool = False, head: str | None = None) -> None:
+        super().__init__()
+        if algorithm not in ALGORITHMS:
+            raise ConfigError(f"meta.algorithm: unknown {algorithm!r}; allowed: {ALGORITHMS}")
+        self.algorithm, self.inner_lr, self.first_order = algorithm, inner_lr, first_order
+        self.model = model
+        self.history: list[dict] = []
+        if algorithm == "metasgd":
+            self.learner = l2l.algorithms.MetaSGD(model, lr=inner_lr, first_order=first_order)
+        else:
+            target = find_head(model, head) if algorithm == "anil" else model
+            self.learner = l2l.algorithms.MAML(target, lr=inner_lr, first_order=first_order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the model feeds its head (ANIL), captured by a pre-hook on the head."""
+        seen: list[torch.Tensor] = []
+        hook = self.learner.module.register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+        try:
+            self.model(x)
+        finally:
+            hook.remove()
+        return seen[-1]
+
+    def _step(self, clone: nn.Module, loss: torch.Tensor, first_order: bool) -> None:
+        """One inner step with l2l's update rule; parameters the loss does not use stay."""
+        grads = torch.autograd.grad(loss, list(clone.module.parameters()),
+                                    retain_graph=not first_order, create_graph=not first_order,
+                                    allow_unused=True)
+        if self.algorithm == "metasgd":
+            clone.module = l2l.algorithms.meta_sgd_update(clone.module, clone.lrs, grads)
+        else:
+            clone.module = l2l.algorithms.maml_update(clone.module, clone.lr, grads)
+
+    def adapt(self, x: torch.Tensor, y: torch.Tensor, steps: int, *,
+              first_order: bool | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``steps`` gradient steps on ``(x, y)`` from the meta-parameters (left untouched)."""
+        fo = self.first_order if first_order is None else first_order
+        clone = self.learner.clone()
+        if self.algorithm == "anil":
+            feats = self.features(x)
+            for _ in range(steps):
+                self._step(clone, F.cross_entropy(clone(feats), y), fo)
+            return lambda q: clone(self.features(q))
+        for _ in range(steps):
+            self._step(clone, F.cross_entropy(clone(x), y), fo)
+        return clone
+
+
+def _seed_from(generator: torch.Generator | None) -> int:
+    gen = generator if generator is not None else torch.default_generator
+    return int(torch.randint(0, 2**62, (1,), generator=gen))
+
+
+def meta_train(model: nn.Module | MetaLearner, tasks: FewShotSet | TaskSampler,
+               algorithm: str = "maml", *, ways: int, shots: int, queries: int,
+               meta_batch: int = 4, inner_steps: int = 1, inner_lr: float = 0.4,
+               outer_lr: float = 1e-3, iterations: int = 100, first_order: bool = False,
+               device: torch.device | str = "cpu", generator: torch.Generator | None = None,
+               head: str | None = None, before_step: Callable[[int], None] | None = None,
+               callback: Callable[[dict], None] | None = None) -> MetaLearner:
+    """Meta-train ``model`` on tasks from ``tasks`` (Adam outer loop); return the learner.
+
+    Each iteration averages the query loss of ``meta_batch`` tasks after ``inner_steps``
+    adaptation steps. ``before_step(iteration)`` runs before each outer step (AT-NAS samples
+    a subnet there); ``callback`` gets ``{"iteration", "loss", "accuracy"}`` and the same
+    records are kept in ``learner.history``. Architecture parameters (``arch_parameters()``)
+    are not meta-trained. A :class:`MetaLearner` continues with its own algorithm settings.
+    """
+    device = torch.device(device)
+    if isinstance(model, MetaLearner):
+        learner = model.to(device)
+    else:
+        learner = MetaLearner(model.to(device), algorithm, inner_lr=inner_lr,
+                              first_order=first_order, head=head)
+    if isinstance(tasks, TaskSampler):
+        if (tasks.ways, tasks.shots, tasks.queries) != (ways, shots, queries):
+            raise ConfigError(f"meta: the task sampler is {tasks.ways}-way {tasks.shots}-shot "
+                              f"{tasks.queries}-query, not {ways}/{shots}/{queries}")
+        sampler = tasks
+    else:
+        sampler = TaskSampler(tasks, ways=ways, shots=shots, queries=queries,
+                              seed=_seed_from(generator))
+    arch = getattr(learner.model, "arch_parameters", list)()
+    frozen = {id(p) for p in arch}
+    optimizer = torch.optim.Adam([p for p in learner.parameters() if id(p) not in frozen],
+                                 lr=outer_lr)
+    learner.train()
+    for it in range(iterations):
+        if before_step is not None:
+            before_step(it)
+        optimizer.zero_grad()
+        total_loss = total_acc = 0.0
+        for _ in range(meta_batch):
+            ep = sampler.sample().to(device)
+            adapted = learner.adapt(ep.support_x, ep.support_y, inner_steps)
+            logits = adapted(ep.query_x)
+            loss = F.cross_entropy(logits, ep.query_y)
+            (loss / meta_batch).backward()
+            total_loss += float(loss.detach())
+            total_acc += float((logits.argmax(1) == ep.query_y).float().mean())
+        optimizer.step()
+        record = {"iteration": it + 1, "loss": total_loss / meta_batch,
+                  "accuracy": total_acc / meta_batch}
+        learner.history.append(record)
+        if callback is not None:
+            callback(record)
+    return learner
+
+
+@contextlib.contextmanager
+def _kept_buffers(model: nn.Module) -> Iterator[None]:
+    """Restore BN running statistics that scoring in train mode would otherwise move."""
+    saved = [b.detach().clone() for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(model.buffers(), saved, strict=True):
+                b.copy_(s)
+
+
+def task_accuracies(model: nn.Module | MetaLearner, tasks: Sequence[Episode], *,
+                    steps: int = 5, algorithm: str = "maml", inner_lr: float = 0.4,
+                    device: torch.device | str = "cpu", head: str | None = None) -> np.ndarray:
+    """Query accuracy of each task after ``steps`` first-order adaptation steps on its support.
+
+    A :class:`MetaLearner` uses its own algorithm and lrs; a bare model is wrapped with
+    ``algorithm`` and ``inner_lr``. The meta-parameters and buffers are left unchanged.
+    """
+    learner = model if isinstance(model, MetaLearner) else MetaLearner(
+        model, algorithm, inner_lr=inner_lr, head=head)
+    was_training = learner.training
+    learner.to(device).train()
+    accs = []
+    with _kept_buffers(learner):
+        for i in range(len(tasks)):
+            ep = tasks[i].to(device)
+            adapted = learner.adapt(ep.support_x, ep.support_y, steps, first_order=True)
+            with torch.no_grad():
+                accs.append(float((adapted(ep.query_x).argmax(1) == ep.query_y).float().mean()))
+    learner.train(was_training)
+    return np.asarray(accs)
+
+
+def mean_ci95(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Mean and half-width of the normal 95 % confidence interval."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("mean_ci95: no values")
+    spread = v.std(ddof=1) if v.size > 1 else 0.0
+    return float(v.mean()), float(1.96 * spread / math.sqrt(v.size))
+
+
+def evaluate_tasks(model: nn.Module | MetaLearner, tasks: Sequence[Episode], **kwargs
+                   ) -> tuple[float, float]:
+    """Mean query accuracy and 95 % CI over ``tasks`` (see :func:`task_accuracies`)."""
+    return mean_ci95(task_accuracies(model, tasks, **kwargs))
+
+
+# ----------------------------------------------------------------------------- Reptile
+def reptile_round(model: nn.Module, tasks: TaskSampler, *, meta_batch: int = 4,
+                  inner_steps: int = 5, inner_lr: float = 0.01, outer_lr: float = 0.1,
+                  device: torch.device | str = "cpu") -> dict:
+    """One Reptile outer step: θ ← θ + ε · mean_task(θ_task − θ) (Nichol et al. 2018).
+
+    Each task trains a copy with SGD on support and query together. The mean displacement
+    is what a federated client would send; the server averages it. Returns the mean loss.
+    """
+    model.to(device).train()
+    start = [p.detach().clone() for p in model.parameters()]
+    delta = [torch.zeros_like(p) for p in start]
+    losses = []
+    for _ in range(meta_batch):
+        ep = tasks.sample().to(device)
+        x, y = torch.cat([ep.support_x, ep.query_x]), torch.cat([ep.support_y, ep.query_y])
+        fast = copy.deepcopy(model)
+        opt = torch.optim.SGD(fast.parameters(), lr=inner_lr)
+        for _ in range(inner_steps):
+            opt.zero_grad()
+            loss = F.cross_entropy(fast(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        for d, p, p0 in zip(delta, fast.parameters(), start, strict=True):
+            d += (p.detach() - p0) / meta_batch
+    with torch.no_grad():
+        for p, d in zip(model.parameters(), delta, strict=True):
+            p.add_(outer_lr * d)
+    return {"loss": float(np.mean(losses)) if losses else float("nan")}
