@@ -173,15 +173,7 @@ def plot_pareto(table: list[dict[str, Any]], path: Path) -> Path:
         sd = 0.0 if math.isnan(r["test_acc_std"]) else r["test_acc_std"]
         ax.errorbar(r["params"], r["test_acc_mean"], yerr=sd, fmt="o", capsize=3,
                     label=f"{r['model']} ({r['group']})")
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("test accuracy %")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_log_x(fig, ax, "parameters", path)
 
 
 def plot_privacy(runs: list[dict[str, Any]], path: Path) -> Path | None:
@@ -199,10 +191,15 @@ def plot_privacy(runs: list[dict[str, Any]], path: Path) -> Path | None:
         eps, acc = zip(*pts, strict=True)
         ax.errorbar(np.mean(eps), np.mean(acc), xerr=np.std(eps), yerr=np.std(acc), fmt="o",
                     capsize=3, label=f"{model} ({group})")
-    ax.set_xscale("log")
-    ax.set_xlabel("ε (δ from the scenario)")
-    ax.set_ylabel("test accuracy %")
     ax.set_title("privacy vs accuracy")
+    return _save_log_x(fig, ax, "ε (δ from the scenario)", path)
+
+
+def _save_log_x(fig, ax, xlabel: str, path: Path) -> Path:
+    """Finish an accuracy plot with a log x axis and write it."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy %")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
