@@ -154,6 +154,7 @@ def run_sweep(scenario: Path | None, overrides: list[str], grid_specs: list[str]
     workers = parallel or _room(spec)
     jobs = [(_command(scenario, overrides, r), str(r.cell)) for r in todo]
     if workers > 1 and len(jobs) > 1:
+        console.print(f"[bold]sweep[/] {len(jobs)} runs as Ray tasks, {workers} at a time")
         _run_on_ray(jobs, spec, workers)
     else:
         for (command, cell), run in zip(jobs, todo, strict=True):
@@ -179,11 +180,16 @@ def _room(spec: dict[str, Any]) -> int:
 
 def _run_on_ray(jobs: list[tuple[list[str], str]], spec: dict[str, Any], workers: int) -> None:
     """Run the jobs as Ray tasks of ``runtime.threads`` CPUs each (at most ``workers`` at once)."""
+    import logging
+    import warnings
+
     import ray
 
+    warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False)
+        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
     try:
         task = ray.remote(num_cpus=max(1, spec["threads"] or 1))(execute)
         pending = [task.remote(command, cell) for command, cell in jobs[:workers]]
