@@ -32,3 +32,12 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(summary_table(summary))
     if summary.get("timings"):
         console.print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings"].items()))
+    privacy = summary.get("privacy")
+    if privacy and privacy.get("epsilon") is not None:
+        line = (f"privacy ({privacy['mode']} DP): ε = {privacy['epsilon']:.3g} at δ = "
+                f"{privacy.get('delta_total', privacy['delta']):.3g} after {privacy['rounds']} "
+                "rounds")
+        if privacy.get("stopped_by_budget"):
+            stop = privacy["stopped_by_budget"]
+            line += f"; stopped by the ε budget after {stop['phase']} round {stop['round']}"
+        console.print(line)

@@ -90,3 +90,17 @@ def test_privacy_needs_federated_mode():
 
     with pytest.raises(ConfigError, match="privacy.mode"):
         load_config(None, ["privacy.mode=central"])
+
+
+def test_summary_printout_states_epsilon_and_the_budget_stop():
+    from rich.console import Console
+
+    from fednas.report import print_summary
+
+    console = Console(record=True, width=200)
+    print_summary({"scenario": "x", "seed": 0, "dataset": {"name": "d"}, "models": {},
+                   "privacy": {"mode": "central", "epsilon": 5.99, "delta": 1e-5, "rounds": 16,
+                               "stopped_by_budget": {"phase": "retrain", "round": 1}}}, console)
+    text = console.export_text()
+    assert "ε = 5.99 at δ = 1e-05 after 16 rounds" in text
+    assert "stopped by the ε budget after retrain round 1" in text
