@@ -44,3 +44,18 @@ def test_logical_gpu_shares_set_concurrency_and_ids(tiny_overrides, gpus_per_cli
     assert len({r["pid"] for r in rows}) == actors  # clients per declared GPU = 1 / share
     if not torch.cuda.is_available():
         assert all(r["cuda"] == 0 for r in rows)  # no CUDA: the device falls back to CPU
+
+
+def test_only_the_run_simulation_deprecation_notice_is_dropped():
+    import logging
+
+    from fednas.simulation import QuietRunSimulationNotice
+
+    def record(message: str, *args) -> logging.LogRecord:
+        return logging.LogRecord("flwr", logging.WARNING, __file__, 1, message, args, None)
+
+    quiet = QuietRunSimulationNotice()
+    assert not quiet.filter(record("DEPRECATED FEATURE: %s", "The `run_simulation` function "
+                                   "is deprecated and will be removed"))
+    assert quiet.filter(record("DEPRECATED FEATURE: %s", "something else"))
+    assert quiet.filter(record("client error dropped: %s", "boom"))
