@@ -62,12 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "checkpoints; the total rounds never exceed --budget.")
     hal.add_argument("scenario", type=Path, help="a federated scenario with one round phase "
                      "(phases = [\"search\"] or [\"baseline\"])")
-    hal.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                     help="candidate values of a config key, repeatable (cartesian product)")
+    _grid_options(hal, "halving")
     hal.add_argument("--budget", type=int, required=True, help="total rounds of all runs")
     hal.add_argument("--eta", type=int, default=3, help="keep 1/eta per rung (default 3)")
-    hal.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    hal.add_argument("--out-dir", help="parent of the halving directory (runtime.out-dir)")
 
     swp = sub.add_parser("sweep", help="run a scenario for several seeds (× grid points); "
                                        "resumable, failures recorded",
@@ -75,10 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "re-running the same command skips finished runs.")
     swp.add_argument("scenario", type=Path, help="scenario TOML file")
     swp.add_argument("--seeds", default="0,1,2", help="seeds: 0,1,2 or 0-4 (default 0,1,2)")
-    swp.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
-                     help="values of a config key, repeatable (cartesian product)")
-    swp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    swp.add_argument("--out-dir", help="parent of the sweep dir (runtime.out-dir)")
+    _grid_options(swp, "sweep")
     swp.add_argument("--parallel", type=int, default=0,
                      help="runs at once (default: cores ÷ runtime.threads, 1 if federated)")
     swp.add_argument("--report", action="store_true", help="write the report afterwards")
@@ -92,6 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("datasets", help="list the dataset names fednas can load",
                    description="List registered datasets and the npz:/folder: forms.")
     return parser
+
+
+def _grid_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """--grid, --set and --out-dir, shared by the commands that run several scenarios."""
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...",
+                        help="values of a config key, repeatable (cartesian product)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE")
+    parser.add_argument("--out-dir", help=f"parent of the {what} directory (runtime.out-dir)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -162,10 +162,13 @@ def run_sweep(scenario: Path | None, overrides: list[str], grid_specs: list[str]
             status = execute(command, cell)
             if status["state"] == "failed":
                 console.print(f"[red]sweep[/] {run.key} failed: {status['error']}")
-    manifest = {**spec, "dir": str(root), "runs": [
-        {"key": r.key, "point": r.point, "seed": r.seed, "values": r.values,
-         "run_dir": str(r.run_dir()) if r.run_dir() else None,
-         **({"state": "done"} if r.finished() else r.status())} for r in runs]}
+    records = []
+    for r in runs:
+        run_dir = r.run_dir()
+        records.append({"key": r.key, "point": r.point, "seed": r.seed, "values": r.values,
+                        "run_dir": str(run_dir) if run_dir else None,
+                        **({"state": "done"} if r.finished() else r.status())})
+    manifest = {**spec, "dir": str(root), "runs": records}
     (root / "sweep.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return root, manifest
 

@@ -93,7 +93,8 @@ class CentralDP:
             norms.append(norm["all"])
             private.append(Contribution(clipped, delta.slices, 1.0, delta.entry_masks))
         sigma = self.update_noise(len(contributions))
-        new = noisy_masked_mean(state, private, sigma, self.clip_norm, self.generator)
+        new = noisy_masked_mean(state, private, sigma, self.clip_norm, self.generator,
+                                reclip=False)  # clipped just above
         clip_used = self.clip_norm
         if self.adaptive is not None:
             self.clip_norm = self.adaptive.update(norms, self.generator)
