@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/federated_vs_baseline.py
 	$(PY) bench/fedex_vs_fixed.py
 	$(PY) bench/privacy.py
+	$(PY) bench/fewshot.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache

@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fednas.episodes import Episode, FewShotSet, split_support
@@ -155,6 +157,26 @@ def crossover(a: Genotype, b: Genotype, generator: torch.Generator) -> Genotype:
     return out
 
 
+def augmented_support(episode: Episode, copies: int, generator: torch.Generator) -> Episode:
+    """A fitness episode for 1-shot tasks: adapt on the support, score on augmented copies.
+
+    Each support image gets ``copies`` random affine views (rotation ±12°, scale 0.85-1.15,
+    shift ±2 px of 28, seeded by ``generator``) as the query; the real query is not touched.
+    """
+    n = len(episode.support_y)
+    x = episode.support_x.repeat_interleave(copies, 0)
+    angle = (torch.rand(n * copies, generator=generator) * 2 - 1) * math.radians(12)
+    scale = 0.85 + 0.3 * torch.rand(n * copies, generator=generator)
+    shift = (torch.rand(n * copies, 2, generator=generator) * 2 - 1) * (4 / 28)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1),
+                         torch.stack([sin, cos, shift[:, 1]], 1)], 1).to(x)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    views = F.grid_sample(x, grid, padding_mode="zeros", align_corners=False)
+    return Episode(episode.support_x, episode.support_y, views,
+                   episode.support_y.repeat_interleave(copies), episode.classes)
+
+
 # ----------------------------------------------------------------------------- meta-training
 def meta_train_supernet(space: SearchSpace, tasks: FewShotSet | TaskSampler, *,
                         generator: torch.Generator, algorithm: str = "maml",
@@ -249,10 +271,14 @@ class _Search:
 
 def search_task(space: SearchSpace, episode: Episode, *, config: EvolutionConfig | None = None,
                 algorithm: str = "maml", inner_steps: int = 5, inner_lr: float = 0.4,
-                generator: torch.Generator, device: torch.device | str = "cpu") -> TaskSearch:
+                generator: torch.Generator, device: torch.device | str = "cpu",
+                fit: Episode | None = None) -> TaskSearch:
     """Evolve a subnet for ``episode`` and adapt the winner on its whole support set.
 
-    Raises ValueError when no sampled candidate fits ``config.max_params``.
+    ``fit`` is the episode that scores candidates (default: the support set split by
+    ``config.holdout``; 1-shot tasks use :func:`augmented_support`). The real query is only
+    used to report the winner's accuracy. Raises ValueError when no sampled candidate fits
+    ``config.max_params``.
     """
     cfg = config or EvolutionConfig()
     cfg.validate()
@@ -260,7 +286,7 @@ def search_task(space: SearchSpace, episode: Episode, *, config: EvolutionConfig
     device = torch.device(device)
     space.set_shard(None)
     start = time.perf_counter()
-    fit = split_support(episode, cfg.holdout).to(device)
+    fit = (split_support(episode, cfg.holdout) if fit is None else fit).to(device)
     search = _Search(space, fit, cfg, algorithm=algorithm, steps=inner_steps,
                      inner_lr=inner_lr, generator=generator, device=device)
     population = search.offspring([], cfg.population, 0)

@@ -60,12 +60,13 @@ def _resolve(key: str, value: float | None, reference: int | None) -> int | None
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Real) \
             or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"budget.{key}: must be a fraction in (0, 1] or an absolute count "
+        raise ConfigError(f"compression.{key}: must be a fraction in (0, 1] or an absolute "
+                          "count "
                           f"> 1, got {value!r}")
     if value > 1:
         return int(value)
     if reference is None or reference <= 0:
-        raise ConfigError(f"budget.{key}: {value} is a fraction of a reference model, but no "
+        raise ConfigError(f"compression.{key}: {value} is a fraction of a reference model, but no "
                           f"positive reference {key} count was given (got {reference!r})")
     return int(value * reference)
 
@@ -170,7 +171,7 @@ _UNIT_BUILDERS: dict[str, Callable[[SearchSpace], _Units]] = {"cell": _cell_unit
 
 def _units(space: SearchSpace) -> _Units:
     if space.space_name not in _UNIT_BUILDERS:
-        raise ConfigError(f"budget: derivation under a budget supports the spaces "
+        raise ConfigError(f"compression: derivation under a budget supports the spaces "
                           f"{sorted(_UNIT_BUILDERS)}, not {space.space_name!r}")
     if space not in _CACHE:
         _CACHE[space] = _UNIT_BUILDERS[space.space_name](space)
@@ -281,11 +282,11 @@ def derive_under_budget(space: SearchSpace, budget_abs: Limits, mode: str = "alp
     elif mode == "perturbation":
         shapes = [tuple(a.shape) for a in space.arch_parameters()]
         if scores is None or [tuple(s.shape) for s in scores] != shapes:
-            raise ConfigError(f"budget: mode 'perturbation' needs scores of shapes {shapes} "
-                              "(see perturbation_scores)")
+            raise ConfigError(f"compression.selection: 'perturbation' needs scores of shapes "
+                              f"{shapes} (see perturbation_scores)")
         matrices = [s.detach().float().cpu() for s in scores]
     else:
-        raise ConfigError(f"budget.mode: {mode!r} is not allowed; allowed values: "
+        raise ConfigError(f"compression.selection: {mode!r} is not allowed; allowed values: "
                           "['alpha', 'perturbation']")
     max_params, max_flops = budget_abs
     limits = (None if max_params is None else int(max_params),
@@ -294,7 +295,7 @@ def derive_under_budget(space: SearchSpace, budget_abs: Limits, mode: str = "alp
     small = smallest_cost(space)
     for key, lim, low in zip(("params", "flops"), limits, small, strict=True):
         if lim is not None and lim < low:
-            raise ConfigError(f"budget.{key}: {lim} is below the smallest reachable model of "
+            raise ConfigError(f"compression.{key}: {lim} is below the smallest reachable model of "
                               f"this space ({small[0]} params, {small[1]} FLOPs)")
     per_unit = units.scores(matrices)
     target = limits
@@ -308,7 +309,7 @@ def derive_under_budget(space: SearchSpace, budget_abs: Limits, mode: str = "alp
             return genotype
         target = tuple(None if t is None else t - max(0, m - lim)
                        for t, m, lim in zip(target, measured, limits, strict=True))
-    raise ConfigError(f"budget: no architecture of this space was found within "
+    raise ConfigError(f"compression: no architecture of this space was found within "
                       f"{limits[0]} params and {limits[1]} FLOPs (the smallest reachable "
                       f"model has {small[0]} params, {small[1]} FLOPs)")
 

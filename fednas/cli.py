@@ -19,7 +19,10 @@ EPILOG = """examples:
   fednas halving simulations/fedex_fashion.toml --set 'phases=["baseline"]' \
       --grid federation.server-lr=0.5,1,2 --budget 24
   fednas config simulations/quickstart.toml --keys
+  fednas export runs/compress_fashion-20261127-120000 --model distilled
   fednas datasets
+  fednas meta runs/quickstart-20261127-120000 --set meta.iterations=100
+  fednas meta simulations/fewshot_glyphs.toml
 """
 
 
@@ -83,6 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("inputs", type=Path, nargs="+", help="sweep dirs or run dirs")
     rep.add_argument("--out", type=Path, help="output dir (default: FIRST_INPUT/report)")
 
+    met = sub.add_parser("meta", help="few-shot adaptation (MAML & co., AT-NAS) of a run dir's "
+                                      "models, or a scenario ending with the meta phase",
+                         description="Given a run dir: meta-train its searched subnet "
+                                     "(and Conv-4, AT-NAS, ... per [meta]) on few-shot tasks and "
+                                     "write meta.json there. Given a scenario: run it with the "
+                                     "'meta' phase added.")
+    met.add_argument("target", type=Path, help="a run directory or a scenario TOML file")
+    met.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config key; with a run dir only meta.* and runtime.*")
+    met.add_argument("--out-dir", help="scenario only: parent of the run directory")
+    met.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    exp = sub.add_parser("export", help="write a run's model as a standalone file "
+                                        "(fednas.load_model)",
+                         description="Write one model of a finished run (weights, architecture "
+                                     "recipe, input normalisation, recorded accuracy) to a file "
+                                     "that fednas.load_model(path) rebuilds with fednas and "
+                                     "torch only. The file is reloaded and re-evaluated on the "
+                                     "run's test split first.")
+    exp.add_argument("run_dir", type=Path, help="a finished run directory")
+    exp.add_argument("--model", default="distilled", help="searched, distilled, same_size, "
+                     "pruned, baseline, random (default: distilled)")
+    exp.add_argument("--out", type=Path, help="file to write (default: RUN_DIR/MODEL.fednas.pt)")
+    exp.add_argument("--no-verify", action="store_true", help="skip the re-evaluation")
+
     sub.add_parser("datasets", help="list the dataset names fednas can load",
                    description="List registered datasets and the npz:/folder: forms.")
     return parser
@@ -118,8 +146,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         run_dir, summary = Pipeline(cfg, Console(stderr=True)).run()
     print_summary(summary, console)
+    if "meta" in summary:
+        from fednas.meta_runs import print_meta
+
+        print_meta(summary["meta"], console)
     console.print(f"run dir: {run_dir}")
     return 0
+
+
+def cmd_meta(args: argparse.Namespace) -> int:
+    from fednas.meta_runs import meta_command
+
+    return meta_command(args.target, list(args.overrides), out_dir=args.out_dir,
+                        quiet=args.quiet)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -223,6 +262,18 @@ def cmd_datasets(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from fednas.export import export
+
+    path, info = export(args.run_dir, args.model, args.out, verify=not args.no_verify)
+    m = info["metrics"]
+    note = (f", reproduced {100 * m['reproduced_test_acc']:.2f} %"
+            if "reproduced_test_acc" in m else "")
+    print(f"wrote {path}: {info['recipe']['kind']} model, {m.get('params')} params, recorded "
+          f"test acc {100 * m['test_acc']:.2f} %{note}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -236,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     handler = {"run": cmd_run, "resume": cmd_resume, "config": cmd_config,
                "halving": cmd_halving, "sweep": cmd_sweep, "report": cmd_report,
-               "datasets": cmd_datasets}[args.command]
+               "datasets": cmd_datasets, "meta": cmd_meta, "export": cmd_export}[args.command]
     try:
         return handler(args)
     except FedNASError as exc:

@@ -21,12 +21,12 @@ from fednas.config import RunConfig
 from fednas.data import Dataset, load_dataset
 from fednas.models import build_model
 from fednas.partition import client_train_val, partition_indices
+from fednas.sandwich import search_step_fn
 from fednas.search_space import Genotype, SearchSpace, build_space
 from fednas.shards import Masks, load_slices, slice_state
 from fednas.train import (
     evaluate,
     make_optimizer,
-    search_steps,
     seed_everything,
     steps_per_epoch,
     train_epoch,
@@ -114,7 +114,8 @@ def build_fixed_model(cfg: RunConfig, spec: dict[str, Any]) -> nn.Module:
     data = dataset(cfg)
     if spec["kind"] == "baseline":
         return build_model(cfg.baseline.model, input_shape=data.input_shape,
-                           num_classes=data.num_classes, width=cfg.baseline.width)
+                           num_classes=data.num_classes,
+                           width=int(spec.get("width", cfg.baseline.width)))
     genotype: Genotype = spec["genotype"]
     if genotype["space"] == "cell" and (cfg.retrain.channels or cfg.retrain.layers):
         c = cfg.space.cell
@@ -204,9 +205,10 @@ def search(cfg: RunConfig, pid: int, server_round: int, regions: dict[str, torch
     if report >= 2:
         metrics["val_loss_pre"] = _val_loss(space, val, cfg, device)
     try:
-        stats = search_steps(space, train, val, weight_opt=w_opt, arch_opt=a_opt, steps=steps,
-                             batch_size=min(batch, len(val[1])), grad_clip=s.grad_clip,
-                             generator=generator, device=device)
+        step_fn = search_step_fn(cfg)
+        stats = step_fn(space, train, val, weight_opt=w_opt, arch_opt=a_opt, steps=steps,
+                        batch_size=min(batch, len(val[1])), grad_clip=s.grad_clip,
+                        generator=generator, device=device)
     except FloatingPointError:
         metrics["diverged"] = 1
         return {}, metrics

@@ -12,11 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fednas.compression_config import CompressionConfig, check_compression
 from fednas.configtools import apply_override, from_dict, option, parse_override, section
 from fednas.errors import ConfigError
+from fednas.fedex_config import FedExConfig
+from fednas.meta_config import MetaConfig
 from fednas.ops import DARTS_OPS, OPS
+from fednas.privacy_config import PrivacyConfig, check_secagg
 
-PHASES = ("search", "retrain", "random", "baseline")
+PHASES = ("search", "retrain", "random", "compress", "same-size", "baseline", "pruned", "meta")
 DEFAULT_PHASES = ("search", "retrain", "baseline")
 
 
@@ -90,6 +94,9 @@ class SearchConfig:
     arch_weight_decay: float = option(1e-3, ge=0.0)
     grad_clip: float = option(5.0, gt=0.0)
     warmup_epochs: float = option(0.0, ge=0.0, doc="weight-only epochs before α updates")
+    sandwich: bool = option(False, doc="width space: sandwich-rule weight steps (largest, "
+                            "smallest and random widths, in-place distillation)")
+    sandwich_samples: int = option(2, ge=0, doc="random widths per sandwich step")
 
 
 @dataclass(frozen=True)
@@ -149,92 +156,6 @@ class FederationConfig:
                              doc="how injected faults fail: raise an error or return NaN")
 
 
-TUNABLE_HPS = ("lr", "momentum", "weight-decay", "batch-size", "local-epochs", "arch-lr")
-
-
-@dataclass(frozen=True)
-class HPRangeConfig:
-    low: float = option(0.0, doc="lowest value")
-    high: float = option(1.0, doc="highest value")
-    log: bool = option(False, doc="sample in log space (needs low > 0)")
-
-
-def _range(low: float, high: float, log: bool = False):
-    from dataclasses import field
-
-    return field(default_factory=lambda: HPRangeConfig(low, high, log))
-
-
-@dataclass(frozen=True)
-class HPRangesConfig:
-    lr: HPRangeConfig = _range(1e-3, 0.3, True)
-    momentum: HPRangeConfig = _range(0.0, 0.95)
-    weight_decay: HPRangeConfig = _range(1e-6, 1e-2, True)
-    batch_size: HPRangeConfig = _range(16, 128, True)
-    local_epochs: HPRangeConfig = _range(1, 3)
-    arch_lr: HPRangeConfig = _range(3e-4, 3e-2, True)
-
-
-@dataclass(frozen=True)
-class FedExConfig:
-    enabled: bool = option(False, doc="tune the clients' local HPs with FedEx")
-    mode: str = option("joint", choices=("joint", "product"),
-                       doc="one distribution over configs, or one per hyperparameter")
-    tune: tuple[str, ...] = option(("lr", "momentum", "weight-decay"), subset_of=TUNABLE_HPS,
-                                   doc="local hyperparameters to tune")
-    configs: int = option(8, ge=1, doc="joint: configs (centre + perturbations); "
-                                       "product: values per hyperparameter")
-    perturbation_scale: float = option(0.5, gt=0.0, le=1.0, doc="joint: perturbation size as "
-                                       "a fraction of each range (log space for log ranges)")
-    eta0: float = option(0.0, ge=0.0, doc="step size (0 = sqrt(2 ln k), aggressive)")
-    schedule: str = option("aggressive", choices=("aggressive", "constant"))
-    baseline_discount: float = option(0.9, ge=0.0, le=1.0)
-    entropy_cutoff: float = option(1e-4, ge=0.0)
-    use_improvement: bool = option(False, doc="score L_after - L_before instead of L_after")
-    divergence_penalty: float = option(0.0, ge=0.0, doc="score of a diverged client "
-                                       "(0 = twice the worst finite score seen)")
-    ranges: HPRangesConfig = section(HPRangesConfig)
-
-    def hp_ranges(self, names: tuple[str, ...] | None = None) -> list[Any]:
-        """:class:`fednas.fedex.HPRange` of each tuned hyperparameter (kebab-case names)."""
-        from fednas.fedex import HPRange
-
-        out = []
-        for name in self.tune if names is None else names:
-            r = getattr(self.ranges, name.replace("-", "_"))
-            out.append(HPRange(name, r.low, r.high, r.log,
-                               integer=name in ("batch-size", "local-epochs")))
-        return out
-
-    def check(self) -> None:
-        for r in self.hp_ranges():
-            r.check()
-
-
-@dataclass(frozen=True)
-class PrivacyConfig:
-    mode: str = option("off", choices=("off", "central", "local"),
-                       doc="central: clip each client's update, Gaussian noise on the "
-                           "aggregate; local: clients clip and noise their own update "
-                           "(Flower's LocalDpMod)")
-    local_epsilon: float = option(1.0, gt=0.0, le=1.0, doc="local: ε of each client's "
-                                  "release per round (classic Gaussian mechanism, δ = "
-                                  "privacy.delta; its bound holds for ε ≤ 1)")
-    noise_multiplier: float = option(1.0, ge=0.0, doc="σ: noise std = σ · clip-norm on the "
-                                     "per-entry sum of clipped client updates")
-    clip_norm: float = option(1.0, gt=0.0, doc="C: L2 bound of each client's update (weights "
-                              "and α jointly; the initial C with adaptive clipping)")
-    adaptive: bool = option(False, doc="adaptive clipping (Andrew et al. 2021): C tracks the "
-                            "target quantile of the update norms")
-    target_quantile: float = option(0.5, ge=0.0, le=1.0)
-    clip_lr: float = option(0.2, gt=0.0, doc="adaptive clipping step size")
-    count_noise: float = option(0.0, ge=0.0, doc="σ_b, noise on the unclipped count "
-                                "(adaptive; 0 = clients per round / 20)")
-    delta: float = option(1e-5, gt=0.0, lt=1.0, doc="δ of the reported ε(δ)")
-    epsilon_budget: float = option(0.0, ge=0.0, doc="stop before a round that would exceed "
-                                   "this ε (0 = no budget)")
-
-
 @dataclass(frozen=True)
 class RuntimeConfig:
     device: str = option("auto", doc="auto, cpu, cuda or cuda:N")
@@ -257,8 +178,10 @@ class RunConfig:
                        doc="one process, or Flower clients on Ray")
     phases: tuple[str, ...] = option(DEFAULT_PHASES, subset_of=PHASES,
                                      doc="phases to run (always in the order search, retrain, "
-                                         "random, baseline); random = a random architecture "
-                                         "of the space, trained like the searched one")
+                                         "random, compress, same-size, baseline, pruned, "
+                                         "meta); random = a random architecture of the "
+                                         "space, trained like the searched one; compress, "
+                                         "same-size, pruned: see [compression]")
     data: DataConfig = section(DataConfig)
     partition: PartitionConfig = section(PartitionConfig)
     space: SpaceConfig = section(SpaceConfig)
@@ -268,6 +191,8 @@ class RunConfig:
     federation: FederationConfig = section(FederationConfig)
     fedex: FedExConfig = section(FedExConfig)
     privacy: PrivacyConfig = section(PrivacyConfig)
+    meta: MetaConfig = section(MetaConfig)
+    compression: CompressionConfig = section(CompressionConfig)
     runtime: RuntimeConfig = section(RuntimeConfig)
 
     def check(self) -> None:
@@ -285,11 +210,22 @@ class RunConfig:
         if self.privacy.mode != "off" and self.mode != "federated":
             raise ConfigError("privacy.mode: differential privacy protects federated clients; "
                               'set mode = "federated"')
+        if self.privacy.secure_aggregation:
+            check_secagg(self)
         if "retrain" in self.phases and "search" not in self.phases:
             raise ConfigError("phases: 'retrain' needs 'search' (it retrains the searched subnet)")
         if "random" in self.phases and "search" not in self.phases:
             raise ConfigError("phases: 'random' needs 'search' (the random architecture gets "
                               "the searched subnet's treatment: same supernet, same budget)")
+        check_compression(self)
+        if self.search.sandwich and self.space.name != "width":
+            raise ConfigError("search.sandwich: the sandwich rule trains several widths of "
+                              'shared weights; it needs space.name = "width"')
+        self.meta.check_run(self)
+        federated_only = {"compress", "same-size", "pruned"} & set(self.phases)
+        if federated_only and self.mode != "federated":
+            raise ConfigError(f"phases: {sorted(federated_only)} run in federated mode only; "
+                              'set mode = "federated"')
         if not self.name or "/" in self.name:
             raise ConfigError(f"name: must be a non-empty name without '/' (got {self.name!r})")
 

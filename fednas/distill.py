@@ -91,7 +91,10 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module],
             proxy_x: torch.Tensor, proxy_y: torch.Tensor | None = None, *, epochs: int,
             lr: float, batch_size: int, temperature: float = 4.0, beta: float = 0.0,
             device: torch.device, generator: torch.Generator, momentum: float = 0.9,
-            weight_decay: float = 0.0, grad_clip: float = 5.0) -> dict[str, list[float]]:
+            weight_decay: float = 0.0, grad_clip: float = 5.0, cosine: bool = False,
+            max_steps: int = 0,
+            blocks: tuple[Sequence[nn.Module], Sequence[nn.Module]] | None = None,
+            dna_weight: float = 0.0) -> dict[str, list[float]]:
     """Train ``student`` to match the (ensemble) teacher on proxy data with SGD.
 
     Teacher logits are computed once, in eval mode; the student trains in train mode on
@@ -106,9 +109,17 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module],
     proxy_x, proxy_y
         Server-side proxy inputs and optional labels (used only when ``beta > 0``).
     epochs, lr, batch_size, momentum, weight_decay, grad_clip
-        SGD schedule (constant learning rate, Nesterov when ``momentum > 0``).
+        SGD (Nesterov when ``momentum > 0``).
+    cosine
+        Anneal the learning rate to 0 over the run (constant otherwise).
+    max_steps
+        Stop after this many steps (0 = ``epochs`` full passes).
     temperature, beta
         See :func:`kd_loss`.
+    blocks, dna_weight
+        DNA: ``(student blocks, teacher blocks)``, modules whose outputs are paired; the loss
+        adds ``dna_weight`` × :func:`block_regression_loss` of their outputs. Needs a single
+        teacher; teacher outputs are then computed per batch (in eval mode).
     device, generator
         Where to train; source of the batch order.
 
@@ -125,26 +136,64 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module],
                     beta)
     if proxy_y is not None and len(proxy_y) != len(proxy_x):
         raise ValueError(f"distill: {len(proxy_x)} proxy inputs but {len(proxy_y)} labels")
-    teacher_logits = _predict(_as_list(teachers), proxy_x, batch_size, device)
+    dna = blocks is not None and dna_weight > 0
+    if dna and len(_as_list(teachers)) != 1:
+        raise ValueError("distill: DNA block regression needs a single teacher")
+    teacher_logits = None if dna else _predict(_as_list(teachers), proxy_x, batch_size, device)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                           nesterov=momentum > 0)
+    per_epoch = -(-len(proxy_x) // batch_size)
+    total_steps = min(max_steps, epochs * per_epoch) if max_steps else epochs * per_epoch
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(total_steps, 1))
+             if cosine else None)
+    feats: dict[str, list[torch.Tensor]] = {"s": [], "t": []}
+    hooks = []
+    if dna:
+        for key, mods in zip("st", blocks, strict=True):
+            hooks += [m.register_forward_hook(lambda _m, _i, out, k=key: feats[k].append(out))
+                      for m in mods]
+    teacher = _as_list(teachers)[0]
+    t_mode = teacher.training
     student.train()
     losses: list[float] = []
-    for _ in range(epochs):
-        total, seen = 0.0, 0
-        for idx in batches(len(proxy_x), batch_size, generator):
-            x = proxy_x[idx].to(device)
-            y = None if proxy_y is None else proxy_y[idx].to(device)
-            loss = kd_loss(student(x), teacher_logits[idx].to(device), y, temperature, beta)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"distillation loss became {float(loss)}; lower the lr")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(params, grad_clip)
-            opt.step()
-            total, seen = total + loss.item() * len(idx), seen + len(idx)
-        losses.append(total / max(seen, 1))
+    step = 0
+    try:
+        for _ in range(epochs):
+            total, seen = 0.0, 0
+            for idx in batches(len(proxy_x), batch_size, generator):
+                if step >= total_steps:
+                    break
+                x = proxy_x[idx].to(device)
+                y = None if proxy_y is None else proxy_y[idx].to(device)
+                feats["s"].clear()
+                feats["t"].clear()
+                if dna:
+                    teacher.eval()
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                else:
+                    t_logits = teacher_logits[idx].to(device)
+                loss = kd_loss(student(x), t_logits, y, temperature, beta)
+                if dna:
+                    loss = loss + dna_weight * block_regression_loss(feats["s"], feats["t"])
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"distillation loss became {float(loss)}; "
+                                             "lower the lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(params, grad_clip)
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                step += 1
+                total, seen = total + loss.item() * len(idx), seen + len(idx)
+            if seen:
+                losses.append(total / seen)
+    finally:
+        for h in hooks:
+            h.remove()
+        teacher.train(t_mode)
     return {"loss": losses}
 
 

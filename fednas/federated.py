@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 
 from fednas import client
 from fednas.checkpoint import load_checkpoint, save_checkpoint
+from fednas.federated_compress import CompressionPhases
 from fednas.flops import count_flops, count_params
 from fednas.handshake import wait_for_nodes
 from fednas.phase_strategy import phase_strategy
@@ -33,12 +34,17 @@ from fednas.search_space import Genotype, save_genotype
 from fednas.server_opt import STAT_SUFFIXES
 from fednas.train import cosine, evaluate, recalibrate_bn
 
+PHASE_SEED = {"baseline": 1, "retrain": 2, "random": 3, "compress": 4, "same-size": 5,
+              "pruned": 6}
+MODEL_NAME = {"retrain": "searched", "random": "random", "baseline": "baseline",
+              "compress": "distilled", "same-size": "same_size", "pruned": "pruned"}
+
 
 class RunPaused(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Raised inside the round loop when the run reaches its ``stop_after`` round."""
 
 
-class FederatedPipeline(Pipeline):
+class FederatedPipeline(CompressionPhases, Pipeline):
     """Federated run of a :class:`RunConfig` (``mode = "federated"``).
 
     ``stop_after = (phase, k)`` pauses the run after round ``k`` of ``phase``: it writes a
@@ -63,6 +69,10 @@ class FederatedPipeline(Pipeline):
         self.progress = None
 
     # -- server-side setup ---------------------------------------------------------------
+    def prepare(self) -> None:
+        super().prepare()
+        self.check_budget()
+
     def open_run_dir(self) -> None:
         if self.resume_dir is None:
             self.rundir = RunDir(self.cfg.runtime.out_dir, self.cfg.name)
@@ -119,10 +129,17 @@ class FederatedPipeline(Pipeline):
                 self.models["random"] = self.federated_train(grid, "random", spec, done)
                 self.models["random"]["genotype"] = genotype
                 done = [*done, "random"]
+            done = self.compression_phases(grid, done, ("compress", "same-size"))
         if "baseline" in cfg.phases and "baseline" not in done:
             self.models["baseline"] = self.federated_train(grid, "baseline",
                                                            {"kind": "baseline"}, done)
             done = [*done, "baseline"]
+        done = self.compression_phases(grid, done, ("pruned",))
+        if "meta" in cfg.phases and "meta" not in done:
+            from fednas.meta_phase import pipeline_meta
+
+            self.meta_result = pipeline_meta(self)
+            done = [*done, "meta"]
         summary = self.write_summary(self.genotype)
         self.result = (self.rundir.path, summary)
         return self.result
@@ -136,7 +153,9 @@ class FederatedPipeline(Pipeline):
             "dataset": self.data.describe(), "device": str(self.device), "models": self.models,
             "genotype": genotype, "timings": self.timings, "run_dir": str(self.rundir.path),
             "rounds": {"search": self.cfg.federation.rounds,
-                       "train": self.cfg.federation.subnet_rounds},
+                       "train": self.cfg.federation.subnet_rounds,
+                       "fine_tune": self.cfg.compression.fine_tune_rounds
+                       or self.cfg.federation.subnet_rounds},
             "versions": {"fednas": fednas.__version__, "torch": torch.__version__},
         }
         from strategies.dp import privacy_summary
@@ -145,6 +164,8 @@ class FederatedPipeline(Pipeline):
         privacy = privacy_summary(self.cfg, self.accountant, rounds, self.privacy_stop)
         if privacy is not None:
             summary["privacy"] = privacy
+        if getattr(self, "meta_result", None) is not None:
+            summary["meta"] = self.meta_result
         self.rundir.write_json("summary.json", summary)
         plot_curves(self.rundir.metrics, self.rundir.path / "plots", unit="round")
         plot_fedex_theta(self.rundir.metrics, self.rundir.path / "plots")
@@ -170,9 +191,13 @@ class FederatedPipeline(Pipeline):
                 break
             t0 = time.perf_counter()
             config = ConfigRecord({"lr": cosine(rnd - 1, total, lr[0], lr[1]), **extra})
-            messages = strategy.configure_train(rnd, ArrayRecord(state), config, grid)
-            replies = grid.send_and_receive(messages, timeout=f.round_timeout)
-            arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+            if hasattr(strategy, "secure_round"):  # privacy.secure-aggregation
+                arrays, train_metrics = strategy.secure_round(rnd, ArrayRecord(state), config,
+                                                              grid, f.round_timeout)
+            else:
+                messages = strategy.configure_train(rnd, ArrayRecord(state), config, grid)
+                replies = grid.send_and_receive(messages, timeout=f.round_timeout)
+                arrays, train_metrics = strategy.aggregate_train(rnd, replies)
             if arrays is not None:
                 state = arrays.to_torch_state_dict()
             record: dict[str, Any] = {**strategy.round_stats, "lr": float(config["lr"])}
@@ -228,7 +253,10 @@ class FederatedPipeline(Pipeline):
         test = self._server_test()
         proxy = self.data.val_x[: f.bn_calibration_samples]  # server-side split, no client's
 
+        casd = self._casd_hook(space, f.rounds)
+
         def server_eval(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+            record = casd(state)  # CASD (compression.casd-every) updates α in place
             space.load_state_dict(state)
             genotype = space.genotype()
             subnet = recalibrate_bn(space.subnet(genotype), proxy, batch_size=s.batch_size,
@@ -237,7 +265,7 @@ class FederatedPipeline(Pipeline):
                               device=self.device)
             return {"test_loss": result["eval_loss"], "test_acc": result["eval_acc"],
                     "genotype": genotype, "alpha_entropy": alpha_entropy(space),
-                    "alpha": alpha_snapshot(space)}
+                    "alpha": alpha_snapshot(space), **record}
 
         state = self._rounds(grid, "search", strategy, space.state_dict(), f.rounds,
                              (s.lr, s.lr_min), {}, server_eval, [])
@@ -252,19 +280,32 @@ class FederatedPipeline(Pipeline):
         self.search_state = state
         return genotype
 
+    def trained_supernet(self) -> Any:
+        """The aggregated supernet of this run's search (from memory or supernet.pt)."""
+        space = client.make_space(self.cfg)
+        space.load_state_dict(getattr(self, "search_state", None)
+                              or torch.load(self.rundir.path / "supernet.pt")["state_dict"])
+        return space
+
     def federated_train(self, grid: Grid, phase: str, spec: dict[str, Any],
-                        done: list[str]) -> dict[str, Any]:
-        """FedAvg of a fixed model (derived subnet or baseline) for ``subnet-rounds``."""
+                        done: list[str], init: torch.nn.Module | None = None,
+                        rounds: int = 0, wrap: Any = None) -> dict[str, Any]:
+        """FedAvg of a fixed model (derived subnet or baseline) for ``subnet-rounds``.
+
+        ``init`` gives the initial weights (a model built from ``spec``), ``rounds`` overrides
+        the round count, ``wrap`` wraps the strategy (see :func:`phase_strategy`).
+        """
         cfg, f, r = self.cfg, self.cfg.federation, self.cfg.retrain
         t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed + {"baseline": 1, "retrain": 2, "random": 3}[phase])
+        torch.manual_seed(cfg.seed + PHASE_SEED[phase])
         model = client.build_fixed_model(cfg, spec)
-        if phase != "baseline" and r.inherit_weights and not (r.channels or r.layers):
-            space = client.make_space(cfg)
-            space.load_state_dict(getattr(self, "search_state", None)
-                                  or torch.load(self.rundir.path / "supernet.pt")["state_dict"])
-            model = space.subnet(spec["genotype"])
-        strategy = phase_strategy(cfg, phase, None, self.node_partitions, self.accountant)
+        if init is not None:
+            model = init.cpu()
+        elif phase in ("retrain", "random") and r.inherit_weights and not (r.channels
+                                                                           or r.layers):
+            model = self.trained_supernet().subnet(spec["genotype"])
+        strategy = phase_strategy(cfg, phase, None, self.node_partitions, self.accountant,
+                                  wrap=wrap)
         test = self._server_test()
         extra = {"model": client.encode_spec(spec)}
 
@@ -282,13 +323,12 @@ class FederatedPipeline(Pipeline):
             return {"test_loss": result["eval_loss"], "test_acc": result["eval_acc"]}
 
         lr_end = 0.0 if r.schedule == "cosine" else r.lr
-        state = self._rounds(grid, phase, strategy, model.state_dict(), f.subnet_rounds,
-                             (r.lr, lr_end), extra, server_eval, done)
+        state = self._rounds(grid, phase, strategy, model.state_dict(),
+                             rounds or f.subnet_rounds, (r.lr, lr_end), extra, server_eval, done)
         model.load_state_dict(state)
         final = evaluate(model, self._split("test"), batch_size=cfg.runtime.eval_batch_size,
                          device=self.device)
-        name = {"retrain": "searched", "random": "random", "baseline": "baseline"}[phase]
-        self.rundir.save_model(name, model, spec=spec)
+        self.rundir.save_model(MODEL_NAME[phase], model, spec=spec)
         self.timings[phase] = time.perf_counter() - t0
         return {"test_acc": final["eval_acc"], "test_loss": final["eval_loss"],
                 "params": count_params(model), "flops": count_flops(model, self.data.input_shape),

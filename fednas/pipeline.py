@@ -26,13 +26,13 @@ from fednas.models import build_model
 from fednas.partition import partition_indices, partition_stats
 from fednas.plots import plot_alpha, plot_alpha_evolution, plot_curves
 from fednas.runs import RunDir
+from fednas.sandwich import search_step_fn
 from fednas.search_space import Genotype, SearchSpace, build_space, save_genotype
 from fednas.train import (
     evaluate,
     make_optimizer,
     make_scheduler,
     resolve_device,
-    search_steps,
     seed_everything,
     steps_per_epoch,
     train_epoch,
@@ -103,12 +103,18 @@ class Pipeline:
                     self.random_architecture(space)
             if "baseline" in cfg.phases:
                 self.baseline()
+            if "meta" in cfg.phases:
+                from fednas.meta_phase import pipeline_meta
+
+                meta = pipeline_meta(self)
         summary = {
             "scenario": cfg.name, "seed": cfg.seed, "dataset": self.data.describe(),
             "device": str(self.device), "models": self.models, "genotype": genotype,
             "timings": self.timings, "run_dir": str(self.rundir.path),
             "versions": {"fednas": fednas.__version__, "torch": torch.__version__},
         }
+        if "meta" in cfg.phases:
+            summary["meta"] = meta
         self.rundir.write_json("summary.json", summary)
         plot_curves(self.rundir.metrics, self.rundir.path / "plots")
         return self.rundir.path, summary
@@ -137,13 +143,14 @@ class Pipeline:
         sched = make_scheduler("cosine", w_opt, steps * s.epochs, s.lr_min)
         tick = self._task("search", steps * s.epochs)
         warmup_steps = int(s.warmup_epochs * steps)
+        step_fn = search_step_fn(cfg)
         for epoch in range(1, s.epochs + 1):
             arch = a_opt if (epoch - 1) * steps >= warmup_steps else None
-            stats = search_steps(space, self._split("train"), self._split("val"),
-                                 weight_opt=w_opt, arch_opt=arch, steps=steps,
-                                 batch_size=s.batch_size, grad_clip=s.grad_clip,
-                                 generator=self.generator, device=self.device,
-                                 scheduler=sched, progress=tick)
+            stats = step_fn(space, self._split("train"), self._split("val"),
+                            weight_opt=w_opt, arch_opt=arch, steps=steps,
+                            batch_size=s.batch_size, grad_clip=s.grad_clip,
+                            generator=self.generator, device=self.device,
+                            scheduler=sched, progress=tick)
             val = evaluate(space, self._split("val"), batch_size=cfg.runtime.eval_batch_size,
                            device=self.device)
             self.rundir.log("search", epoch, **stats, val_loss=val["eval_loss"],
@@ -151,6 +158,7 @@ class Pipeline:
                             alpha_entropy=alpha_entropy(space), alpha=alpha_snapshot(space))
         genotype = space.genotype()
         save_genotype(genotype, self.rundir.path / "genotype.json")
+        self.rundir.save_model("supernet", space)
         self._plot_alpha(space)
         plot_alpha_evolution(self.rundir.metrics, alpha_columns(space),
                              self.rundir.path / "plots")

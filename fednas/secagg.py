@@ -18,13 +18,15 @@ clients drop out, with the protocol's real cryptography (``cryptography`` packag
    never strip a survivor's self-mask without also having its y: y_i stays uniformly random.
    With ≥ t shares it rebuilds b_i (i ∈ U) and s_i (i ∈ D) and decodes ``Σ_U y_i − masks``.
 
-Simulation shortcuts: all parties run in one process; there is no consistency-check round,
-no signatures (honest-but-curious server) and no time-outs. Pass ``rng`` for deterministic
-keys and shares (tests, seeded runs); ``rng=None`` draws them from the OS (``secrets``).
+:func:`secure_sum` runs all parties in one process; ``strategies/secagg.py`` (server) and
+``fednas/secagg_flow.py`` (clients) run them over Flower messages. Shortcuts: there is no
+consistency-check round and no signatures (honest-but-curious server). Pass ``rng`` for
+deterministic keys and shares (tests, seeded runs); ``rng=None`` draws them from the OS.
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -198,7 +200,16 @@ class SecAggClient:
         return out
 
     def receive_shares(self, ciphertexts: Mapping[int, bytes]) -> None:
-        """End of round 1: decrypt (and authenticate) the shares other clients sent."""
+        """End of round 1: decrypt (and authenticate) the shares other clients sent.
+
+        Peers that sent no shares leave the roster (Bonawitz's U2): no pairwise mask with
+        them, since nobody could remove it if they never come back.
+        """
+        self._roster = {j: pk for j, pk in self._roster.items()
+                        if j == self.cid or j in ciphertexts}
+        if len(self._roster) < self._threshold:
+            raise SecAggError(f"{len(self._roster)} clients shared keys < threshold "
+                              f"{self._threshold}")
         for sender, ct in ciphertexts.items():
             body = self._channel(sender).decrypt(_nonce(sender, self.cid), ct,
                                                  _nonce(sender, self.cid))
@@ -233,6 +244,41 @@ class SecAggClient:
         self._revealed.update(asked)
         return {"b": {i: self._held[i][0] for i in survivors if i in self._held},
                 "s": {i: self._held[i][1] for i in dropped if i in self._held}}
+
+
+    def to_bytes(self) -> bytes:
+        """This client's secrets and protocol progress, to resume it elsewhere (a Flower
+        ``Context.state`` between stages): :meth:`from_bytes` inverts it."""
+        def share(s: Share) -> str:
+            return f"{s[0]}:{s[1]:x}"
+
+        return json.dumps({
+            "cid": self.cid, "threshold": self._threshold, "b": self._b_seed.hex(),
+            "quantizer": [self.quantizer.scale, self.quantizer.clip_range, self.quantizer.bits],
+            "c": self._c_key.private_bytes_raw().hex(), "s": self._s_key.private_bytes_raw().hex(),
+            "roster": {str(j): [c.hex(), s.hex()] for j, (c, s) in self._roster.items()},
+            "held": {str(j): [share(b), share(s)] for j, (b, s) in self._held.items()},
+            "revealed": {str(j): k for j, k in self._revealed.items()}}).encode()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> SecAggClient:
+        """The client :meth:`to_bytes` saved (fresh OS randomness for anything drawn later)."""
+        def share(text: str) -> Share:
+            x, y = text.split(":")
+            return int(x), int(y, 16)
+
+        d = json.loads(blob)
+        self = cls.__new__(cls)
+        self.cid, self._threshold, self._rng = int(d["cid"]), int(d["threshold"]), None
+        self.quantizer = Quantizer(*d["quantizer"])
+        self._b_seed = bytes.fromhex(d["b"])
+        self._c_key = X25519PrivateKey.from_private_bytes(bytes.fromhex(d["c"]))
+        self._s_key = X25519PrivateKey.from_private_bytes(bytes.fromhex(d["s"]))
+        self._roster = {int(j): (bytes.fromhex(c), bytes.fromhex(s))
+                        for j, (c, s) in d["roster"].items()}
+        self._held = {int(j): (share(b), share(s)) for j, (b, s) in d["held"].items()}
+        self._revealed = {int(j): k for j, k in d["revealed"].items()}
+        return self
 
 
 def _nonce(sender: int, recipient: int) -> bytes:
@@ -272,12 +318,22 @@ class SecAggServer:
         return dict(public_keys)
 
     def route(self, outgoing: Mapping[int, Mapping[int, bytes]]) -> dict[int, dict[int, bytes]]:
-        """Round 1: sender -> recipient -> ciphertext, regrouped by recipient."""
+        """Round 1: sender -> recipient -> ciphertext, regrouped by recipient.
+
+        Clients that sent nothing leave the roster (U2); the survivors of U2 mask only among
+        themselves (:meth:`SecAggClient.receive_shares`).
+        """
+        self.transcript.public_keys = {i: pk for i, pk in self.transcript.public_keys.items()
+                                       if i in outgoing}
+        if len(self.transcript.public_keys) < self.threshold:
+            raise SecAggError(f"{len(self.transcript.public_keys)} clients shared keys < "
+                              f"threshold {self.threshold}: abort")
         inbox: dict[int, dict[int, bytes]] = {i: {} for i in self.transcript.public_keys}
         for sender, cts in outgoing.items():
             for recipient, ct in cts.items():
                 self.transcript.ciphertexts[(sender, recipient)] = ct
-                inbox[recipient][sender] = ct
+                if recipient in inbox:
+                    inbox[recipient][sender] = ct
         return inbox
 
     def collect(self, masked: Mapping[int, np.ndarray]) -> tuple[list[int], list[int]]:

@@ -5,7 +5,8 @@ nothing is typed in. Inputs are sweep dirs (``sweep.json``: runs grouped by grid
 plain run dirs (grouped by scenario name). Outputs, in ``--out`` (default
 ``<first input>/report``): ``report.md``, ``report.csv``, ``accuracy_vs_round.png`` (mean
 test accuracy per round/epoch with a ±1 std band over seeds, one panel per phase) and
-``pareto.png`` (test accuracy vs parameters, error bars over seeds) and, for DP runs,
+``pareto.png`` / ``pareto_flops.png`` (test accuracy vs parameters / FLOPs, error bars
+over seeds) and, for DP runs,
 ``privacy_vs_accuracy.png`` (test accuracy vs ε, e.g. from a sweep over the noise
 multiplier). Failed runs of a sweep are listed with their error.
 """
@@ -166,14 +167,16 @@ def plot_rounds(runs: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
-def plot_pareto(table: list[dict[str, Any]], path: Path) -> Path:
-    """Test accuracy (mean, error bar = std) against parameters for every (group, model)."""
+def plot_pareto(table: list[dict[str, Any]], path: Path, cost: str = "params") -> Path:
+    """Test accuracy (mean, error bar = std) against ``cost`` (params or flops) for every
+    (group, model)."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for r in table:
         sd = 0.0 if math.isnan(r["test_acc_std"]) else r["test_acc_std"]
-        ax.errorbar(r["params"], r["test_acc_mean"], yerr=sd, fmt="o", capsize=3,
+        ax.errorbar(r[cost], r["test_acc_mean"], yerr=sd, fmt="o", capsize=3,
                     label=f"{r['model']} ({r['group']})")
-    return _save_log_x(fig, ax, "parameters", path)
+    return _save_log_x(fig, ax, {"params": "parameters", "flops": "FLOPs per sample"}[cost],
+                       path)
 
 
 def plot_privacy(runs: list[dict[str, Any]], path: Path) -> Path | None:
@@ -229,6 +232,7 @@ def write_report(inputs: list[Path], out: Path | None = None) -> dict[str, Any]:
         writer.writerows(table)
     plots = [p for p in (plot_rounds(runs, out / "accuracy_vs_round.png"),
                          plot_pareto(table, out / "pareto.png"),
+                         plot_pareto(table, out / "pareto_flops.png", "flops"),
                          plot_privacy(runs, out / "privacy_vs_accuracy.png")) if p is not None]
     return {"dir": str(out), "rows": table, "failed": failed, "plots": [str(p) for p in plots],
             "markdown": (out / "report.md").read_text()}

@@ -6,6 +6,8 @@ Routes
 ``train.search``  local bi-level search on the supernet shard in the message
 ``train``         local training of a fixed model (derived subnet or baseline): FedAvg
 ``evaluate``      loss/accuracy of a fixed model on the client's val split
+``query.secagg_advertise``, ``query.secagg_share``, ``train.secagg``, ``query.secagg_unmask``
+                  a training round under secure aggregation (``fednas/secagg_flow.py``)
 
 The scenario comes from the ``make_client_app(cfg)`` closure (``fednas run``: the app is
 shipped to Ray workers by value) or, under ``flwr run .``, from the run config.
@@ -17,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fednas import client
+from fednas import client, secagg_flow
 from fednas.config import RunConfig
 from fednas.shards import decode_masks
 from simulations.local_dp import make_local_dp_mod
@@ -68,6 +70,35 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
                                     client.decode_spec(str(conf["model"])), dict(conf))
         return Message(RecordDict({"arrays": ArrayRecord(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @app.query("secagg_advertise")
+    def secagg_advertise(msg: Message, context: Context) -> Message:
+        return Message(secagg_flow.advertise(msg.content, context.state), reply_to=msg)
+
+    @app.query("secagg_share")
+    def secagg_share(msg: Message, context: Context) -> Message:
+        return Message(secagg_flow.share_keys(msg.content, context.state), reply_to=msg)
+
+    @app.train("secagg")
+    def secagg_train(msg: Message, context: Context) -> Message:
+        run_cfg = resolve(context)
+        threads(run_cfg)
+
+        def local(regions: dict[str, torch.Tensor], conf: dict) -> tuple[dict, dict]:
+            pid, rnd = int(conf["partition-id"]), int(conf["server-round"])
+            if conf["secagg-route"] == "train.search":
+                masks = decode_masks(list(conf["shard"]), list(client.arch_shapes(run_cfg)))
+                return client.search(run_cfg, pid, rnd, regions, masks, conf)
+            return client.train(run_cfg, pid, rnd, regions,
+                                client.decode_spec(str(conf["model"])), conf)
+
+        norm = len(client.dataset(run_cfg).train_y)  # public: every client knows N
+        return Message(secagg_flow.masked_input(msg.content, context.state, local, norm),
+                       reply_to=msg)
+
+    @app.query("secagg_unmask")
+    def secagg_unmask(msg: Message, context: Context) -> Message:
+        return Message(secagg_flow.unmask(msg.content, context.state), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

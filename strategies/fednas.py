@@ -191,6 +191,8 @@ class FedNAS(FedAvg):
                 good.append((pid, msg.content))
                 tensors[pid] = state
         good.sort(key=lambda t: t[0])
+        if getattr(self, "keep_client_states", False):  # FedDF distils the client models
+            self.client_states = [tensors[pid] for pid, _ in good]
         self.placements = []
         for pid, content in good:
             m = next(iter(content.metric_records.values()))

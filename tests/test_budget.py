@@ -57,11 +57,11 @@ def test_budget_resolves_absolute_and_fraction_against_a_reference_model():
 
 
 @pytest.mark.parametrize(("budget", "match"), [
-    (Budget(params=0), "budget.params: must be"),
-    (Budget(flops=-3), "budget.flops: must be"),
-    (Budget(params=float("nan")), "budget.params: must be"),
-    (Budget(flops=True), "budget.flops: must be"),
-    (Budget(params=0.5), "budget.params: 0.5 is a fraction of a reference model"),
+    (Budget(params=0), "compression.params: must be"),
+    (Budget(flops=-3), "compression.flops: must be"),
+    (Budget(params=float("nan")), "compression.params: must be"),
+    (Budget(flops=True), "compression.flops: must be"),
+    (Budget(params=0.5), "compression.params: 0.5 is a fraction of a reference model"),
 ])
 def test_bad_budgets_name_the_field(budget, match):
     with pytest.raises(ConfigError, match=match):
@@ -117,7 +117,7 @@ def test_smallest_cost_is_reachable_and_a_lower_bound(space):
 def test_impossible_budget_names_the_smallest_reachable_model(space, key):
     params, flops = smallest_cost(space)
     limits = (params - 1, None) if key == "params" else (None, flops - 1)
-    expected = (f"budget.{key}: {limits[0] or limits[1]} is below the smallest reachable "
+    expected = (f"compression.{key}: {limits[0] or limits[1]} is below the smallest reachable "
                 f"model of this space ({params} params, {flops} FLOPs)")
     with pytest.raises(ConfigError) as err:
         derive_under_budget(space, limits)
@@ -125,7 +125,7 @@ def test_impossible_budget_names_the_smallest_reachable_model(space, key):
 
 
 def test_bad_mode_and_missing_scores(cell):
-    with pytest.raises(ConfigError, match="budget.mode: 'random' is not allowed"):
+    with pytest.raises(ConfigError, match="compression.selection: 'random' is not allowed"):
         derive_under_budget(cell, (None, None), mode="random")
     with pytest.raises(ConfigError, match="needs scores of shapes"):
         derive_under_budget(cell, (None, None), mode="perturbation")

@@ -31,11 +31,15 @@ def test_two_rounds_four_clients_on_digits(tiny_overrides):
     from fednas.simulation import run_federated
 
     cfg = load_config(None, tiny_overrides + FEDERATED + [
-        'phases=["search", "retrain", "random", "baseline"]'])
+        'phases=["search", "retrain", "random", "compress", "same-size", "baseline", "pruned"]',
+        "compression.params=0.9", "compression.epochs=2", "compression.feddf=true",
+        "compression.feddf-steps=3", "compression.fine-tune-rounds=1",
+        "compression.casd-every=1"])
     run_dir, summary = run_federated(cfg)
     metrics = read_metrics(run_dir)
     assert [m["phase"] for m in metrics] == (["search"] * 2 + ["retrain"] * 2 + ["random"] * 2
-                                             + ["baseline"] * 2)
+                                             + ["compress", "same-size"] + ["baseline"] * 2
+                                             + ["pruned"])
     for m in metrics:
         assert m["clients_ok"] == 4 and m["client_errors"] == 0 and m["round_failed"] == 0
         assert m["bytes_down"] > 0 and m["bytes_up"] > 0
@@ -47,7 +51,24 @@ def test_two_rounds_four_clients_on_digits(tiny_overrides):
                  "checkpoints/latest.pt", "plots/search_curves.png", "plots/alpha_heatmap.png",
                  "plots/alpha_evolution.png", "clients.jsonl"):
         assert (run_dir / name).is_file(), name
-    assert set(summary["models"]) == {"searched", "random", "baseline"}
+    assert set(summary["models"]) == {"searched", "random", "baseline", "distilled",
+                                      "same_size", "pruned"}
+    models, budget = summary["models"], json.loads((run_dir / "compression.json").read_text())
+    limit = budget["budget"]["limit_params"]
+    assert limit == int(0.9 * models["baseline"]["params"])
+    for name in ("distilled", "same_size", "pruned"):  # measured by the run, within budget
+        assert models[name]["within_budget"] and models[name]["params"] <= limit
+    assert models["distilled"]["genotype"] == models["same_size"]["genotype"]
+    assert models["distilled"]["teacher"]["kind"] == "searched"
+    assert models["pruned"]["pruned_from"] == "trained baseline"
+    assert [m["feddf_teachers"] for m in metrics if m["phase"] == "compress"] == [4]
+    assert ["casd_block_loss" in m for m in search] == [True, False]  # not after the last
+    from fednas.export import export, load_model
+
+    path, info = export(run_dir, "distilled")
+    assert info["metrics"]["reproduced_test_acc"] == pytest.approx(
+        models["distilled"]["test_acc"], abs=1e-6)
+    assert sum(p.numel() for p in load_model(path).parameters()) == models["distilled"]["params"]
     assert summary["models"]["random"]["genotype"]["space"] == "cell"
     assert (run_dir / "random.pt").is_file()
     assert summary["models"]["searched"]["rounds"] == 2

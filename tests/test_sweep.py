@@ -110,5 +110,5 @@ def test_report_of_run_dirs_with_epsilon(tmp_path):
     assert "| dp | searched | 3 | 82.00 ± 2.00 |" in result["markdown"]
     assert " ε |" in result["markdown"]
     for name in ("report.md", "report.csv", "accuracy_vs_round.png", "pareto.png",
-                 "privacy_vs_accuracy.png"):
+                 "pareto_flops.png", "privacy_vs_accuracy.png"):
         assert (tmp_path / "out" / name).is_file(), name

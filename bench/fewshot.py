@@ -1,0 +1,96 @@
+"""5-way 1-/5-shot glyphs: MAML Conv-4 vs MAML on the federated-searched subnet vs AT-NAS.
+
+Runs ``simulations/fewshot_glyphs.toml`` through the sweep runner (resumable, kept under
+``--out-dir``): FedNAS on Fashion-MNIST with 4 Flower clients, then the meta phase on glyph
+scripts never seen in meta-training. (a) Conv-4 sized to the searched subnet's parameter
+count and (b) the searched subnet are meta-trained with the same task stream and scored on
+the same 600 seeded test tasks; (c) AT-NAS evolves a subnet of the meta-trained supernet per
+test task (the first ``meta.atnas.eval-tasks``; ``*_atnas_tasks`` gives (a) and (b) on those
+same tasks). Prints one JSON line: accuracies and 95 % CI half-widths in percent
+(``conv4_1shot``, ``conv4_1shot_ci``, ...), ``params`` per model (AT-NAS: mean over its
+tasks), ``meta_train_s`` per model and shot count, and the wall time. With several seeds,
+every figure is the mean over seeds.
+
+Usage: ``python bench/fewshot.py [--seeds 0] [--quick] [--set KEY=VALUE ...]``
+(``--quick``: 200 test tasks, AT-NAS on 20; see QUICK).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from fednas.sweep import parse_seeds, run_sweep
+from fednas.sweep_report import collect
+
+SCENARIO = Path(__file__).parents[1] / "simulations" / "fewshot_glyphs.toml"
+QUICK = ["meta.eval-tasks=200", "meta.atnas.eval-tasks=20"]
+MODELS = {"conv4": "conv4", "searched": "searched"}
+
+
+def pct(x: float) -> float:
+    return 100 * x
+
+
+def figures(meta: dict) -> dict:
+    """The bench keys of one run's ``summary["meta"]`` (percent, rounded)."""
+    out: dict = {"params": {}, "meta_train_s": {}}
+    for key, name in MODELS.items():
+        entry = meta["models"][name]
+        out["params"][key] = entry["params"]
+        for shot in (1, 5):
+            e = entry[f"{shot}shot"]
+            out[f"{key}_{shot}shot"], out[f"{key}_{shot}shot_ci"] = pct(e["acc"]), pct(e["ci95"])
+            if "atnas_tasks" in e:
+                out[f"{key}_{shot}shot_atnas_tasks"] = pct(e["atnas_tasks"]["acc"])
+            out["meta_train_s"][f"{key}_{shot}shot"] = e["meta_train_s"]
+    params = []
+    for shot in (1, 5):
+        a = meta["atnas"][f"{shot}shot"]
+        out[f"atnas_{shot}shot"], out[f"atnas_{shot}shot_ci"] = pct(a["acc"]), pct(a["ci95"])
+        out["meta_train_s"][f"atnas_{shot}shot"] = a["meta_train_s"]
+        out[f"atnas_{shot}shot_search_s"] = a["search_s_mean"] + a["adapt_s_mean"]
+        params.append(a["params_mean"])
+    out["params"]["atnas"] = statistics.mean(params)
+    out["eval_tasks"], out["atnas_eval_tasks"] = meta["eval_tasks"], meta["atnas"]["1shot"]["tasks"]
+    return out
+
+
+def mean_of(runs: list[dict]) -> dict:
+    """Key-wise mean over seeds (nested dicts too), rounded to 2 decimals."""
+    return {key: mean_of([r[key] for r in runs]) if isinstance(value, dict)
+            else round(statistics.mean(r[key] for r in runs), 2)
+            for key, value in runs[0].items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--quick", action="store_true", help="reduced sizes (QUICK)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out-dir", default="runs/bench")
+    args = parser.parse_args()
+    overrides = ["runtime.progress=false", *(QUICK if args.quick else []), *args.overrides]
+    t0 = time.perf_counter()
+    root, _ = run_sweep(SCENARIO, overrides, [], parse_seeds(args.seeds), out_dir=args.out_dir)
+    runs, failed = collect([root])
+    if failed:
+        raise SystemExit(f"bench/fewshot: failed runs: {failed}")
+    per_seed = [figures(r["summary"]["meta"]) for r in runs]
+    result = mean_of(per_seed)
+    result["params"] = {k: round(v) for k, v in result["params"].items()}
+    result["meta_train_s"] = {k: round(v, 1) for k, v in result["meta_train_s"].items()}
+    best = max(result["searched_1shot"], result["atnas_1shot"])
+    print(json.dumps({
+        **result, "best_minus_conv4_1shot": round(best - result["conv4_1shot"], 2),
+        "seeds": [r["seed"] for r in runs], "quick": args.quick,
+        "run_wall_s": round(statistics.mean(r["wall_s"] for r in runs), 1),
+        "bench_wall_s": round(time.perf_counter() - t0, 1), "sweep_dir": str(root),
+    }))
+
+
+if __name__ == "__main__":
+    main()

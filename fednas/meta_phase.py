@@ -1,0 +1,296 @@
+"""The meta phase: few-shot adaptation of a run's models, next to Conv-4 and AT-NAS.
+
+For each shot count of ``[meta]``, every model of ``meta.models`` is meta-trained on tasks
+of the meta-train classes (same seeded task stream for every model) and scored on the same
+seeded test tasks (mean ± 95 % CI of query accuracy after ``eval-inner-steps`` steps):
+
+- ``searched``: the run's genotype rebuilt for the few-shot input shape with a ``ways``-class
+  head. With ``init = "searched"`` every tensor whose name and shape match is copied from
+  ``searched.pt`` (or, without one, from the subnet of ``supernet.pt``); the head is always
+  new, since its classes are not the search's. Same-shape inputs (28×28 grey for Fashion-MNIST
+  and glyphs) therefore keep every trained body weight.
+- ``supernet``: the whole supernet, α fixed (not meta-trained), initialised the same way.
+- ``conv4``: the MAML baseline (``conv4-hidden`` channels), from scratch.
+
+With ``meta.clients > 0`` the models are meta-trained by federated Reptile over clients with
+disjoint classes (:mod:`fednas.fedmeta`). With ``[meta.atnas] enabled``, the cell supernet
+(``none`` added to its ops when missing) is meta-trained over sampled subnets and a subnet is
+evolved per test task (:mod:`fednas.atnas`). The meta-val classes are held out, unused.
+Everything goes to ``meta.json`` in the run dir. :mod:`fednas.meta` (learn2learn) is
+imported lazily, when the phase runs.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from torch import nn
+
+from fednas.cellnet import CellNetwork
+from fednas.config import RunConfig
+from fednas.episodes import ClassSplit, FewShotSet, load_fewshot, split_classes
+from fednas.errors import CheckpointError, ConfigError
+from fednas.flops import count_params
+from fednas.runs import RunDir
+from fednas.search_space import SearchSpace, build_space, load_genotype
+
+HEADS = ("classifier.", "head.", "fc.", "linear.")  # head parameters are never inherited
+
+
+def fewshot_data(cfg: RunConfig) -> tuple[FewShotSet, ClassSplit]:
+    """Every sample of ``meta.dataset`` and its class-disjoint split (seeded)."""
+    m = cfg.meta
+    options = None
+    if m.dataset == "glyphs":
+        from fednas.glyphs import GlyphOptions
+
+        options = GlyphOptions(scripts=m.glyph_scripts or None, max_per_script=m.glyph_letters,
+                               samples_per_class=m.glyph_samples)
+    try:
+        data = load_fewshot(m.dataset, Path(m.root or cfg.data.root).expanduser(),
+                            glyph_options=options)
+    except ConfigError as exc:  # the loaders name data.dataset
+        raise ConfigError(str(exc).replace("data.dataset", "meta.dataset", 1)) from None
+    try:
+        split = split_classes(data, m.split, by=None if m.split_by == "class" else m.split_by,
+                              seed=cfg.seed + m.seed_offset)
+    except ValueError as exc:
+        raise ConfigError(f"meta.split: {exc}") from None
+    return data, split
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
+    """Copy the tensors of ``state`` whose name and shape match (heads excluded); count them."""
+    own = model.state_dict()
+    take = {k: v for k, v in state.items()
+            if k in own and own[k].shape == v.shape and not k.startswith(HEADS)}
+    own.update(take)
+    model.load_state_dict(own)
+    return len(take)
+
+
+def _weights(run_dir: Path, name: str) -> dict[str, torch.Tensor] | None:
+    path = run_dir / f"{name}.pt"
+    return torch.load(path, map_location="cpu")["state_dict"] if path.is_file() else None
+
+
+def meta_space(cfg: RunConfig, input_shape: tuple[int, int, int], ways: int, *,
+               with_none: bool = False) -> SearchSpace:
+    """The run's supernet for ``ways``-class tasks (``with_none``: 'none' among the ops)."""
+    options = cfg.space.options()
+    if with_none and "none" not in options.get("ops", ("none",)):
+        options["ops"] = ("none", *options["ops"])
+    return build_space(cfg.space.name, input_shape=input_shape, num_classes=ways, **options)
+
+
+def conv4_matching(params: int, input_shape: tuple[int, int, int], ways: int) -> int:
+    """The Conv-4 width whose parameter count comes closest to ``params``."""
+    from fednas.meta import Conv4
+
+    def size(hidden: int) -> int:
+        return count_params(Conv4(input_shape=input_shape, num_classes=ways, hidden=hidden))
+
+    low, high = 1, 512
+    while high - low > 1:  # the count grows with the width: smallest width with >= params
+        mid = (low + high) // 2
+        low, high = (mid, high) if size(mid) < params else (low, mid)
+    return min((low, high), key=lambda h: abs(size(h) - params))
+
+
+def build_meta_model(name: str, cfg: RunConfig, run_dir: Path,
+                     input_shape: tuple[int, int, int]) -> tuple[nn.Module, str]:
+    """Model ``name`` of ``meta.models`` and where its initial weights came from."""
+    m = cfg.meta
+    if name == "conv4":
+        from fednas.meta import Conv4
+
+        hidden = m.conv4_hidden or conv4_matching(
+            count_params(build_meta_model("searched", cfg, run_dir, input_shape)[0]),
+            input_shape, m.ways)
+        return Conv4(input_shape=input_shape, num_classes=m.ways, hidden=hidden), "scratch"
+    space = meta_space(cfg, input_shape, m.ways)
+    supernet = _weights(run_dir, "supernet") if m.init == "searched" else None
+    if supernet is not None:
+        load_matching(space, supernet)
+    if name == "supernet":
+        return space, "supernet.pt" if supernet is not None else "scratch"
+    genotype = load_genotype(run_dir / "genotype.json")
+    if genotype["space"] == "cell":
+        c, r = cfg.space.cell, cfg.retrain
+        model: nn.Module = CellNetwork(genotype, input_shape=input_shape, num_classes=m.ways,
+                                       channels=r.channels or c.channels,
+                                       layers=r.layers or c.layers, stem_stride=c.stem_stride,
+                                       allowed_ops=c.ops)
+    else:
+        model = space.subnet(genotype)
+    if m.init == "scratch":
+        return model, "scratch"
+    searched = _weights(run_dir, "searched")
+    if searched is not None and load_matching(model, searched):
+        return model, "searched.pt"
+    if supernet is not None and load_matching(model, space.subnet(genotype).state_dict()):
+        return model, "supernet.pt"
+    return model, "scratch"
+
+
+def _task_kwargs(cfg: RunConfig, shots: int) -> dict[str, Any]:
+    m = cfg.meta
+    return {"ways": m.ways, "shots": shots, "queries": m.queries, "meta_batch": m.meta_batch,
+            "inner_steps": m.inner_steps, "inner_lr": m.inner_lr, "outer_lr": m.outer_lr,
+            "iterations": m.iterations, "first_order": m.first_order}
+
+
+def _logger(run: RunDir, phase: str, every: int):
+    """A meta_train callback: one metrics record per ``every`` outer steps (means)."""
+    window: list[dict] = []
+
+    def log(record: dict) -> None:
+        window.append(record)
+        if len(window) == every:
+            names = {"loss": "meta_loss", "accuracy": "meta_acc"}  # Reptile has no accuracy
+            run.log(phase, record["iteration"], **{out: sum(r[k] for r in window) / every
+                                                   for k, out in names.items() if k in record})
+            window.clear()
+
+    return log
+
+
+def _seed(cfg: RunConfig, salt: int, shots: int) -> int:
+    return cfg.seed + cfg.meta.seed_offset + 1000 * salt + shots
+
+
+def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, shots: int,
+              device: torch.device, searched_params: int | None) -> dict[str, Any]:
+    """AT-NAS for one shot count: meta-train the supernet, evolve a subnet per test task.
+
+    The first ``meta.atnas.eval-tasks`` of ``tasks`` are searched; 1-shot tasks score
+    candidates on augmented copies of the support (:func:`fednas.atnas.augmented_support`).
+    """
+    from fednas import atnas
+    from fednas.meta import mean_ci95
+
+    m, a = cfg.meta, cfg.meta.atnas
+    limits = [a.max_params, int(a.params_ratio * (searched_params or 0))]
+    max_params = min(x for x in limits if x > 0) if any(x > 0 for x in limits) else None
+    torch.manual_seed(_seed(cfg, 4, shots))
+    space = meta_space(cfg, train_pool.input_shape, m.ways, with_none=True)
+    state = _weights(run.path, "supernet") if m.init == "searched" else None
+    source = "supernet.pt" if state is not None and load_matching(space, state) else "scratch"
+    algorithm = "anil" if m.algorithm == "anil" else "maml"
+    t0 = time.perf_counter()
+    atnas.meta_train_supernet(
+        space, train_pool, algorithm=algorithm, device=device,
+        generator=torch.Generator().manual_seed(_seed(cfg, 5, shots)),
+        callback=_logger(run, f"meta-atnas-{shots}shot", m.log_every),
+        **(_task_kwargs(cfg, shots) | {"iterations": a.iterations or m.iterations}))
+    train_s = time.perf_counter() - t0
+    evolution = atnas.EvolutionConfig(**a.evolution_options(), max_params=max_params)
+    generator = torch.Generator().manual_seed(_seed(cfg, 6, shots))
+    per_task = []
+    for i in range(min(a.eval_tasks or m.eval_tasks, len(tasks))):
+        episode = tasks[i]
+        fit = atnas.augmented_support(episode, a.augment_copies, generator) if shots == 1 else None
+        r = atnas.search_task(space, episode, config=evolution, algorithm=algorithm,
+                              inner_steps=a.inner_steps or m.eval_inner_steps,
+                              inner_lr=m.inner_lr, generator=generator, device=device, fit=fit)
+        per_task.append({"genotype": r.genotype, "params": r.params, "acc": r.query_accuracy,
+                         "fitness": r.fitness, "evaluations": r.evaluations,
+                         "rejected": r.rejected, "search_s": r.search_seconds,
+                         "adapt_s": r.adapt_seconds})
+    mean, ci = mean_ci95([t["acc"] for t in per_task])
+    n = len(per_task)
+    return {"acc": mean, "ci95": ci, "tasks": n, "init": source, "max_params": max_params,
+            "meta_train_s": train_s, "params_mean": sum(t["params"] for t in per_task) / n,
+            "search_s_mean": sum(t["search_s"] for t in per_task) / n,
+            "adapt_s_mean": sum(t["adapt_s"] for t in per_task) / n,
+            "distinct_genotypes": len({str(t["genotype"]) for t in per_task}),
+            "per_task": per_task}
+
+
+def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
+             console: Console | None = None) -> dict[str, Any]:
+    """Meta-train and score every model of ``cfg.meta`` (and AT-NAS); write ``meta.json``.
+
+    ``run_dir`` is the run directory (a :class:`RunDir` keeps its in-memory metrics in
+    step). Returns the summary part: ``meta.json`` without AT-NAS's per-task lists.
+    """
+    from fednas import meta as metalib
+
+    console = console or Console(stderr=True)
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir.reopen(run_dir)
+    m = cfg.meta
+    data, split = fewshot_data(cfg)
+    train_pool, test_pool = data.subset(split.train), data.subset(split.test)
+    result: dict[str, Any] = {
+        "dataset": m.dataset, "input_shape": list(data.input_shape), "split_by": m.split_by,
+        "classes": {p: len(split.part(p)) for p in ("train", "val", "test")},
+        "test_groups": list(split.groups[2]) if split.groups else None,
+        "ways": m.ways, "queries": m.queries, "algorithm": m.algorithm,
+        "training": f"federated reptile, {m.clients} clients" if m.clients else m.algorithm,
+        "eval_tasks": m.eval_tasks, "eval_inner_steps": m.eval_inner_steps,
+        "models": {}, "atnas": {}}
+    for shots in m.shots:
+        tasks = metalib.fixed_tasks(test_pool, ways=m.ways, shots=shots, queries=m.queries,
+                                    num_tasks=m.eval_tasks, seed=_seed(cfg, 1, shots))
+        accs: dict[str, Any] = {}
+        for name in m.models:
+            torch.manual_seed(_seed(cfg, 2, shots))
+            try:
+                model, source = build_meta_model(name, cfg, run.path, data.input_shape)
+            except CheckpointError as exc:
+                raise ConfigError(f"meta.models: {name!r}: {exc}") from None
+            t0 = time.perf_counter()
+            log = _logger(run, f"meta-{name}-{shots}shot", m.log_every)
+            if m.clients:
+                from fednas.fedmeta import federated_reptile
+
+                learner = federated_reptile(
+                    model, train_pool, clients=m.clients, ways=m.ways, shots=shots,
+                    queries=m.queries, rounds=m.iterations, meta_batch=m.meta_batch,
+                    inner_steps=m.local_steps, inner_lr=m.inner_lr, server_lr=m.server_lr,
+                    seed=_seed(cfg, 3, shots), device=device, callback=log)
+            else:
+                learner = metalib.meta_train(
+                    model, train_pool, m.l2l_algorithm, **_task_kwargs(cfg, shots),
+                    device=device, callback=log,
+                    generator=torch.Generator().manual_seed(_seed(cfg, 3, shots)))
+            train_s = time.perf_counter() - t0
+            accs[name] = metalib.task_accuracies(learner, tasks, steps=m.eval_inner_steps,
+                                                 algorithm=m.l2l_algorithm,
+                                                 inner_lr=m.inner_lr, device=device)
+            mean, ci = metalib.mean_ci95(accs[name])
+            entry = result["models"].setdefault(name, {"params": count_params(model),
+                                                       "init": source})
+            entry[f"{shots}shot"] = {"acc": mean, "ci95": ci, "meta_train_s": train_s,
+                                     "eval_s": time.perf_counter() - t0 - train_s}
+            console.print(f"\\[meta] {name} {m.ways}-way {shots}-shot: {100 * mean:.2f} ± "
+                          f"{100 * ci:.2f} % ({entry['params']} params, meta-train "
+                          f"{train_s:.0f}s, init {source})")
+        if m.atnas.enabled:
+            searched = result["models"].get("searched", {}).get("params")
+            report = run_atnas(cfg, run, train_pool, tasks, shots, device, searched)
+            result["atnas"][f"{shots}shot"] = report
+            n = report["tasks"]
+            for name, values in accs.items():  # the MAML models on AT-NAS's task subset
+                sub = metalib.mean_ci95(values[:n])
+                result["models"][name][f"{shots}shot"]["atnas_tasks"] = {
+                    "acc": sub[0], "ci95": sub[1]}
+            console.print(f"\\[meta] AT-NAS {m.ways}-way {shots}-shot: {100 * report['acc']:.2f}"
+                          f" ± {100 * report['ci95']:.2f} % over {n} tasks (mean "
+                          f"{report['params_mean']:.0f} params, search "
+                          f"{report['search_s_mean']:.1f}s per task)")
+    run.write_json("meta.json", result)
+    return {**result, "atnas": {k: {f: v for f, v in r.items() if f != "per_task"}
+                                for k, r in result["atnas"].items()}}
+
+
+def pipeline_meta(pipeline: Any) -> dict[str, Any]:
+    """The meta phase at the end of a (centralised or federated) pipeline, timed."""
+    t0 = time.perf_counter()
+    result = run_meta(pipeline.cfg, pipeline.rundir, pipeline.device, pipeline.console)
+    pipeline.timings["meta"] = time.perf_counter() - t0
+    return result

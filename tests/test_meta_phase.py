@@ -1,0 +1,147 @@
+"""The meta phase wired in: [meta] config, pipeline end to end, `fednas meta` on a run dir."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fednas.cli import main
+from fednas.config import load_config
+from fednas.errors import ConfigError
+
+SCENARIO = Path(__file__).parents[1] / "simulations" / "fewshot_glyphs.toml"
+SCRIPTS = '["latin", "greek", "cyrillic", "armenian", "georgian", "hebrew"]'
+
+
+def tiny_meta(tmp_path: Path) -> list[str]:
+    """A seconds-long meta phase: 6 glyph scripts, 3-way 1/2-shot, 4 test tasks, AT-NAS on 2."""
+    return [f"meta.glyph-scripts={SCRIPTS}", "meta.glyph-letters=6", "meta.glyph-samples=6",
+            f'meta.root="{tmp_path / "glyphs"}"', "meta.ways=3", "meta.shots=[1, 2]",
+            "meta.queries=2", "meta.meta-batch=2", "meta.iterations=2", "meta.eval-tasks=4",
+            "meta.eval-inner-steps=1", "meta.log-every=1", "meta.conv4-hidden=0",
+            "meta.atnas.enabled=true", "meta.atnas.population=2", "meta.atnas.generations=1",
+            "meta.atnas.tournament=2", "meta.atnas.eval-tasks=2", "meta.atnas.iterations=1",
+            "meta.atnas.params-ratio=1.5", "meta.atnas.augment-copies=2"]
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("meta.bogus=1", "unknown config key 'meta.bogus'"),
+    ("meta.atnas.populaton=4", "unknown config key 'meta.atnas.populaton'"),
+    ("meta.ways=1", "meta.ways: must be >= 2"),
+    ('meta.algorithm="reptile"', "meta.algorithm: 'reptile' is not allowed"),
+    ('meta.models=["resnet"]', "meta.models: ['resnet'] not allowed"),
+    ("meta.split=[0.5, 0.5, 0.5]", "meta.split: three shares"),
+    ("meta.shots=[0]", "meta.shots: must be >= 1"),
+    ('meta.dataset="digits"', "meta.split-by: 'script' needs meta.dataset = 'glyphs'"),
+    ('meta.glyph-scripts=["klingon"]', "meta.glyph-scripts: ['klingon'] unknown"),
+    ('meta.models=["conv4"]', "meta.conv4-hidden: 0 matches the searched subnet's params"),
+    ('phases=["meta"]', "meta.models: ['searched'] need the 'search' phase"),
+    ("meta.atnas.tournament=9", "meta.atnas.tournament: must be <= meta.atnas.population"),
+    ('meta.algorithm="metasgd"', "meta.algorithm: AT-NAS supports"),
+    ('space.name="width"', "meta.atnas.enabled: AT-NAS searches the cell space"),
+])
+def test_bad_meta_config_names_the_key(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(SCENARIO, [override])
+    assert needle in str(err.value)
+
+
+def test_fewshot_scenario_validates():
+    cfg = load_config(SCENARIO)
+    assert cfg.phases[-1] == "meta" and "search" in cfg.phases and cfg.mode == "federated"
+    m = cfg.meta
+    assert (m.dataset, m.ways, m.shots, m.split_by) == ("glyphs", 5, (1, 5), "script")
+    assert m.eval_tasks >= 600 and m.atnas.enabled and set(m.models) == {"searched", "conv4"}
+    assert load_config(None).meta.models == ("searched", "conv4")  # the section's defaults
+    assert "meta" not in load_config(None).phases
+    with pytest.raises(ConfigError, match="meta.clients: federated Reptile would train"):
+        load_config(SCENARIO, ["meta.clients=2", 'meta.models=["searched", "supernet"]'])
+
+
+@pytest.mark.slow
+def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys):
+    from fednas.pipeline import Pipeline
+
+    cfg = load_config(None, [*tiny_overrides, 'phases=["search", "retrain", "meta"]',
+                             "search.epochs=1", "retrain.epochs=1", *tiny_meta(tmp_path)])
+    run_dir, summary = Pipeline(cfg).run()
+    meta = json.loads((run_dir / "meta.json").read_text())
+    assert summary["meta"]["models"].keys() == meta["models"].keys() == {"searched", "conv4"}
+    assert "meta" in summary["timings"] and json.loads(
+        (run_dir / "summary.json").read_text())["meta"]["atnas"]["2shot"]["tasks"] == 2
+    assert meta["classes"]["test"] > 0 and meta["test_groups"]  # unseen scripts
+    searched, conv4 = meta["models"]["searched"], meta["models"]["conv4"]
+    assert searched["init"] == "searched.pt" and conv4["init"] == "scratch"
+    assert abs(conv4["params"] - searched["params"]) < 0.2 * searched["params"]
+    entries = [m[shot] for m in (searched, conv4) for shot in ("1shot", "2shot")]
+    for e in [*entries, meta["atnas"]["1shot"], meta["atnas"]["2shot"]]:
+        assert 0.0 <= e["acc"] <= 1.0 and e["ci95"] >= 0.0 and e["meta_train_s"] > 0
+    atnas = meta["atnas"]["1shot"]
+    assert atnas["tasks"] == 2 and len(atnas["per_task"]) == 2
+    assert all(t["params"] <= atnas["max_params"] for t in atnas["per_task"])
+    assert {"genotype", "search_s", "adapt_s"} <= set(atnas["per_task"][0])
+    assert "per_task" not in summary["meta"]["atnas"]["1shot"]
+    logged = {json.loads(line)["phase"] for line in (run_dir / "metrics.jsonl").open()}
+    assert {"meta-searched-1shot", "meta-conv4-2shot"} <= logged
+
+    # the same run dir again, through the CLI: Conv-4 alone by federated Reptile, 2-shot
+    code = main(["meta", str(run_dir), "--set", 'meta.models=["conv4"]', "--set",
+                 "meta.conv4-hidden=8", "--set", "meta.shots=[2]", "--set", "meta.clients=2",
+                 "--set", "meta.local-steps=2", "--set", "meta.atnas.enabled=false", "--set",
+                 "meta.atnas.params-ratio=0"])
+    assert code == 0 and "conv4" in capsys.readouterr().out
+    again = json.loads((run_dir / "meta.json").read_text())
+    assert again["training"] == "federated reptile, 2 clients"
+    assert list(again["models"]) == ["conv4"] and "2shot" in again["models"]["conv4"]
+    assert "1shot" not in again["models"]["conv4"] and not again["atnas"]
+    assert main(["meta", str(run_dir), "--set", "search.epochs=3"]) == 2
+    assert "only meta.* and runtime.*" in capsys.readouterr().err
+
+    # a scenario whose only phase is meta: Conv-4 from scratch, no search dataset
+    scenario = tmp_path / "conv4_only.toml"
+    scenario.write_text('name = "conv4-only"\nphases = ["meta"]\n[meta]\n'
+                        'models = ["conv4"]\nconv4-hidden = 8\nshots = [2]\n')
+    out = tmp_path / "only"
+    overrides = [a for o in tiny_meta(tmp_path) if not o.startswith(("meta.atnas", "meta.conv4"))
+                 and not o.startswith("meta.shots") for a in ("--set", o)]
+    assert main(["meta", str(scenario), "--out-dir", str(out), *overrides]) == 0
+    (only,) = out.iterdir()
+    summary = json.loads((only / "summary.json").read_text())
+    assert list(summary["meta"]["models"]) == ["conv4"] and (only / "meta.json").is_file()
+
+
+def test_federated_reptile_keeps_client_classes_disjoint_and_learns(tmp_path):
+    import numpy as np
+    import torch
+
+    from fednas.episodes import load_fewshot, split_classes
+    from fednas.fedmeta import client_classes, client_samplers, federated_reptile, server_step
+    from fednas.meta import Conv4
+
+    data = load_fewshot("digits", tmp_path)
+    split = split_classes(data, (0.6, 0.0, 0.4), seed=0)
+    pool = data.subset(split.train)
+    parts = client_classes(pool, 2, 3, seed=0)
+    assert sorted(np.concatenate(parts).tolist()) == sorted(split.train.tolist())
+    assert not set(parts[0]) & set(parts[1]) and min(map(len, parts)) >= 3
+    samplers = client_samplers(pool, 2, ways=3, shots=1, queries=1, seed=0)
+    for part, sampler in zip(parts, samplers, strict=True):
+        assert all(set(sampler.sample().classes) <= set(part.tolist()) for _ in range(5))
+    with pytest.raises(ConfigError, match="meta.clients"):
+        client_classes(pool, 3, 3, seed=0)
+
+    model = torch.nn.Linear(2, 1)
+    w = model.weight.detach().clone()
+    server_step(model, [[torch.ones(1, 2), torch.zeros(1)],
+                        [3 * torch.ones(1, 2), torch.zeros(1)]], 0.5)
+    assert torch.allclose(model.weight, w + 1.0)  # θ + ε · mean(Δ) = θ + 0.5 · 2
+
+    torch.manual_seed(0)
+    net = Conv4(input_shape=(1, 8, 8), num_classes=3, hidden=8)
+    losses: list[float] = []
+    federated_reptile(net, pool, clients=2, ways=3, shots=1, queries=5, rounds=12,
+                      meta_batch=1, inner_steps=5, inner_lr=0.05, seed=0,
+                      callback=lambda r: losses.append(r["loss"]))
+    assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]), losses
