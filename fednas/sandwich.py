@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fednas.distill import kd_loss
-from fednas.train import EpochStats, Split, cycle_batches, search_steps
+from fednas.train import EpochStats, Split, arch_step, cycle_batches, search_steps
 
 
 def search_step_fn(cfg) -> Callable[..., dict[str, float]]:
@@ -78,14 +78,7 @@ def sandwich_steps(space: nn.Module, train: Split, val: Split, *,
     kd_total = 0.0
     for _ in range(steps):
         if arch_opt is not None:
-            idx = next(val_it)
-            xv, yv = val[0][idx].to(device), val[1][idx].to(device)
-            arch_opt.zero_grad(set_to_none=True)
-            logits = space(xv)
-            loss = F.cross_entropy(logits, yv)
-            loss.backward()
-            arch_opt.step()
-            arch_stats.add(loss.detach(), logits.detach(), yv)
+            arch_step(space, val, next(val_it), arch_opt, arch_stats, device)
         idx = next(train_it)
         x, y = train[0][idx].to(device), train[1][idx].to(device)
         weight_opt.zero_grad(set_to_none=True)

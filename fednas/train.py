@@ -77,6 +77,18 @@ class EpochStats:
         return {f"{prefix}_loss": self.loss / seen, f"{prefix}_acc": self.correct / seen}
 
 
+def arch_step(model: nn.Module, val: Split, idx: torch.Tensor, arch_opt: torch.optim.Optimizer,
+              stats: EpochStats, device: torch.device) -> None:
+    """One first-order α step on the validation batch ``idx`` (stats accumulated)."""
+    xv, yv = val[0][idx].to(device), val[1][idx].to(device)
+    arch_opt.zero_grad(set_to_none=True)
+    logits = model(xv)
+    loss = F.cross_entropy(logits, yv)
+    loss.backward()
+    arch_opt.step()
+    stats.add(loss.detach(), logits.detach(), yv)
+
+
 def search_steps(model: nn.Module, train: Split, val: Split, *, weight_opt: torch.optim.Optimizer,
                  arch_opt: torch.optim.Optimizer | None, steps: int, batch_size: int,
                  grad_clip: float, generator: torch.Generator, device: torch.device,
@@ -93,14 +105,7 @@ def search_steps(model: nn.Module, train: Split, val: Split, *, weight_opt: torc
     stats, arch_stats = EpochStats(), EpochStats()
     for _ in range(steps):
         if arch_opt is not None:
-            idx = next(val_it)
-            xv, yv = val[0][idx].to(device), val[1][idx].to(device)
-            arch_opt.zero_grad(set_to_none=True)
-            logits = model(xv)
-            loss = F.cross_entropy(logits, yv)
-            loss.backward()
-            arch_opt.step()
-            arch_stats.add(loss.detach(), logits.detach(), yv)
+            arch_step(model, val, next(val_it), arch_opt, arch_stats, device)
         idx = next(train_it)
         x, y = train[0][idx].to(device), train[1][idx].to(device)
         weight_opt.zero_grad(set_to_none=True)
