@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/fedex_vs_fixed.py
 	$(PY) bench/privacy.py
 	$(PY) bench/fewshot.py
+	$(PY) bench/compression.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
