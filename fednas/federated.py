@@ -186,7 +186,7 @@ class FederatedPipeline(CompressionPhases, Pipeline):
             if self.privacy_stop is not None or getattr(strategy, "privacy_exhausted",
                                                         lambda: False)():
                 self.privacy_stop = self.privacy_stop or {"phase": phase, "round": rnd - 1}
-                self.console.print(f"[{phase}] stopped before round {rnd}: it would exceed "
+                self.console.print(f"\\[{phase}] stopped before round {rnd}: it would exceed "
                                    f"privacy.epsilon-budget = {self.cfg.privacy.epsilon_budget}")
                 break
             t0 = time.perf_counter()
@@ -223,7 +223,7 @@ class FederatedPipeline(CompressionPhases, Pipeline):
             record.update(wall_s=now - t0, eval_wall_s=now - t_eval,
                           train_wall_s=t_eval - t0)
             self.rundir.log(phase, rnd, **record)
-            self.console.print(f"[{phase}] round {rnd}/{total}: " + ", ".join(
+            self.console.print(f"\\[{phase}] round {rnd}/{total}: " + ", ".join(
                 f"{k} {record[k]:.4g}" for k in ("train_loss", "test_acc", "wall_s")
                 if isinstance(record.get(k), float)))
             pause = self.stop_after == (phase, rnd) and rnd < total
@@ -236,7 +236,7 @@ class FederatedPipeline(CompressionPhases, Pipeline):
                     "accountant": self.accountant.state_dict() if self.accountant else None,
                     "metrics_count": len(self.rundir.metrics)})
             if pause:
-                self.console.print(f"[{phase}] paused after round {rnd}/{total}")
+                self.console.print(f"\\[{phase}] paused after round {rnd}/{total}")
                 raise RunPaused(phase, rnd)
         return state
 

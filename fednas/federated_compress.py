@@ -134,7 +134,7 @@ class CompressionPhases:
         save_genotype(genotype, path)
         self._save_record(budget=budget, derivation={
             **derivation, "wall_s": time.perf_counter() - t0})
-        self.console.print(f"[compress] derived under budget: {derivation['params']} params "
+        self.console.print(f"\\[compress] derived under budget: {derivation['params']} params "
                            f"(limit {limits[0]}), {derivation['flops']} FLOPs "
                            f"(limit {limits[1]})")
         return genotype
@@ -183,7 +183,7 @@ class CompressionPhases:
                 teacher, entry["teacher"] = self._teacher()
                 entry.update(distill_student(init, teacher, self._proxy(), cfg, self.device))
                 entry["after_distillation"] = self._test(init)
-                self.console.print(f"[compress] distilled from the {c.teacher}: test acc "
+                self.console.print(f"\\[compress] distilled from the {c.teacher}: test acc "
                                    f"{entry['start']['test_acc']:.4f} -> "
                                    f"{entry['after_distillation']['test_acc']:.4f}")
             entry["wall_s"] = time.perf_counter() - t0
