@@ -159,11 +159,11 @@ class CompressionPhases:
         return supernet, {"kind": "supernet", **self._test(supernet), "params": params,
                           "flops": flops}
 
-    def _budget_entry(self, model: torch.nn.Module) -> dict[str, Any]:
+    def _budget_entry(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The budget and whether the trained model (its measured cost in ``result``) meets it."""
         budget = self._record().get("budget") or self._limits()[1]
-        cost = measured_cost(model, self.data.input_shape)
         return {"budget": budget, "within_budget": within(
-            cost, (budget["limit_params"], budget["limit_flops"]))}
+            (result["params"], result["flops"]), (budget["limit_params"], budget["limit_flops"]))}
 
     # -- the phases ----------------------------------------------------------------------
     def federated_compress(self, grid: Grid, done: list[str]) -> dict[str, Any]:
@@ -201,9 +201,8 @@ class CompressionPhases:
                              device=self.device, seed=cfg.seed + 43)
         result = self.federated_train(grid, "compress", spec, done, init=init,
                                       rounds=c.fine_tune_rounds, wrap=wrap)
-        model = client.build_fixed_model(cfg, spec)
         distillation = self._record().get("distillation", {})
-        return {**result, "genotype": genotype, **self._budget_entry(model),
+        return {**result, "genotype": genotype, **self._budget_entry(result),
                 "teacher": distillation.get("teacher"),
                 "after_distillation_acc": distillation.get("after_distillation", {}).get(
                     "test_acc"), "feddf": c.feddf}
@@ -213,8 +212,7 @@ class CompressionPhases:
         spec = {"kind": "subnet", "genotype": genotype}
         result = self.federated_train(grid, "same-size", spec, done,
                                       rounds=self.cfg.compression.fine_tune_rounds)
-        return {**result, "genotype": genotype,
-                **self._budget_entry(client.build_fixed_model(self.cfg, spec))}
+        return {**result, "genotype": genotype, **self._budget_entry(result)}
 
     def federated_pruned(self, grid: Grid, done: list[str]) -> dict[str, Any]:
         cfg = self.cfg
@@ -229,6 +227,5 @@ class CompressionPhases:
             init, source = prune_cnn(full, width), "trained baseline"
         result = self.federated_train(grid, "pruned", spec, done, init=init,
                                       rounds=cfg.compression.fine_tune_rounds)
-        model = client.build_fixed_model(cfg, spec)
         return {**result, "width": width, "pruned_from": source, "budget": budget,
-                "within_budget": within(measured_cost(model, self.data.input_shape), limits)}
+                "within_budget": within((result["params"], result["flops"]), limits)}
