@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -120,6 +121,22 @@ def _command(scenario: Path | None, overrides: list[str], run: SweepRun) -> list
             "--out-dir", str(run.cell), "--quiet"]
 
 
+def failure_reason(stderr: str, returncode: int) -> str:
+    """The line of a failed run's stderr that says why: fednas' own error line, else the last
+    exception line, else the exit code (with the last output line; progress lines go to
+    stderr too, so the last line alone may be an ordinary round record)."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if line.startswith("fednas: error:"):
+            return line
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*", line):
+            return line
+    signal_name = f" (signal {-returncode})" if returncode < 0 else ""
+    tail = f"; last output: {lines[-1]}" if lines else ""
+    return f"exit code {returncode}{signal_name}{tail}"
+
+
 def execute(command: list[str], cell: str) -> dict[str, Any]:
     """Run one fednas process; its outcome as a status record (also written to the cell)."""
     cell_path = Path(cell)
@@ -133,8 +150,7 @@ def execute(command: list[str], cell: str) -> dict[str, Any]:
     status: dict[str, Any] = {"state": "done" if proc.returncode == 0 else "failed",
                               "returncode": proc.returncode, "seconds": round(time.time() - t0, 1)}
     if proc.returncode:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        status["error"] = lines[-1] if lines else f"exit code {proc.returncode}"
+        status["error"] = failure_reason(proc.stderr, proc.returncode)
     (cell_path / "status.json").write_text(json.dumps(status, indent=2) + "\n")
     return status
 

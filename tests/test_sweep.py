@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fednas.errors import ConfigError, FedNASError
-from fednas.sweep import parse_seeds, plan
+from fednas.sweep import failure_reason, parse_seeds, plan
 from fednas.sweep_report import mean_std_ci, write_report
 
 
@@ -29,6 +29,18 @@ def test_seed_parsing():
     for bad in ("a", "1,1", "", "-1"):
         with pytest.raises(ConfigError, match="sweep --seeds"):
             parse_seeds(bad)
+
+
+def test_failure_reason_names_the_cause_not_the_last_progress_line():
+    progress = "[search] round 3/3: train_loss 0.99, test_acc 0.56"
+    crash = f"{progress}\nTraceback (most recent call last):\n  File \"x.py\"\n" \
+            f"RuntimeError: federated run failed\n{progress}\n"
+    assert failure_reason(crash, 1) == "RuntimeError: federated run failed"
+    user = f"{progress}\nfednas: error: data.root: no such directory\n"
+    assert failure_reason(user, 2) == "fednas: error: data.root: no such directory"
+    killed = failure_reason(f"{progress}\n", -9)
+    assert killed == f"exit code -9 (signal 9); last output: {progress}"
+    assert failure_reason("", 1) == "exit code 1"
 
 
 def test_plan_is_deterministic_and_validates_every_point(tiny_overrides, tmp_path):
