@@ -3,8 +3,10 @@
 A :class:`FewShotSet` holds every image of a labelled set with one metadata record per class
 (for glyphs: ``script``, ``char``, ...). :func:`split_classes` divides the *classes* (never
 the samples) into meta-train/val/test, optionally keeping whole groups such as a glyph
-script together so that test scripts are unseen. An :class:`Episode` is one task: ``N·K``
-support and ``N·Q`` query samples, class-major, labels remapped to ``0..N-1``.
+script together so that test scripts are unseen; :func:`official_split` follows the split a
+benchmark ships with (Omniglot, mini-ImageNet, CIFAR-FS: :mod:`fednas.fewshot_data`). An
+:class:`Episode` is one task: ``N·K`` support and ``N·Q`` query samples, class-major, labels
+remapped to ``0..N-1``.
 Task *sampling* (learn2learn) lives in :mod:`fednas.meta`.
 """
 
@@ -57,14 +59,27 @@ def image_tensor(x: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(unit.transpose(0, 3, 1, 2)))
 
 
-def load_fewshot(name: str, root: str | Path, *, glyph_options=None) -> FewShotSet:
+def load_fewshot(name: str, root: str | Path, *, glyph_options=None, image_size: int = 0,
+                 download: bool = False) -> FewShotSet:
     """Load every sample of dataset ``name`` for class-disjoint few-shot use.
 
     ``glyphs`` keeps its per-class metadata (``script`` ...) and accepts ``glyph_options``
-    (a :class:`fednas.glyphs.GlyphOptions`, e.g. a small subset for tests); other datasets of
-    :func:`fednas.data.read_raw` get ``{"name": ...}`` records, official train and test
-    samples pooled (their classes are split, not their samples).
+    (a :class:`fednas.glyphs.GlyphOptions`, e.g. a small subset for tests). ``omniglot``,
+    ``mini-imagenet`` and ``cifar-fs`` (:func:`fednas.fewshot_data.load_official`) get
+    records with their official ``part``, images resized to ``image_size`` (0 = default) and
+    fetched when ``download`` allows. Other datasets of :func:`fednas.data.read_raw` get
+    ``{"name": ...}`` records, official train and test samples pooled (their classes are
+    split, not their samples).
     """
+    from fednas.fewshot_data import OFFICIAL_DATASETS, load_official
+
+    if name in OFFICIAL_DATASETS:
+        if glyph_options is not None:
+            raise ConfigError(f"meta.dataset: glyph options given for dataset {name!r}")
+        return load_official(name, root, image_size=image_size, download=download)
+    if image_size:
+        raise ConfigError(f"meta.image-size: resizes {', '.join(OFFICIAL_DATASETS)} only "
+                          f"(dataset {name!r})")
     if name == "glyphs":
         from fednas.glyphs import load_glyphs
 
@@ -72,8 +87,12 @@ def load_fewshot(name: str, root: str | Path, *, glyph_options=None) -> FewShotS
         return FewShotSet(image_tensor(x), torch.from_numpy(y.astype(np.int64)), tuple(classes))
     if glyph_options is not None:
         raise ConfigError(f"meta.dataset: glyph options given for dataset {name!r}")
-    from fednas.data import read_raw
+    from fednas.data import available_datasets, read_raw
 
+    if name not in available_datasets() and name.partition(":")[0] not in ("npz", "folder"):
+        names = dict.fromkeys(["glyphs", *OFFICIAL_DATASETS, *available_datasets()])
+        raise ConfigError(f"meta.dataset: unknown dataset {name!r}; available: "
+                          + ", ".join(names))
     raw = read_raw(name, root)
     x, y = raw.x, raw.y
     if raw.x_test is not None:
@@ -185,6 +204,49 @@ def split_classes(source: FewShotSet | Sequence[dict] | np.ndarray | torch.Tenso
                              f"({len(ids) if by is None else len(names)}) for a {name} part")
     train, val, test = (np.sort(p).astype(np.int64) for p in parts)
     return ClassSplit(train, val, test, by, groups)
+
+
+def official_split(source: FewShotSet | Sequence[dict], *, val_share: float = 0.0,
+                   by: str | None = None, seed: int = 0) -> ClassSplit:
+    """The split a benchmark ships with: each class goes to the ``part`` of its record.
+
+    Without official meta-val classes (Omniglot: background = train, evaluation = test) and
+    with ``val_share > 0``, that share of the train classes becomes meta-val, whole groups of
+    ``by`` (Omniglot: alphabets) drawn at random for ``seed`` (the midpoint rule of
+    :func:`split_classes`); with official val classes ``val_share`` is ignored. ``by`` also
+    names the groups reported per part.
+    """
+    if isinstance(source, FewShotSet):
+        ids, meta = source.class_ids(), source.classes
+    else:
+        meta = tuple(source)
+        ids = np.arange(len(meta))
+    bad = [int(i) for i in ids if meta[i].get("part") not in PARTS]
+    if bad:
+        raise ValueError(f"classes {bad[:5]} have no official part {PARTS} in their metadata: "
+                         "this dataset has no official split")
+    if not 0.0 <= val_share < 1.0:
+        raise ValueError(f"val share must be in [0, 1), got {val_share}")
+    key = (lambda i: str(meta[i][by])) if by else str
+    part = {int(i): meta[i]["part"] for i in ids}
+    train = [i for i in part if part[i] == "train"]
+    if val_share > 0 and "val" not in part.values():
+        names = sorted({key(i) for i in train})
+        names = [names[k] for k in np.random.default_rng(seed).permutation(len(names))]
+        seen, target = 0, (1.0 - val_share) * len(train)
+        for g in names:  # a group goes to val when its midpoint lies past the train share
+            members = [i for i in train if key(i) == g]
+            if seen + len(members) / 2 > target:
+                part.update(dict.fromkeys(members, "val"))
+            seen += len(members)
+    parts = [np.array(sorted(i for i in part if part[i] == p), dtype=np.int64) for p in PARTS]
+    empty = [p for p, ids_ in zip(PARTS, parts, strict=True)
+             if len(ids_) == 0 and (p != "val" or val_share > 0)]
+    if empty:
+        raise ValueError(f"official split: no classes for the {'/'.join(empty)} part "
+                         f"(val share {val_share:g}, grouped by {by or 'class'})")
+    groups = tuple(tuple(sorted({key(i) for i in p})) for p in parts) if by else None
+    return ClassSplit(*parts, by=by, groups=groups)
 
 
 # ----------------------------------------------------------------------------- episodes
