@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 from fednas import client
 from fednas.checkpoint import load_checkpoint, save_checkpoint
 from fednas.federated_compress import CompressionPhases
+from fednas.fedmeta_flow import MetaRounds
 from fednas.flops import count_flops, count_params
 from fednas.handshake import wait_for_nodes
 from fednas.phase_strategy import phase_strategy
@@ -44,7 +45,7 @@ class RunPaused(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Raised inside the round loop when the run reaches its ``stop_after`` round."""
 
 
-class FederatedPipeline(CompressionPhases, Pipeline):
+class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
     """Federated run of a :class:`RunConfig` (``mode = "federated"``).
 
     ``stop_after = (phase, k)`` pauses the run after round ``k`` of ``phase``: it writes a
@@ -138,7 +139,8 @@ class FederatedPipeline(CompressionPhases, Pipeline):
         if "meta" in cfg.phases and "meta" not in done:
             from fednas.meta_phase import pipeline_meta
 
-            self.meta_result = pipeline_meta(self)
+            train = (lambda: self.federated_meta(grid, done)) if cfg.meta.clients else None
+            self.meta_result = pipeline_meta(self, train)  # meta.clients: Flower rounds
             done = [*done, "meta"]
         summary = self.write_summary(self.genotype)
         self.result = (self.rundir.path, summary)
@@ -204,7 +206,8 @@ class FederatedPipeline(CompressionPhases, Pipeline):
             if train_metrics is not None:
                 record.update({k.replace("-", "_"): v for k, v in train_metrics.items()
                                if k != "steps"})
-            if f.fraction_evaluate > 0 and phase != "search":
+            evaluates = getattr(strategy, "fraction_evaluate", 1.0) > 0  # FedReptile: 0
+            if f.fraction_evaluate > 0 and phase != "search" and evaluates:
                 replies = grid.send_and_receive(
                     strategy.configure_evaluate(rnd, ArrayRecord(state), ConfigRecord(extra),
                                                 grid), timeout=f.round_timeout)
@@ -233,6 +236,7 @@ class FederatedPipeline(CompressionPhases, Pipeline):
                     "strategy": strategy.get_state(), "models": self.models,
                     "timings": self.timings, "genotype": getattr(self, "genotype", None),
                     "phases_done": done, "privacy_stop": self.privacy_stop,
+                    "meta_done": getattr(self, "meta_done", None),
                     "accountant": self.accountant.state_dict() if self.accountant else None,
                     "metrics_count": len(self.rundir.metrics)})
             if pause:

@@ -5,23 +5,34 @@ client's classes). A round: every client starts from the global weights θ, runs
 :func:`fednas.meta.reptile_round` on ``meta_batch`` of its own tasks and sends its
 displacement Δ_c (the mean over its tasks of θ_task − θ); the server averages them and steps
 θ ← θ + ε · mean_c Δ_c (Reptile, Nichol et al. 2018, as a FedAvg round with server lr ε).
-Only weight displacements leave a client, never its images or classes. The rounds run
-in-process (no Flower); the aggregation is the pure function :func:`server_step`.
+Only weight displacements leave a client, never its images or classes.
+
+The pieces are pure functions shared by both paths, so that they give the same model:
+:func:`federated_reptile` runs the rounds in-process (centralised scenarios, ``fednas meta``);
+federated scenarios run them as Flower rounds (:mod:`fednas.fedmeta_flow`,
+:class:`strategies.reptile.FedReptile`). A client's task draws in a round are seeded by
+(seed, client, round) alone (:func:`task_seed`), so a stateless Flower client draws the same
+tasks as the in-process loop; the server step is :func:`reptile_step` in both.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from fednas.episodes import FewShotSet
 from fednas.errors import ConfigError
-from fednas.meta import TaskSampler, reptile_round
+
+if TYPE_CHECKING:  # fednas.meta imports learn2learn: only the clients' side needs it
+    from fednas.episodes import FewShotSet
+    from fednas.meta import TaskSampler
+
+Update = Mapping[str, torch.Tensor]  # parameter name -> displacement
 
 
 def client_classes(pool: FewShotSet, clients: int, ways: int, seed: int) -> list[np.ndarray]:
@@ -34,20 +45,66 @@ def client_classes(pool: FewShotSet, clients: int, ways: int, seed: int) -> list
     return parts
 
 
+def task_seed(seed: int, client: int, rnd: int) -> int:
+    """Seed of client ``client``'s task draws in round ``rnd`` (a function of these alone)."""
+    return int(np.random.SeedSequence([seed, client, rnd]).generate_state(1)[0])
+
+
 def client_samplers(pool: FewShotSet, clients: int, *, ways: int, shots: int, queries: int,
-                    seed: int) -> list[TaskSampler]:
-    """One task sampler per client over its own classes only (:func:`client_classes`)."""
+                    seed: int, rnd: int = 1) -> list[TaskSampler]:
+    """Round ``rnd``'s task sampler of each client, over its own classes only."""
+    from fednas.meta import TaskSampler
+
     return [TaskSampler(pool.subset(p), ways=ways, shots=shots, queries=queries,
-                        seed=seed + 1 + k)
+                        seed=task_seed(seed, k, rnd))
             for k, p in enumerate(client_classes(pool, clients, ways, seed))]
+
+
+def displacement(model: nn.Module, tasks: TaskSampler, *, meta_batch: int, inner_steps: int,
+                 inner_lr: float, device: torch.device | str = "cpu"
+                 ) -> tuple[dict[str, torch.Tensor], float]:
+    """A client's Reptile update from ``model`` (left unchanged): Δ per parameter, mean loss."""
+    from fednas.meta import reptile_round
+
+    local = copy.deepcopy(model)
+    out = reptile_round(local, tasks, meta_batch=meta_batch, inner_steps=inner_steps,
+                        inner_lr=inner_lr, outer_lr=1.0, device=device)
+    return ({name: a.detach() - b.detach() for (name, a), b in
+             zip(local.named_parameters(), model.parameters(), strict=True)}, out["loss"])
+
+
+def reptile_step(state: Mapping[str, torch.Tensor], updates: Sequence[Update],
+                 server_lr: float) -> dict[str, torch.Tensor]:
+    """θ + ε · (plain) mean of the clients' Δ, per key of the updates; other keys are kept.
+
+    A plain mean: every client runs the same number of equally sized tasks, so weighting by
+    tasks or samples would give the same mean (a larger class share does not mean more work).
+    """
+    out = dict(state)
+    with torch.no_grad():
+        for key in updates[0]:
+            out[key] = state[key] + server_lr * torch.stack([u[key] for u in updates]).mean(0)
+    return out
 
 
 def server_step(model: nn.Module, updates: Sequence[Sequence[torch.Tensor]],
                 server_lr: float) -> None:
-    """θ ← θ + ε · mean of the clients' displacements (one tensor per parameter each)."""
+    """:func:`reptile_step` in place, with one displacement tensor per parameter per client."""
+    names = [name for name, _ in model.named_parameters()]
+    _assign(model, reptile_step(dict(model.named_parameters()),
+                                [dict(zip(names, u, strict=True)) for u in updates], server_lr))
+
+
+def _assign(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
     with torch.no_grad():
-        for i, p in enumerate(model.parameters()):
-            p.add_(server_lr * torch.stack([u[i] for u in updates]).mean(0))
+        for name, p in model.named_parameters():
+            p.copy_(state[name])
+
+
+def mean_loss(losses: Sequence[float]) -> float:
+    """Mean of the finite client losses (NaN when there is none)."""
+    finite = [x for x in losses if math.isfinite(x)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def federated_reptile(model: nn.Module, pool: FewShotSet, *, clients: int, ways: int,
@@ -57,21 +114,21 @@ def federated_reptile(model: nn.Module, pool: FewShotSet, *, clients: int, ways:
                       callback: Callable[[dict], None] | None = None) -> nn.Module:
     """Meta-train ``model`` in place for ``rounds`` federated Reptile rounds; return it.
 
+    In-process; Flower's rounds (:mod:`fednas.fedmeta_flow`) give the same model.
     ``callback`` gets ``{"iteration": round, "loss": mean client loss}`` after each round.
     """
-    samplers = client_samplers(pool, clients, ways=ways, shots=shots, queries=queries, seed=seed)
+    client_classes(pool, clients, ways, seed)  # fails early on too small shares
     model.to(device)
     for rnd in range(1, rounds + 1):
         updates, losses = [], []
-        for sampler in samplers:
-            local = copy.deepcopy(model)
-            out = reptile_round(local, sampler, meta_batch=meta_batch, inner_steps=inner_steps,
-                                inner_lr=inner_lr, outer_lr=1.0, device=device)
-            updates.append([a.detach() - b.detach() for a, b in
-                            zip(local.parameters(), model.parameters(), strict=True)])
-            losses.append(out["loss"])
-        server_step(model, updates, server_lr)
+        for sampler in client_samplers(pool, clients, ways=ways, shots=shots,
+                                       queries=queries, seed=seed, rnd=rnd):
+            update, loss = displacement(model, sampler, meta_batch=meta_batch,
+                                        inner_steps=inner_steps, inner_lr=inner_lr,
+                                        device=device)
+            updates.append(update)
+            losses.append(loss)
+        _assign(model, reptile_step(dict(model.named_parameters()), updates, server_lr))
         if callback is not None:
-            finite = [x for x in losses if math.isfinite(x)]
-            callback({"iteration": rnd, "loss": float(np.mean(finite)) if finite else math.nan})
+            callback({"iteration": rnd, "loss": mean_loss(losses)})
     return model

@@ -57,18 +57,27 @@ class AtnasConfig:
 
 @dataclass(frozen=True)
 class MetaConfig:
-    dataset: str = option("glyphs", doc="few-shot dataset: glyphs (rendered offline) or any "
-                          "data.dataset name (its classes, not samples, are split)")
-    root: str = option("", doc="data dir ('' = data.root)")
+    dataset: str = option("glyphs", doc="few-shot dataset: glyphs (rendered offline), "
+                          "omniglot, mini-imagenet, cifar-fs (with official class splits), or "
+                          "any data.dataset name (its classes, not samples, are split)")
+    root: str = option("", doc="data dir ('' = data.root); downloads follow data.download")
+    image_size: int = option(0, ge=0, doc="omniglot/mini-imagenet/cifar-fs: image side (0 = "
+                             "28 for omniglot as in MAML, 84 mini-imagenet, 32 cifar-fs)")
     glyph_scripts: tuple[str, ...] = option((), doc="glyphs: scripts to render (empty = all)")
     glyph_letters: int = option(40, ge=1, doc="glyphs: letters per script at most")
     glyph_samples: int = option(20, ge=2, doc="glyphs: renders (font × augmentation) per "
                                 "letter")
     split: tuple[float, ...] = option((0.64, 0.16, 0.2), ge=0.0, le=1.0,
-                                      doc="shares of the classes in meta-train/val/test")
-    split_by: str = option("script", choices=("class", "script"),
+                                      doc="shares of the classes in meta-train/val/test; with "
+                                          "split-by = official only val / (train + val) is "
+                                          "used: the share of Omniglot's background "
+                                          "characters carved out as meta-val alphabets")
+    split_by: str = option("script", choices=("class", "script", "official"),
                            doc="script: whole glyph scripts per part, so test scripts are "
-                               "unseen (glyphs only); class: classes split at random")
+                               "unseen (glyphs only); class: classes split at random; "
+                               "official: the dataset's own split (omniglot: background / "
+                               "evaluation alphabets; mini-imagenet: its 3 files; cifar-fs: "
+                               "Bertinetto et al.)")
     models: tuple[str, ...] = option(("searched", "conv4"), subset_of=META_MODELS,
                                      doc="models meta-trained and compared: the searched "
                                          "subnet, the whole supernet (α fixed), Conv-4")
@@ -93,11 +102,15 @@ class MetaConfig:
     eval_inner_steps: int = option(5, ge=0, doc="adaptation steps on a test task's support")
     clients: int = option(0, ge=0, doc="federated meta-learning: > 0 clients hold disjoint "
                           "shares of the meta-train classes and the models are meta-trained "
-                          "by federated Reptile (FedAvg of Reptile steps; AT-NAS stays central)")
+                          "by federated Reptile (FedAvg of Reptile steps; AT-NAS stays "
+                          "central); in a federated run as Flower rounds on the nodes of "
+                          "partitions 0..clients-1 (<= partition.num-clients), else "
+                          "in-process; 0 = the server meta-trains with meta.algorithm")
     local_steps: int = option(5, ge=1, doc="federated Reptile: SGD steps per task on its "
                               "support + query (lr meta.inner-lr)")
     server_lr: float = option(1.0, gt=0.0, doc="federated Reptile: server step ε on the "
-                              "averaged client displacement")
+                              "plain mean of the client displacements (every client runs "
+                              "meta-batch tasks per round)")
     seed_offset: int = option(0, ge=0, doc="the split and task seeds are seed + seed-offset")
     log_every: int = option(10, ge=1, doc="outer steps per metrics.jsonl record")
     atnas: AtnasConfig = section(AtnasConfig)
@@ -115,9 +128,21 @@ class MetaConfig:
             if unknown:
                 raise ConfigError(f"meta.glyph-scripts: {unknown} unknown; allowed values: "
                                   f"{sorted(name for name, _ in SCRIPTS)}")
+        from fednas.fewshot_data import OFFICIAL_DATASETS
+
+        official = self.dataset in OFFICIAL_DATASETS
         if self.split_by == "script" and self.dataset != "glyphs":
             raise ConfigError(f"meta.split-by: 'script' needs meta.dataset = 'glyphs' "
-                              f"(got {self.dataset!r}); use 'class'")
+                              f"(got {self.dataset!r}); use "
+                              + ("'official' or 'class'" if official else "'class'"))
+        if self.split_by == "official" and not official:
+            raise ConfigError(f"meta.split-by: 'official' needs a dataset with an official "
+                              f"split ({', '.join(OFFICIAL_DATASETS)}; got {self.dataset!r}); "
+                              "use " + ("'script' or 'class'" if self.dataset == "glyphs"
+                                        else "'class'"))
+        if self.image_size and not official:
+            raise ConfigError(f"meta.image-size: resizes {', '.join(OFFICIAL_DATASETS)} only "
+                              f"(got meta.dataset = {self.dataset!r}); use 0")
         if not self.models and not self.atnas.enabled:
             raise ConfigError("meta.models: empty and meta.atnas disabled: nothing to compare")
         if not self.shots or len(set(self.shots)) != len(self.shots):
@@ -146,6 +171,16 @@ class MetaConfig:
         if needs and "search" not in cfg.phases:
             raise ConfigError(f"meta.models: {needs} need the 'search' phase (or a run dir "
                               "that has one: fednas meta RUN_DIR); use ['conv4'] without it")
+        if self.clients and cfg.mode == "federated":  # Flower rounds: fednas.fedmeta_flow
+            n = cfg.partition.num_clients
+            if self.clients > n:
+                raise ConfigError(f"meta.clients: {self.clients} exceeds partition.num-clients "
+                                  f"= {n}; meta client k is the node of partition k, so use "
+                                  f"1..{n} (or 0: the server meta-trains)")
+            if cfg.privacy.mode != "off" or cfg.privacy.secure_aggregation:
+                raise ConfigError("meta.clients: federated Reptile rounds have no DP or secure "
+                                  "aggregation; set meta.clients = 0 (the server meta-trains) "
+                                  "or turn privacy.mode and privacy.secure-aggregation off")
         if self.atnas.enabled and cfg.space.name != "cell":
             raise ConfigError('meta.atnas.enabled: AT-NAS searches the cell space; set '
                               'space.name = "cell"')

@@ -13,16 +13,18 @@ seeded test tasks (mean ± 95 % CI of query accuracy after ``eval-inner-steps`` 
 - ``conv4``: the MAML baseline (``conv4-hidden`` channels), from scratch.
 
 With ``meta.clients > 0`` the models are meta-trained by federated Reptile over clients with
-disjoint classes (:mod:`fednas.fedmeta`). With ``[meta.atnas] enabled``, the cell supernet
-(``none`` added to its ops when missing) is meta-trained over sampled subnets and a subnet is
-evolved per test task (:mod:`fednas.atnas`). The meta-val classes are held out, unused.
-Everything goes to ``meta.json`` in the run dir. :mod:`fednas.meta` (learn2learn) is
-imported lazily, when the phase runs.
+disjoint classes: as Flower rounds in a federated run (:mod:`fednas.fedmeta_flow` hands the
+weights to :func:`run_meta`), in-process otherwise (:mod:`fednas.fedmeta`). With
+``[meta.atnas] enabled``, the cell supernet (``none`` added to its ops when missing) is
+meta-trained over sampled subnets and a subnet is evolved per test task (:mod:`fednas.atnas`).
+The meta-val classes are held out, unused. Everything goes to ``meta.json`` in the run dir.
+:mod:`fednas.meta` (learn2learn) is imported lazily, when the phase runs.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from torch import nn
 
 from fednas.cellnet import CellNetwork
 from fednas.config import RunConfig
-from fednas.episodes import ClassSplit, FewShotSet, load_fewshot, split_classes
+from fednas.episodes import ClassSplit, FewShotSet, load_fewshot, official_split, split_classes
 from fednas.errors import CheckpointError, ConfigError
 from fednas.flops import count_params
 from fednas.runs import RunDir
@@ -52,12 +54,20 @@ def fewshot_data(cfg: RunConfig) -> tuple[FewShotSet, ClassSplit]:
                                samples_per_class=m.glyph_samples)
     try:
         data = load_fewshot(m.dataset, Path(m.root or cfg.data.root).expanduser(),
-                            glyph_options=options)
+                            glyph_options=options, image_size=m.image_size,
+                            download=cfg.data.download)
     except ConfigError as exc:  # the loaders name data.dataset
         raise ConfigError(str(exc).replace("data.dataset", "meta.dataset", 1)) from None
+    seed = cfg.seed + m.seed_offset
     try:
-        split = split_classes(data, m.split, by=None if m.split_by == "class" else m.split_by,
-                              seed=cfg.seed + m.seed_offset)
+        if m.split_by == "official":
+            from fednas.fewshot_data import VAL_GROUPS
+
+            split = official_split(data, val_share=m.split[1] / (m.split[0] + m.split[1]),
+                                   by=VAL_GROUPS.get(m.dataset), seed=seed)
+        else:
+            split = split_classes(data, m.split, by=None if m.split_by == "class" else
+                                  m.split_by, seed=seed)
     except ValueError as exc:
         raise ConfigError(f"meta.split: {exc}") from None
     return data, split
@@ -159,8 +169,19 @@ def _logger(run: RunDir, phase: str, every: int):
     return log
 
 
-def _seed(cfg: RunConfig, salt: int, shots: int) -> int:
+def meta_seed(cfg: RunConfig, salt: int, shots: int) -> int:
+    """The seed of one random stream of the meta phase (``salt`` names the stream)."""
     return cfg.seed + cfg.meta.seed_offset + 1000 * salt + shots
+
+
+def initial_model(name: str, cfg: RunConfig, run_dir: Path, shots: int,
+                  input_shape: tuple[int, int, int]) -> tuple[nn.Module, str]:
+    """:func:`build_meta_model` under the seed of ``shots`` (the same for every path)."""
+    torch.manual_seed(meta_seed(cfg, 2, shots))
+    try:
+        return build_meta_model(name, cfg, run_dir, input_shape)
+    except CheckpointError as exc:
+        raise ConfigError(f"meta.models: {name!r}: {exc}") from None
 
 
 def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, shots: int,
@@ -176,7 +197,7 @@ def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, s
     m, a = cfg.meta, cfg.meta.atnas
     limits = [a.max_params, int(a.params_ratio * (searched_params or 0))]
     max_params = min(x for x in limits if x > 0) if any(x > 0 for x in limits) else None
-    torch.manual_seed(_seed(cfg, 4, shots))
+    torch.manual_seed(meta_seed(cfg, 4, shots))
     space = meta_space(cfg, train_pool.input_shape, m.ways, with_none=True)
     state = _weights(run.path, "supernet") if m.init == "searched" else None
     source = "supernet.pt" if state is not None and load_matching(space, state) else "scratch"
@@ -184,12 +205,12 @@ def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, s
     t0 = time.perf_counter()
     atnas.meta_train_supernet(
         space, train_pool, algorithm=algorithm, device=device,
-        generator=torch.Generator().manual_seed(_seed(cfg, 5, shots)),
+        generator=torch.Generator().manual_seed(meta_seed(cfg, 5, shots)),
         callback=_logger(run, f"meta-atnas-{shots}shot", m.log_every),
         **(_task_kwargs(cfg, shots) | {"iterations": a.iterations or m.iterations}))
     train_s = time.perf_counter() - t0
     evolution = atnas.EvolutionConfig(**a.evolution_options(), max_params=max_params)
-    generator = torch.Generator().manual_seed(_seed(cfg, 6, shots))
+    generator = torch.Generator().manual_seed(meta_seed(cfg, 6, shots))
     per_task = []
     for i in range(min(a.eval_tasks or m.eval_tasks, len(tasks))):
         episode = tasks[i]
@@ -212,11 +233,15 @@ def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, s
 
 
 def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
-             console: Console | None = None) -> dict[str, Any]:
+             console: Console | None = None,
+             trained: dict[str, tuple[dict[str, torch.Tensor], float]] | None = None
+             ) -> dict[str, Any]:
     """Meta-train and score every model of ``cfg.meta`` (and AT-NAS); write ``meta.json``.
 
     ``run_dir`` is the run directory (a :class:`RunDir` keeps its in-memory metrics in
-    step). Returns the summary part: ``meta.json`` without AT-NAS's per-task lists.
+    step). ``trained`` maps ``meta-<model>-<k>shot`` to weights meta-trained elsewhere and
+    their seconds (Flower rounds: :mod:`fednas.fedmeta_flow`); those models are only scored.
+    Returns the summary part: ``meta.json`` without AT-NAS's per-task lists.
     """
     from fednas import meta as metalib
 
@@ -230,34 +255,35 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
         "classes": {p: len(split.part(p)) for p in ("train", "val", "test")},
         "test_groups": list(split.groups[2]) if split.groups else None,
         "ways": m.ways, "queries": m.queries, "algorithm": m.algorithm,
-        "training": f"federated reptile, {m.clients} clients" if m.clients else m.algorithm,
+        "training": (f"federated reptile, {m.clients} clients{' (Flower)' if trained else ''}"
+                     if m.clients else m.algorithm),
         "eval_tasks": m.eval_tasks, "eval_inner_steps": m.eval_inner_steps,
         "models": {}, "atnas": {}}
     for shots in m.shots:
         tasks = metalib.fixed_tasks(test_pool, ways=m.ways, shots=shots, queries=m.queries,
-                                    num_tasks=m.eval_tasks, seed=_seed(cfg, 1, shots))
+                                    num_tasks=m.eval_tasks, seed=meta_seed(cfg, 1, shots))
         accs: dict[str, Any] = {}
         for name in m.models:
-            torch.manual_seed(_seed(cfg, 2, shots))
-            try:
-                model, source = build_meta_model(name, cfg, run.path, data.input_shape)
-            except CheckpointError as exc:
-                raise ConfigError(f"meta.models: {name!r}: {exc}") from None
+            model, source = initial_model(name, cfg, run.path, shots, data.input_shape)
             t0 = time.perf_counter()
             log = _logger(run, f"meta-{name}-{shots}shot", m.log_every)
-            if m.clients:
+            if trained is not None:  # meta-trained by Flower rounds: only scored here
+                state, done_s = trained[f"meta-{name}-{shots}shot"]
+                model.load_state_dict(state)
+                learner, t0 = model, t0 - done_s  # its rounds' seconds are its train_s
+            elif m.clients:
                 from fednas.fedmeta import federated_reptile
 
                 learner = federated_reptile(
                     model, train_pool, clients=m.clients, ways=m.ways, shots=shots,
                     queries=m.queries, rounds=m.iterations, meta_batch=m.meta_batch,
                     inner_steps=m.local_steps, inner_lr=m.inner_lr, server_lr=m.server_lr,
-                    seed=_seed(cfg, 3, shots), device=device, callback=log)
+                    seed=meta_seed(cfg, 3, shots), device=device, callback=log)
             else:
                 learner = metalib.meta_train(
                     model, train_pool, m.l2l_algorithm, **_task_kwargs(cfg, shots),
                     device=device, callback=log,
-                    generator=torch.Generator().manual_seed(_seed(cfg, 3, shots)))
+                    generator=torch.Generator().manual_seed(meta_seed(cfg, 3, shots)))
             train_s = time.perf_counter() - t0
             accs[name] = metalib.task_accuracies(learner, tasks, steps=m.eval_inner_steps,
                                                  algorithm=m.l2l_algorithm,
@@ -288,9 +314,13 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
                                 for k, r in result["atnas"].items()}}
 
 
-def pipeline_meta(pipeline: Any) -> dict[str, Any]:
-    """The meta phase at the end of a (centralised or federated) pipeline, timed."""
+def pipeline_meta(pipeline: Any, train: Callable[[], dict[str, Any]] | None = None
+                  ) -> dict[str, Any]:
+    """The meta phase at the end of a pipeline, timed; ``train()`` gives :func:`run_meta`'s
+    ``trained`` (a federated run's Flower rounds)."""
     t0 = time.perf_counter()
-    result = run_meta(pipeline.cfg, pipeline.rundir, pipeline.device, pipeline.console)
+    trained = train() if train is not None else None
+    result = run_meta(pipeline.cfg, pipeline.rundir, pipeline.device, pipeline.console,
+                      trained)
     pipeline.timings["meta"] = time.perf_counter() - t0
     return result

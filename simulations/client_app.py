@@ -6,6 +6,8 @@ Routes
 ``train.search``  local bi-level search on the supernet shard in the message
 ``train``         local training of a fixed model (derived subnet or baseline): FedAvg
 ``evaluate``      loss/accuracy of a fixed model on the client's val split
+``train.meta``    a federated Reptile round of the meta phase on the client's own share of the
+                  meta-train classes (``fednas/fedmeta_flow.py``)
 ``query.secagg_advertise``, ``query.secagg_share``, ``train.secagg``, ``query.secagg_unmask``
                   a training round under secure aggregation (``fednas/secagg_flow.py``)
 
@@ -68,6 +70,18 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
                                     int(conf["server-round"]),
                                     msg.content["arrays"].to_torch_state_dict(),
                                     client.decode_spec(str(conf["model"])), dict(conf))
+        return Message(RecordDict({"arrays": ArrayRecord(out),
+                                   "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @app.train("meta")
+    def meta(msg: Message, context: Context) -> Message:
+        from fednas.fedmeta_flow import local_update
+
+        run_cfg = resolve(context)
+        threads(run_cfg)
+        conf = msg.content["config"]
+        out, metrics = local_update(run_cfg, int(conf["partition-id"]),
+                                    msg.content["arrays"].to_torch_state_dict(), dict(conf))
         return Message(RecordDict({"arrays": ArrayRecord(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
 

@@ -1,0 +1,151 @@
+"""FedReptile: federated Reptile rounds of the meta phase (a thin FedAvg subclass).
+
+Each round every meta client (partition ids ``0 .. meta.clients - 1``, all of them, no
+sampling) gets the global meta-model and the task config on route ``train.meta``, runs its
+Reptile update on tasks of its own classes (:func:`fednas.fedmeta_flow.local_update`) and
+replies with its displacement Δ (one tensor per parameter) and its mean loss. The server
+steps θ ← θ + ε · mean Δ over the successful replies in partition order
+(:func:`fednas.fedmeta.reptile_step`, the in-process path's step: a plain mean, since every
+client runs ``meta-batch`` tasks of the same size). Error replies, replies from unexpected
+partitions, malformed updates (not one tensor of the right shape per parameter) and
+diverged (non-finite) clients are dropped and counted; a round with fewer
+than ``min_train_nodes`` successes keeps the global state. No federated evaluation: the
+meta-model is scored on the server's meta-test tasks after the rounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO, WARNING
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from fednas.fedmeta import mean_loss, reptile_step
+from strategies.fednas import PLACEMENT_KEYS, _finite
+
+META_ROUTE = "train.meta"
+
+
+class FedReptile(FedAvg):
+    """Federated Reptile (see the module docstring).
+
+    Parameters
+    ----------
+    param_keys
+        Names of the meta-model's parameters: what a client's displacement must hold.
+    server_lr
+        Server step ε on the mean displacement (1 = θ moves to the clients' mean).
+    min_train_nodes
+        Successful clients a round needs; fewer keep the global state.
+    node_partitions
+        Node id → partition id of the meta clients (every one takes part in every round).
+    """
+
+    def __init__(self, param_keys: Iterable[str], *, server_lr: float = 1.0,
+                 min_train_nodes: int = 1, node_partitions: dict[int, int] | None = None
+                 ) -> None:
+        super().__init__(fraction_train=1.0, fraction_evaluate=1.0,
+                         min_train_nodes=min_train_nodes, min_available_nodes=1)
+        self.fraction_evaluate = 0.0  # without FedAvg's warning: the server scores
+        self.min_evaluate_nodes = 0
+        self.param_keys = list(param_keys)
+        self.server_lr = server_lr
+        self.node_partitions = dict(node_partitions or {})
+        self._state: dict[str, torch.Tensor] = {}
+        self._sent: set[int] = set()
+        self.round_stats: dict[str, float] = {}
+        self.placements: list[dict[str, int]] = []
+
+    def summary(self) -> None:
+        super().summary()
+        log(INFO, "\t└──> FedReptile: %d meta clients, server lr %s",
+            len(self.node_partitions), self.server_lr)
+
+    def get_state(self) -> dict[str, Any]:
+        """Nothing to resume: no sampling RNG, no server optimiser state."""
+        return {}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """See :meth:`get_state`."""
+
+    # -- training ----------------------------------------------------------------------
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        if not self.node_partitions:
+            raise RuntimeError("FedReptile.node_partitions is empty: map the meta clients' "
+                               "node ids to partition ids before configuring rounds")
+        self._state = arrays.to_torch_state_dict()
+        messages = []
+        for pid, node in sorted((p, n) for n, p in self.node_partitions.items()):
+            cfg = ConfigRecord({**dict(config), "server-round": server_round,
+                                "partition-id": pid})
+            messages.append(Message(RecordDict({self.arrayrecord_key: arrays,
+                                                self.configrecord_key: cfg}),
+                                    dst_node_id=node, message_type=META_ROUTE))
+        self._sent = set(self.node_partitions.values())
+        self.round_stats = {"clients_sampled": len(messages),
+                            "bytes_down": len(messages) * arrays.count_bytes()}
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]
+                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        good: list[tuple[int, dict[str, torch.Tensor], MetricRecord, int]] = []
+        errors = diverged = 0
+        for msg in replies:
+            if msg.has_error():
+                errors += 1
+                log(WARNING, "meta client error dropped: %s", msg.error.reason)
+                continue
+            metrics = next(iter(msg.content.metric_records.values()))
+            pid = int(metrics["partition-id"])
+            record = msg.content.array_records.get(self.arrayrecord_key)
+            if pid not in self._sent or record is None:
+                errors += 1
+                log(WARNING, "reply from partition %s dropped (unexpected or no arrays)", pid)
+                continue
+            update = record.to_torch_state_dict()
+            if not self._well_formed(update):
+                errors += 1
+                log(WARNING, "partition %d sent a malformed update: dropped", pid)
+                continue
+            if not _finite(msg.content, update):
+                diverged += 1
+                log(WARNING, "partition %d diverged (non-finite loss/update): dropped", pid)
+                continue
+            good.append((pid, update, metrics, record.count_bytes()))
+        good.sort(key=lambda t: t[0])
+        self.placements = [{"round": server_round, "partition": pid,
+                            **{k.replace("-", "_"): int(m[k]) for k in PLACEMENT_KEYS if k in m}}
+                           for pid, _, m, _ in good]
+        self.round_stats.update(clients_ok=len(good), client_errors=errors,
+                                clients_diverged=diverged,
+                                client_timeouts=max(len(self._sent) - len(replies), 0),
+                                bytes_up=sum(b for *_, b in good))
+        if len(good) < max(self.min_train_nodes, 1):
+            self.round_stats["round_failed"] = 1
+            log(WARNING, "meta round %d failed: %d successful clients < min %d; global state "
+                "kept", server_round, len(good), self.min_train_nodes)
+            return None, None
+        self.round_stats["round_failed"] = 0
+        state = reptile_step(self._state, [u for _, u, _, _ in good], self.server_lr)
+        loss = mean_loss([float(m["meta-loss"]) for _, _, m, _ in good])
+        return ArrayRecord(state), MetricRecord({"meta-loss": loss})
+
+    def _well_formed(self, update: dict[str, torch.Tensor]) -> bool:
+        return sorted(update) == sorted(self.param_keys) and all(
+            update[k].shape == self._state[k].shape for k in self.param_keys)
+
+    # -- evaluation: none (the server scores the meta-model on its meta-test tasks) ------
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
+                           ) -> MetricRecord | None:
+        return None
