@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,19 +18,24 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-@pytest.fixture
-def tiny_overrides(tmp_path) -> list[str]:
-    """Overrides that make any scenario a seconds-long run on sklearn digits."""
+def tiny_sets(root: Path) -> list[str]:
+    """Overrides that make any scenario a seconds-long run on sklearn digits under ``root``."""
     return [
-        "data.dataset=digits", f'data.root="{tmp_path / "cache"}"', "data.max-train=400",
+        "data.dataset=digits", f'data.root="{root / "cache"}"', "data.max-train=400",
         "partition.num-clients=4", "space.cell.channels=4", "space.cell.layers=2",
         "space.cell.nodes=2", "space.cell.stem-stride=1",
         'space.cell.ops=["skip_connect", "max_pool_3x3", "sep_conv_3x3"]',
         "search.epochs=2", "search.steps-per-epoch=4", "search.batch-size=16",
         "retrain.epochs=2", "retrain.batch-size=32", "baseline.width=4",
-        f'runtime.out-dir="{tmp_path / "runs"}"', "runtime.progress=false",
+        f'runtime.out-dir="{root / "runs"}"', "runtime.progress=false",
         "runtime.eval-batch-size=256",
     ]
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path) -> list[str]:
+    """:func:`tiny_sets` under the test's tmp dir."""
+    return tiny_sets(tmp_path)
 
 
 @pytest.fixture
