@@ -11,8 +11,15 @@ same tasks). Prints one JSON line: accuracies and 95 % CI half-widths in percent
 tasks), ``meta_train_s`` per model and shot count, and the wall time. With several seeds,
 every figure is the mean over seeds.
 
-Usage: ``python bench/fewshot.py [--seeds 0] [--quick] [--set KEY=VALUE ...]``
-(``--quick``: 200 test tasks, AT-NAS on 20; see QUICK).
+The inner (adaptation) lr is chosen first, on meta-*validation* tasks (classes of neither
+meta-train nor meta-test): one run per candidate of ``--inner-lrs`` with
+``meta.eval-split = "val"`` (200 tasks, no AT-NAS); the candidate with the best mean
+meta-val accuracy over the compared models and shot counts is used for the test run
+(``inner_lr``; ``inner_lr_val`` lists every candidate's meta-val accuracy). ``--inner-lr X``
+skips the selection.
+
+Usage: ``python bench/fewshot.py [--seeds 0] [--quick] [--inner-lrs 0.03,0.1,0.3]
+[--inner-lr X] [--set KEY=VALUE ...]`` (``--quick``: 200 test tasks, AT-NAS on 20; see QUICK).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from fednas.sweep_report import collect
 
 SCENARIO = Path(__file__).parents[1] / "simulations" / "fewshot_glyphs.toml"
 QUICK = ["meta.eval-tasks=200", "meta.atnas.eval-tasks=20"]
+SELECT = ['meta.eval-split="val"', "meta.eval-tasks=200", "meta.atnas.enabled=false"]
 MODELS = {"conv4": "conv4", "searched": "searched"}
 
 
@@ -66,16 +74,43 @@ def mean_of(runs: list[dict]) -> dict:
             for key, value in runs[0].items()}
 
 
+def select_inner_lr(overrides: list[str], lrs: str, seeds: list[int], out_dir: str
+                    ) -> tuple[float, dict[str, float]]:
+    """The candidate inner lr with the best mean meta-val accuracy; every candidate's (%)."""
+    root, _ = run_sweep(SCENARIO, [*overrides, *SELECT], [f"meta.inner-lr={lrs}"], seeds,
+                        out_dir=out_dir)
+    runs, failed = collect([root])
+    if failed:
+        raise SystemExit(f"bench/fewshot: failed inner-lr selection runs: {failed}")
+    scores: dict[str, list[float]] = {}
+    for run in runs:
+        lr = run["group"].split("=")[-1]
+        for entry in run["summary"]["meta"]["models"].values():
+            scores.setdefault(lr, []).extend(
+                pct(v["acc"]) for k, v in entry.items() if k.endswith("shot"))
+    means = {lr: round(statistics.mean(v), 2) for lr, v in scores.items()}
+    return float(max(means, key=means.get)), means
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--quick", action="store_true", help="reduced sizes (QUICK)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out-dir", default="runs/bench")
+    parser.add_argument("--inner-lrs", default="0.03,0.1,0.3",
+                        help="candidates, chosen on meta-val tasks")
+    parser.add_argument("--inner-lr", type=float, help="use this inner lr (no selection)")
     args = parser.parse_args()
     overrides = ["runtime.progress=false", *(QUICK if args.quick else []), *args.overrides]
     t0 = time.perf_counter()
-    root, _ = run_sweep(SCENARIO, overrides, [], parse_seeds(args.seeds), out_dir=args.out_dir)
+    seeds = parse_seeds(args.seeds)
+    val: dict[str, float] = {}
+    lr = args.inner_lr
+    if lr is None:
+        lr, val = select_inner_lr(overrides, args.inner_lrs, seeds, args.out_dir)
+    overrides.append(f"meta.inner-lr={lr}")
+    root, _ = run_sweep(SCENARIO, overrides, [], seeds, out_dir=args.out_dir)
     runs, failed = collect([root])
     if failed:
         raise SystemExit(f"bench/fewshot: failed runs: {failed}")
@@ -86,6 +121,7 @@ def main() -> None:
     best = max(result["searched_1shot"], result["atnas_1shot"])
     print(json.dumps({
         **result, "best_minus_conv4_1shot": round(best - result["conv4_1shot"], 2),
+        "inner_lr": lr, "inner_lr_val": val,
         "seeds": [r["seed"] for r in runs], "quick": args.quick,
         "run_wall_s": round(statistics.mean(r["wall_s"] for r in runs), 1),
         "bench_wall_s": round(time.perf_counter() - t0, 1), "sweep_dir": str(root),

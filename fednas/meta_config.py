@@ -100,6 +100,9 @@ class MetaConfig:
     iterations: int = option(200, ge=0, doc="outer steps per model and shot count")
     eval_tasks: int = option(600, ge=1, doc="seeded test tasks, the same for every model")
     eval_inner_steps: int = option(5, ge=0, doc="adaptation steps on a test task's support")
+    eval_split: str = option("test", choices=("test", "val"),
+                             doc="classes the scored tasks come from: test (results) or val "
+                                 "(model selection, e.g. a sweep over meta.inner-lr)")
     clients: int = option(0, ge=0, doc="federated meta-learning: > 0 clients hold disjoint "
                           "shares of the meta-train classes and the models are meta-trained "
                           "by federated Reptile (FedAvg of Reptile steps; AT-NAS stays "

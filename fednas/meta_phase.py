@@ -249,7 +249,10 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.reopen(run_dir)
     m = cfg.meta
     data, split = fewshot_data(cfg)
-    train_pool, test_pool = data.subset(split.train), data.subset(split.test)
+    if not len(split.part(m.eval_split)):
+        raise ConfigError(f"meta.eval-split: {m.eval_split!r} but the split gives that part "
+                          f"no classes (meta.split = {list(m.split)})")
+    train_pool, test_pool = data.subset(split.train), data.subset(split.part(m.eval_split))
     result: dict[str, Any] = {
         "dataset": m.dataset, "input_shape": list(data.input_shape), "split_by": m.split_by,
         "classes": {p: len(split.part(p)) for p in ("train", "val", "test")},
@@ -258,6 +261,7 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
         "training": (f"federated reptile, {m.clients} clients{' (Flower)' if trained else ''}"
                      if m.clients else m.algorithm),
         "eval_tasks": m.eval_tasks, "eval_inner_steps": m.eval_inner_steps,
+        "eval_split": m.eval_split,
         "models": {}, "atnas": {}}
     for shots in m.shots:
         tasks = metalib.fixed_tasks(test_pool, ways=m.ways, shots=shots, queries=m.queries,
@@ -293,7 +297,8 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
                                                        "init": source})
             entry[f"{shots}shot"] = {"acc": mean, "ci95": ci, "meta_train_s": train_s,
                                      "eval_s": time.perf_counter() - t0 - train_s}
-            console.print(f"\\[meta] {name} {m.ways}-way {shots}-shot: {100 * mean:.2f} ± "
+            where = "" if m.eval_split == "test" else " (meta-val)"
+            console.print(f"\\[meta] {name} {m.ways}-way {shots}-shot{where}: {100 * mean:.2f} ± "
                           f"{100 * ci:.2f} % ({entry['params']} params, meta-train "
                           f"{train_s:.0f}s, init {source})")
         if m.atnas.enabled:

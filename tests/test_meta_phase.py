@@ -145,3 +145,27 @@ def test_federated_reptile_keeps_client_classes_disjoint_and_learns(tmp_path):
                       meta_batch=1, inner_steps=5, inner_lr=0.05, seed=0,
                       callback=lambda r: losses.append(r["loss"]))
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3]), losses
+
+
+@pytest.mark.slow
+def test_eval_split_val_scores_meta_val_tasks_for_model_selection(tmp_path, capsys):
+    scenario = tmp_path / "conv4_only.toml"
+    scenario.write_text('name = "conv4-only"\nphases = ["meta"]\n[meta]\n'
+                        'models = ["conv4"]\nconv4-hidden = 8\nshots = [2]\n')
+    sets = [a for o in tiny_meta(tmp_path) if not o.startswith(("meta.atnas", "meta.conv4"))
+            and not o.startswith("meta.shots") for a in ("--set", o)]
+    accs = {}
+    for where in ("test", "val"):
+        out = tmp_path / where
+        assert main(["meta", str(scenario), "--out-dir", str(out), *sets,
+                     "--set", f'meta.eval-split="{where}"']) == 0
+        (run,) = out.iterdir()
+        meta = json.loads((run / "meta.json").read_text())
+        assert meta["eval_split"] == where
+        accs[where] = meta["models"]["conv4"]["2shot"]["acc"]
+    assert "(meta-val)" in capsys.readouterr().err
+    assert accs["test"] != accs["val"]  # other classes, same seeds and model
+    assert main(["meta", str(scenario), "--out-dir", str(tmp_path / "none"), *sets,
+                 "--set", 'meta.eval-split="val"', "--set", "meta.split=[0.8, 0.0, 0.2]"]) == 2
+    assert "meta.eval-split: 'val' but the split gives that part no classes" in \
+        capsys.readouterr().err
