@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
@@ -71,6 +72,23 @@ def fewshot_data(cfg: RunConfig) -> tuple[FewShotSet, ClassSplit]:
     except ValueError as exc:
         raise ConfigError(f"meta.split: {exc}") from None
     return data, split
+
+
+def check_tasks(cfg: RunConfig) -> None:
+    """Fail before any phase runs if the few-shot pools cannot yield ``meta.*`` tasks."""
+    m = cfg.meta
+    data, split = fewshot_data(cfg)
+    for part in ("train", m.eval_split):
+        _, counts = np.unique(data.y.numpy()[split.indices(data.y, part)], return_counts=True)
+        smallest = int(counts.min()) if len(counts) else 0
+        for shots in m.shots:
+            if len(counts) < m.ways or smallest < shots + m.queries:
+                raise ConfigError(
+                    f"meta.shots: {m.ways}-way {shots}-shot tasks with meta.queries = "
+                    f"{m.queries} need >= {m.ways} classes of >= {shots + m.queries} samples "
+                    f"in meta-{part}; it has {len(counts)} classes, the smallest {smallest} "
+                    f"samples (lower meta.shots / meta.queries / meta.ways, or give more "
+                    f"samples per class{', meta.glyph-samples' if m.dataset == 'glyphs' else ''})")
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> int:

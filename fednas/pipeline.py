@@ -81,6 +81,10 @@ class Pipeline:
         self.parts = partition_indices(labels, p.num_clients, p.scheme, alpha=p.alpha,
                                        classes_per_client=p.classes_per_client, seed=cfg.seed,
                                        min_size=p.min_partition_size)
+        if "meta" in cfg.phases:  # task sizes fail now, not after the search
+            from fednas.meta_phase import check_tasks
+
+            check_tasks(cfg)
         self.timings["data"] = time.perf_counter() - t0
 
     def run(self) -> tuple[Path, dict[str, Any]]:

@@ -169,3 +169,15 @@ def test_eval_split_val_scores_meta_val_tasks_for_model_selection(tmp_path, caps
                  "--set", 'meta.eval-split="val"', "--set", "meta.split=[0.8, 0.0, 0.2]"]) == 2
     assert "meta.eval-split: 'val' but the split gives that part no classes" in \
         capsys.readouterr().err
+
+
+def test_task_sizes_fail_before_the_search_starts(tiny_overrides, tmp_path):
+    from fednas.pipeline import Pipeline
+
+    cfg = load_config(None, [*tiny_overrides, 'phases=["search", "meta"]', *tiny_meta(tmp_path),
+                             "meta.queries=5"])
+    with pytest.raises(ConfigError, match=r"meta.shots: 3-way 2-shot tasks with meta.queries = "
+                                          r"5 need >= 3 classes of >= 7 samples in meta-train; "
+                                          r"it has \d+ classes, the smallest 6 .*glyph-samples"):
+        Pipeline(cfg).run()
+    assert not (tmp_path / "runs").exists()
