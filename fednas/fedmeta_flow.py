@@ -78,7 +78,7 @@ def build_from_spec(cfg: RunConfig, spec: dict[str, Any], input_shape: tuple[int
 @lru_cache(maxsize=2)
 def meta_train_pool(cfg: RunConfig) -> FewShotSet:
     """The meta-train classes of ``meta.dataset`` (cached per process, like client data)."""
-    from fednas.meta_phase import fewshot_data
+    from fednas.meta_tasks import fewshot_data
 
     data, split = fewshot_data(cfg)
     return data.subset(split.train)
@@ -116,7 +116,7 @@ class MetaRounds:
     def federated_meta(self, grid: Grid, done: list[str]) -> Trained:
         """Meta-train every model and shot count of ``[meta]``; their weights and seconds."""
         from fednas.fedmeta import client_classes
-        from fednas.meta_phase import fewshot_data
+        from fednas.meta_tasks import fewshot_data
 
         cfg, m = self.cfg, self.cfg.meta
         data, split = fewshot_data(cfg)

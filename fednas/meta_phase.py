@@ -28,67 +28,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
 
 from fednas.cellnet import CellNetwork
 from fednas.config import RunConfig
-from fednas.episodes import ClassSplit, FewShotSet, load_fewshot, official_split, split_classes
+from fednas.episodes import FewShotSet
 from fednas.errors import CheckpointError, ConfigError
 from fednas.flops import count_params
+from fednas.meta_tasks import fewshot_data
 from fednas.runs import RunDir
 from fednas.search_space import SearchSpace, build_space, load_genotype
 
 HEADS = ("classifier.", "head.", "fc.", "linear.")  # head parameters are never inherited
-
-
-def fewshot_data(cfg: RunConfig) -> tuple[FewShotSet, ClassSplit]:
-    """Every sample of ``meta.dataset`` and its class-disjoint split (seeded)."""
-    m = cfg.meta
-    options = None
-    if m.dataset == "glyphs":
-        from fednas.glyphs import GlyphOptions
-
-        options = GlyphOptions(scripts=m.glyph_scripts or None, max_per_script=m.glyph_letters,
-                               samples_per_class=m.glyph_samples)
-    try:
-        data = load_fewshot(m.dataset, Path(m.root or cfg.data.root).expanduser(),
-                            glyph_options=options, image_size=m.image_size,
-                            download=cfg.data.download)
-    except ConfigError as exc:  # the loaders name data.dataset
-        raise ConfigError(str(exc).replace("data.dataset", "meta.dataset", 1)) from None
-    seed = cfg.seed + m.seed_offset
-    try:
-        if m.split_by == "official":
-            from fednas.fewshot_data import VAL_GROUPS
-
-            split = official_split(data, val_share=m.split[1] / (m.split[0] + m.split[1]),
-                                   by=VAL_GROUPS.get(m.dataset), seed=seed)
-        else:
-            split = split_classes(data, m.split, by=None if m.split_by == "class" else
-                                  m.split_by, seed=seed)
-    except ValueError as exc:
-        raise ConfigError(f"meta.split: {exc}") from None
-    return data, split
-
-
-def check_tasks(cfg: RunConfig) -> None:
-    """Fail before any phase runs if the few-shot pools cannot yield ``meta.*`` tasks."""
-    m = cfg.meta
-    data, split = fewshot_data(cfg)
-    for part in ("train", m.eval_split):
-        _, counts = np.unique(data.y.numpy()[split.indices(data.y, part)], return_counts=True)
-        smallest = int(counts.min()) if len(counts) else 0
-        for shots in m.shots:
-            if len(counts) < m.ways or smallest < shots + m.queries:
-                raise ConfigError(
-                    f"meta.shots: {m.ways}-way {shots}-shot tasks with meta.queries = "
-                    f"{m.queries} need >= {m.ways} classes of >= {shots + m.queries} samples "
-                    f"in meta-{part}; it has {len(counts)} classes, the smallest {smallest} "
-                    f"samples (lower meta.shots / meta.queries / meta.ways, or give more "
-                    f"samples per class{', meta.glyph-samples' if m.dataset == 'glyphs' else ''})")
 
 
 def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> int:

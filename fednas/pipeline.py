@@ -82,7 +82,7 @@ class Pipeline:
                                        classes_per_client=p.classes_per_client, seed=cfg.seed,
                                        min_size=p.min_partition_size)
         if "meta" in cfg.phases:  # task sizes fail now, not after the search
-            from fednas.meta_phase import check_tasks
+            from fednas.meta_tasks import check_tasks
 
             check_tasks(cfg)
         self.timings["data"] = time.perf_counter() - t0

@@ -110,7 +110,8 @@ def test_meta_clients_must_fit_the_federation_and_skip_privacy(tmp_path):
 def in_process(cfg, shots: int, run_dir) -> tuple[dict[str, torch.Tensor], list[float]]:
     """The meta-model of ``shots`` by the in-process path, and its per-round losses."""
     from fednas.fedmeta import federated_reptile
-    from fednas.meta_phase import fewshot_data, initial_model, meta_seed
+    from fednas.meta_phase import initial_model, meta_seed
+    from fednas.meta_tasks import fewshot_data
 
     m = cfg.meta
     data, split = fewshot_data(cfg)

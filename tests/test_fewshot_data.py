@@ -167,7 +167,7 @@ def test_split_by_official_is_validated(overrides, needle):
 
 @pytest.mark.parametrize("name", OFFICIAL_DATASETS)
 def test_meta_config_with_an_official_split_validates_and_loads(name, tmp_path):
-    from fednas.meta_phase import fewshot_data
+    from fednas.meta_tasks import fewshot_data
 
     cfg = load_config(SCENARIO, [f'meta.dataset="{name}"', 'meta.split-by="official"',
                                  f'meta.root="{ROOTS[name]}"', "meta.split=[0.5, 0.25, 0.25]",
