@@ -65,6 +65,7 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
             self.accountant = PrivacyAccountant()
         self.privacy_stop: dict[str, Any] | None = None
         self.checkpoint: dict[str, Any] | None = None
+        self.prior_elapsed: dict[str, float] = {}  # phase seconds run before a resume
         self.result: tuple[Path, dict[str, Any]] | None = None
         self.error: BaseException | None = None
         self.progress = None
@@ -177,11 +178,12 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
                 total: int, lr: tuple[float, float], extra: dict[str, Any], server_eval,
                 done: list[str]) -> dict[str, torch.Tensor]:
         """The round loop of one phase (resumable)."""
-        start = 1
+        start, entered = 1, time.perf_counter()
         ck = self.checkpoint
         if ck is not None and ck["phase"] == phase:
             state, start = ck["state"], ck["round"] + 1
             strategy.set_state(ck["strategy"])
+            self.prior_elapsed[phase] = ck.get("phase_elapsed", 0.0)  # before the resume
             self.checkpoint = None
         f = self.cfg.federation
         for rnd in range(start, total + 1):
@@ -235,6 +237,8 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
                     "phase": phase, "round": rnd, "state": state,
                     "strategy": strategy.get_state(), "models": self.models,
                     "timings": self.timings, "genotype": getattr(self, "genotype", None),
+                    "phase_elapsed": self.prior_elapsed.get(phase, 0.0)
+                    + time.perf_counter() - entered,
                     "phases_done": done, "privacy_stop": self.privacy_stop,
                     "meta_done": getattr(self, "meta_done", None),
                     "accountant": self.accountant.state_dict() if self.accountant else None,
@@ -243,6 +247,10 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
                 self.console.print(f"\\[{phase}] paused after round {rnd}/{total}")
                 raise RunPaused(phase, rnd)
         return state
+
+    def elapsed(self, phase: str, t0: float) -> float:
+        """Seconds of ``phase`` since ``t0``, plus those it ran before a resume."""
+        return self.prior_elapsed.get(phase, 0.0) + time.perf_counter() - t0
 
     def _server_test(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.cfg.federation.server_eval_samples
@@ -280,7 +288,7 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
         plot_alpha_evolution(self.rundir.metrics, alpha_columns(space),
                              self.rundir.path / "plots")
         self.rundir.save_model("supernet", space)
-        self.timings["search"] = time.perf_counter() - t0
+        self.timings["search"] = self.elapsed("search", t0)
         self.search_state = state
         return genotype
 
@@ -333,7 +341,7 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
         final = evaluate(model, self._split("test"), batch_size=cfg.runtime.eval_batch_size,
                          device=self.device)
         self.rundir.save_model(MODEL_NAME[phase], model, spec=spec)
-        self.timings[phase] = time.perf_counter() - t0
+        self.timings[phase] = self.elapsed(phase, t0)
         return {"test_acc": final["eval_acc"], "test_loss": final["eval_loss"],
                 "params": count_params(model), "flops": count_flops(model, self.data.input_shape),
                 "rounds": sum(m["phase"] == phase for m in self.rundir.metrics)}
