@@ -76,20 +76,25 @@ def mean_of(runs: list[dict]) -> dict:
 
 def select_inner_lr(overrides: list[str], lrs: str, seeds: list[int], out_dir: str
                     ) -> tuple[float, dict[str, float]]:
-    """The candidate inner lr with the best mean meta-val accuracy; every candidate's (%)."""
+    """The candidate inner lr with the best mean meta-val accuracy, and per candidate its
+    meta-val accuracies (%): ``mean`` and per model and shot count (``conv4_1shot`` ...)."""
     root, _ = run_sweep(SCENARIO, [*overrides, *SELECT], [f"meta.inner-lr={lrs}"], seeds,
                         out_dir=out_dir)
     runs, failed = collect([root])
     if failed:
         raise SystemExit(f"bench/fewshot: failed inner-lr selection runs: {failed}")
-    scores: dict[str, list[float]] = {}
+    scores: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         lr = run["group"].split("=")[-1]
-        for entry in run["summary"]["meta"]["models"].values():
-            scores.setdefault(lr, []).extend(
-                pct(v["acc"]) for k, v in entry.items() if k.endswith("shot"))
-    means = {lr: round(statistics.mean(v), 2) for lr, v in scores.items()}
-    return float(max(means, key=means.get)), means
+        for name, entry in run["summary"]["meta"]["models"].items():
+            for k, v in entry.items():
+                if k.endswith("shot"):
+                    scores.setdefault(lr, {}).setdefault(f"{name}_{k}", []).append(pct(v["acc"]))
+    table = {lr: {k: round(statistics.mean(v), 2) for k, v in cells.items()}
+             for lr, cells in scores.items()}
+    for cells in table.values():
+        cells["mean"] = round(statistics.mean(cells.values()), 2)
+    return float(max(table, key=lambda lr: table[lr]["mean"])), table
 
 
 def main() -> None:
@@ -105,7 +110,7 @@ def main() -> None:
     overrides = ["runtime.progress=false", *(QUICK if args.quick else []), *args.overrides]
     t0 = time.perf_counter()
     seeds = parse_seeds(args.seeds)
-    val: dict[str, float] = {}
+    val: dict[str, dict[str, float]] = {}
     lr = args.inner_lr
     if lr is None:
         lr, val = select_inner_lr(overrides, args.inner_lrs, seeds, args.out_dir)
