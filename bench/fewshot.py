@@ -15,8 +15,10 @@ The inner (adaptation) lr is chosen first, on meta-*validation* tasks (classes o
 meta-train nor meta-test): one run per candidate of ``--inner-lrs`` with
 ``meta.eval-split = "val"`` (200 tasks, no AT-NAS); the candidate with the best mean
 meta-val accuracy over the compared models and shot counts is used for the test run
-(``inner_lr``; ``inner_lr_val`` lists every candidate's meta-val accuracy). ``--inner-lr X``
-skips the selection.
+(``inner_lr``, also AT-NAS's; ``inner_lr_val`` lists every candidate's meta-val accuracy
+per model and shot count). Then each model and shot count gets its own best candidate
+(``inner_lr_per_setting``): a setting whose best differs is meta-trained again at it by
+``fednas meta`` on a copy of the run dir (the search is kept). ``--inner-lr X`` skips both.
 
 Usage: ``python bench/fewshot.py [--seeds 0] [--quick] [--inner-lrs 0.03,0.1,0.3]
 [--inner-lr X] [--set KEY=VALUE ...]`` (``--quick``: 200 test tasks, AT-NAS on 20; see QUICK).
@@ -26,7 +28,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -97,6 +102,40 @@ def select_inner_lr(overrides: list[str], lrs: str, seeds: list[int], out_dir: s
     return float(max(table, key=lambda lr: table[lr]["mean"])), table
 
 
+def per_setting(run: dict, table: dict[str, dict[str, float]], shared: float
+                ) -> dict[str, float]:
+    """Give every model and shot count the test result at its own meta-val-best inner lr.
+
+    The run was meta-trained at ``shared`` for all; a setting whose best candidate differs is
+    meta-trained again at that lr by ``fednas meta`` on a copy of the run dir (AT-NAS off; the
+    copy keeps the search, so only the meta phase reruns) and its entry in
+    ``run["summary"]["meta"]`` is replaced. Returns each setting's lr.
+    """
+    settings = [k for k in next(iter(table.values())) if k != "mean"]
+    best = {k: float(max(table, key=lambda lr: table[lr][k])) for k in settings}
+    for lr in sorted(set(best.values()) - {shared}):
+        shots = sorted({int(k.split("_")[1][:-4]) for k, v in best.items() if v == lr})
+        copy = Path(run["run_dir"]).with_name(f"{Path(run['run_dir']).name}-inner-lr-{lr}")
+        done = copy / "meta.json"
+        if not done.is_file() or json.loads(done.read_text()).get("inner_lr") != lr:
+            shutil.rmtree(copy, ignore_errors=True)
+            shutil.copytree(run["run_dir"], copy, ignore=shutil.ignore_patterns("checkpoints"))
+            (copy / "meta.json").unlink(missing_ok=True)
+            subprocess.run([sys.executable, "-m", "fednas", "meta", str(copy), "--set",
+                            f"meta.inner-lr={lr}", "--set", f"meta.shots={shots}", "--set",
+                            "meta.atnas.enabled=false", "--set", "meta.atnas.params-ratio=0",
+                            "--set", "runtime.progress=false"], check=True,
+                           stdout=sys.stderr)  # stdout is the bench's one JSON line
+            meta = json.loads(done.read_text())
+            done.write_text(json.dumps({**meta, "inner_lr": lr}, indent=2))
+        tuned = json.loads(done.read_text())["models"]
+        for key, value in best.items():
+            name, shot = key.split("_")
+            if value == lr:
+                run["summary"]["meta"]["models"][name][shot] = tuned[name][shot]
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0")
@@ -119,6 +158,9 @@ def main() -> None:
     runs, failed = collect([root])
     if failed:
         raise SystemExit(f"bench/fewshot: failed runs: {failed}")
+    lrs = {k: lr for k in ("conv4_1shot", "conv4_5shot", "searched_1shot", "searched_5shot")}
+    if val:
+        lrs = [per_setting(r, val, lr) for r in runs][0]
     per_seed = [figures(r["summary"]["meta"]) for r in runs]
     result = mean_of(per_seed)
     result["params"] = {k: round(v) for k, v in result["params"].items()}
@@ -126,7 +168,7 @@ def main() -> None:
     best = max(result["searched_1shot"], result["atnas_1shot"])
     print(json.dumps({
         **result, "best_minus_conv4_1shot": round(best - result["conv4_1shot"], 2),
-        "inner_lr": lr, "inner_lr_val": val,
+        "inner_lr": lr, "inner_lr_per_setting": lrs, "inner_lr_val": val,
         "seeds": [r["seed"] for r in runs], "quick": args.quick,
         "run_wall_s": round(statistics.mean(r["wall_s"] for r in runs), 1),
         "bench_wall_s": round(time.perf_counter() - t0, 1), "sweep_dir": str(root),
