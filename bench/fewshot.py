@@ -158,9 +158,9 @@ def main() -> None:
     runs, failed = collect([root])
     if failed:
         raise SystemExit(f"bench/fewshot: failed runs: {failed}")
-    lrs = {k: lr for k in ("conv4_1shot", "conv4_5shot", "searched_1shot", "searched_5shot")}
-    if val:
-        lrs = [per_setting(r, val, lr) for r in runs][0]
+    lrs = {f"{m}_{k}shot": lr for m in MODELS for k in (1, 5)}
+    for run in runs if val else ():
+        lrs = per_setting(run, val, lr)  # the same choice for every seed (mean over seeds)
     per_seed = [figures(r["summary"]["meta"]) for r in runs]
     result = mean_of(per_seed)
     result["params"] = {k: round(v) for k, v in result["params"].items()}

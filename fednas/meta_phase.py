@@ -17,7 +17,8 @@ disjoint classes: as Flower rounds in a federated run (:mod:`fednas.fedmeta_flow
 weights to :func:`run_meta`), in-process otherwise (:mod:`fednas.fedmeta`). With
 ``[meta.atnas] enabled``, the cell supernet (``none`` added to its ops when missing) is
 meta-trained over sampled subnets and a subnet is evolved per test task (:mod:`fednas.atnas`).
-The meta-val classes are held out, unused. Everything goes to ``meta.json`` in the run dir.
+The meta-val classes serve model selection only (``meta.eval-split = "val"`` scores on them
+instead of the test classes). Everything goes to ``meta.json`` in the run dir.
 :mod:`fednas.meta` (learn2learn) is imported lazily, when the phase runs.
 """
 
