@@ -3,9 +3,14 @@
 Runs ``simulations/dp_fashion.toml`` (federated search + subnet training, Fashion-MNIST,
 Dirichlet(0.5)) through the sweep runner for every seed, once without DP and once with the
 noise multiplier that reaches ε ≈ ``--eps`` (δ = 1e-5) after all rounds at the scenario's
-sampling rate (``fednas.privacy.noise_multiplier_for``). Prints one JSON line:
+sampling rate (``fednas.privacy.noise_multiplier_for``). The two modes run side by side (two
+sweeps at the same time, seed by seed), so their round times see the same machine load.
+Prints one JSON line:
 
 ``dp_time_ratio``  mean round time with DP ÷ without (``train_wall_s``: clients + aggregation)
+``dp_agg_overhead_s``  mean server aggregation seconds per round (``agg_wall_s``) with DP
+                   (clipping, noise, accountant) minus without: the cost DP itself adds
+``dp_time_ratio_attributed``  1 + that overhead ÷ the mean round time without DP
 ``acc_no_dp_mean``, ``acc_no_dp_std``, ``acc_dp_eps6_mean``, ``acc_dp_eps6_std`` (%)
 ``eps``            the ε reached (mean over seeds), ``noise_multiplier``, ``seeds``
 
@@ -19,6 +24,7 @@ import argparse
 import json
 import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fednas.config import load_config
@@ -27,6 +33,7 @@ from fednas.sweep import parse_seeds, run_sweep
 from fednas.sweep_report import collect
 
 SCENARIO = Path(__file__).parents[1] / "simulations" / "dp_fashion.toml"
+MODES = ("off", "central")
 
 
 def main() -> None:
@@ -43,20 +50,31 @@ def main() -> None:
     sigma = noise_multiplier_for(args.eps, cfg.privacy.delta, per_round / n, rounds)
     overrides = [*args.overrides, "runtime.progress=false", "privacy.epsilon-budget=0",
                  f"privacy.noise-multiplier={sigma:.6g}"]
-    root, manifest = run_sweep(SCENARIO, overrides, ["privacy.mode=off,central"],
-                               parse_seeds(args.seeds), out_dir=args.out_dir)
-    runs, failed = collect([root])
-    if failed:
-        sys.exit(f"bench/privacy: failed runs: {failed}")
-    acc: dict[str, list[float]] = {"off": [], "central": []}
-    wall: dict[str, list[float]] = {"off": [], "central": []}
+    seeds = parse_seeds(args.seeds)
+
+    def sweep(mode: str) -> Path:
+        return run_sweep(SCENARIO, [*overrides, f"privacy.mode={mode}"], [], seeds,
+                         out_dir=args.out_dir, parallel=1)[0]
+
+    # the two modes run at the same time (seed by seed), so both see the same machine load
+    with ThreadPoolExecutor(2) as pool:
+        roots = dict(zip(MODES, pool.map(sweep, MODES), strict=True))
+    acc: dict[str, list[float]] = {m: [] for m in MODES}
+    wall: dict[str, list[float]] = {m: [] for m in MODES}
+    agg: dict[str, list[float]] = {m: [] for m in MODES}
     eps = []
-    for run in runs:
-        mode = run["group"].split("=")[-1]
-        acc[mode].append(100 * run["summary"]["models"]["searched"]["test_acc"])
-        wall[mode] += [m["train_wall_s"] for m in run["metrics"] if "train_wall_s" in m]
-        if mode == "central":
-            eps.append(run["summary"]["privacy"]["epsilon"])
+    for mode, root in roots.items():
+        runs, failed = collect([root])
+        if failed:
+            sys.exit(f"bench/privacy: failed runs ({mode}): {failed}")
+        for run in runs:
+            acc[mode].append(100 * run["summary"]["models"]["searched"]["test_acc"])
+            rounds_ = [m for m in run["metrics"] if "train_wall_s" in m]
+            wall[mode] += [m["train_wall_s"] for m in rounds_]
+            agg[mode] += [m["agg_wall_s"] for m in rounds_ if "agg_wall_s" in m]
+            if mode == "central":
+                eps.append(run["summary"]["privacy"]["epsilon"])
+    overhead = statistics.fmean(agg["central"]) - statistics.fmean(agg["off"])
 
     def sd(xs: list[float]) -> float:
         return round(statistics.stdev(xs), 2) if len(xs) > 1 else 0.0
@@ -64,12 +82,15 @@ def main() -> None:
     print(json.dumps({
         "dp_time_ratio": round(statistics.fmean(wall["central"]) / statistics.fmean(wall["off"]),
                                3),
+        "dp_agg_overhead_s": round(overhead, 4),
+        "dp_time_ratio_attributed": round(1 + overhead / statistics.fmean(wall["off"]), 4),
+        "round_s_no_dp": round(statistics.fmean(wall["off"]), 2),
         "acc_no_dp_mean": round(statistics.fmean(acc["off"]), 2), "acc_no_dp_std": sd(acc["off"]),
         "acc_dp_eps6_mean": round(statistics.fmean(acc["central"]), 2),
         "acc_dp_eps6_std": sd(acc["central"]), "eps": round(statistics.fmean(eps), 3),
         "noise_multiplier": round(sigma, 4), "delta": cfg.privacy.delta,
         "sample_rate": per_round / n, "rounds": rounds, "seeds": args.seeds,
-        "sweep_dir": str(root)}))
+        "sweep_dirs": {m: str(r) for m, r in roots.items()}}))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ check that every configured task size can be drawn from it (run before any phase
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,14 @@ from fednas.episodes import ClassSplit, FewShotSet, load_fewshot, official_split
 from fednas.errors import ConfigError
 
 
+@lru_cache(maxsize=1)
 def fewshot_data(cfg: RunConfig) -> tuple[FewShotSet, ClassSplit]:
-    """Every sample of ``meta.dataset`` and its class-disjoint split (seeded)."""
+    """Every sample of ``meta.dataset`` and its class-disjoint split (seeded).
+
+    Cached for the last configuration seen: the task-size check, the federated client-share
+    check and the meta phase of one run load the pool once (mini-ImageNet is ~5 GB as
+    float32). Callers take subsets (copies) and must not modify the returned tensors.
+    """
     m = cfg.meta
     options = None
     if m.dataset == "glyphs":
@@ -57,3 +64,7 @@ def check_tasks(cfg: RunConfig) -> None:
                     f"in meta-{part}; it has {len(counts)} classes, the smallest {smallest} "
                     f"samples (lower meta.shots / meta.queries / meta.ways, or give more "
                     f"samples per class{', meta.glyph-samples' if m.dataset == 'glyphs' else ''})")
+    if m.clients:  # federated Reptile: every client's share of classes must hold a task
+        from fednas.fedmeta import client_classes
+
+        client_classes(data.subset(split.train), m.clients, m.ways, cfg.seed + m.seed_offset)

@@ -20,6 +20,7 @@ With ``space=None`` it trains a fixed model: the same FedAvg, deterministic and 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
 from typing import Any
@@ -216,6 +217,7 @@ class FedNAS(FedAvg):
             weight = float(next(iter(content.metric_records.values()))[self.weighted_by_key])
             entry = {} if masks is None else dict(zip(self.alpha_keys, masks, strict=True))
             contributions.append(Contribution(tensors[pid], slices, weight, entry))
+        t0 = time.perf_counter()
         if self.dp is not None:
             average = self.dp.aggregate(self._state, contributions,
                                         len(self._plan) / max(len(self.node_partitions), 1))
@@ -223,6 +225,8 @@ class FedNAS(FedAvg):
         else:
             average = masked_weighted_mean(self._state, contributions)
         new_state = self.server_opt.step(self._state, average)
+        # seconds of the server's aggregation (DP: clipping, noise and accounting included)
+        self.round_stats["agg_wall_s"] = time.perf_counter() - t0
         metrics = aggregate_metricrecords([c for _, c in good], self.weighted_by_key)
         for key in ("partition-id", "diverged", "num-val", *PLACEMENT_KEYS):
             metrics.pop(key, None)

@@ -181,3 +181,14 @@ def test_task_sizes_fail_before_the_search_starts(tiny_overrides, tmp_path):
                                           r"it has \d+ classes, the smallest 6 .*glyph-samples"):
         Pipeline(cfg).run()
     assert not (tmp_path / "runs").exists()
+
+
+def test_meta_client_shares_fail_before_the_search_starts(tiny_overrides, tmp_path):
+    from fednas.pipeline import Pipeline
+
+    cfg = load_config(None, [*tiny_overrides, 'phases=["search", "meta"]', *tiny_meta(tmp_path),
+                             "meta.clients=50"])
+    with pytest.raises(ConfigError, match=r"meta.clients: 50 clients share \d+ meta-train "
+                                          r"classes, fewer than meta.ways = 3"):
+        Pipeline(cfg).run()
+    assert not (tmp_path / "runs").exists()
