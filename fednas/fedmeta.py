@@ -2,7 +2,7 @@
 
 Each client owns a disjoint share of the meta-train classes (its tasks never show another
 client's classes). A round: every client starts from the global weights θ, runs
-:func:`fednas.meta.reptile_round` on ``meta_batch`` of its own tasks and sends its
+:func:`reptile_round` on ``meta_batch`` of its own tasks and sends its
 displacement Δ_c (the mean over its tasks of θ_task − θ); the server averages them and steps
 θ ← θ + ε · mean_c Δ_c (Reptile, Nichol et al. 2018, as a FedAvg round with server lr ε).
 Only weight displacements leave a client, never its images or classes.
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fednas.errors import ConfigError
@@ -60,12 +61,41 @@ def client_samplers(pool: FewShotSet, clients: int, *, ways: int, shots: int, qu
             for k, p in enumerate(client_classes(pool, clients, ways, seed))]
 
 
+def reptile_round(model: nn.Module, tasks: TaskSampler, *, meta_batch: int = 4,
+                  inner_steps: int = 5, inner_lr: float = 0.01, outer_lr: float = 0.1,
+                  device: torch.device | str = "cpu") -> dict:
+    """One Reptile outer step: θ ← θ + ε · mean_task(θ_task − θ) (Nichol et al. 2018).
+
+    Each task trains a copy with SGD on support and query together. The mean displacement
+    is what a federated client would send; the server averages it. Returns the mean loss.
+    """
+    model.to(device).train()
+    start = [p.detach().clone() for p in model.parameters()]
+    delta = [torch.zeros_like(p) for p in start]
+    losses = []
+    for _ in range(meta_batch):
+        ep = tasks.sample().to(device)
+        x, y = torch.cat([ep.support_x, ep.query_x]), torch.cat([ep.support_y, ep.query_y])
+        fast = copy.deepcopy(model)
+        opt = torch.optim.SGD(fast.parameters(), lr=inner_lr)
+        for _ in range(inner_steps):
+            opt.zero_grad()
+            loss = F.cross_entropy(fast(x), y)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+        for d, p, p0 in zip(delta, fast.parameters(), start, strict=True):
+            d += (p.detach() - p0) / meta_batch
+    with torch.no_grad():
+        for p, d in zip(model.parameters(), delta, strict=True):
+            p.add_(outer_lr * d)
+    return {"loss": float(np.mean(losses)) if losses else float("nan")}
+
+
 def displacement(model: nn.Module, tasks: TaskSampler, *, meta_batch: int, inner_steps: int,
                  inner_lr: float, device: torch.device | str = "cpu"
                  ) -> tuple[dict[str, torch.Tensor], float]:
     """A client's Reptile update from ``model`` (left unchanged): Δ per parameter, mean loss."""
-    from fednas.meta import reptile_round
-
     local = copy.deepcopy(model)
     out = reptile_round(local, tasks, meta_batch=meta_batch, inner_steps=inner_steps,
                         inner_lr=inner_lr, outer_lr=1.0, device=device)

@@ -1,4 +1,4 @@
-"""Few-shot meta-learning through learn2learn: task sampling, MAML / ANIL / MetaSGD, Reptile.
+"""Few-shot meta-learning through learn2learn: task sampling, MAML / ANIL / MetaSGD.
 
 This is the only module that imports learn2learn. Tasks come from l2l's ``Taskset`` over a
 ``MetaDataset`` with ``NWays``, ``KShots`` (``shots + queries`` per class), ``LoadData`` and
@@ -11,7 +11,6 @@ Batch norm uses batch statistics during adaptation and scoring (the MAML convent
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import logging
 import math
@@ -358,34 +357,3 @@ def evaluate_tasks(model: nn.Module | MetaLearner, tasks: Sequence[Episode], **k
     """Mean query accuracy and 95 % CI over ``tasks`` (see :func:`task_accuracies`)."""
     return mean_ci95(task_accuracies(model, tasks, **kwargs))
 
-
-# ----------------------------------------------------------------------------- Reptile
-def reptile_round(model: nn.Module, tasks: TaskSampler, *, meta_batch: int = 4,
-                  inner_steps: int = 5, inner_lr: float = 0.01, outer_lr: float = 0.1,
-                  device: torch.device | str = "cpu") -> dict:
-    """One Reptile outer step: θ ← θ + ε · mean_task(θ_task − θ) (Nichol et al. 2018).
-
-    Each task trains a copy with SGD on support and query together. The mean displacement
-    is what a federated client would send; the server averages it. Returns the mean loss.
-    """
-    model.to(device).train()
-    start = [p.detach().clone() for p in model.parameters()]
-    delta = [torch.zeros_like(p) for p in start]
-    losses = []
-    for _ in range(meta_batch):
-        ep = tasks.sample().to(device)
-        x, y = torch.cat([ep.support_x, ep.query_x]), torch.cat([ep.support_y, ep.query_y])
-        fast = copy.deepcopy(model)
-        opt = torch.optim.SGD(fast.parameters(), lr=inner_lr)
-        for _ in range(inner_steps):
-            opt.zero_grad()
-            loss = F.cross_entropy(fast(x), y)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-        for d, p, p0 in zip(delta, fast.parameters(), start, strict=True):
-            d += (p.detach() - p0) / meta_batch
-    with torch.no_grad():
-        for p, d in zip(model.parameters(), delta, strict=True):
-            p.add_(outer_lr * d)
-    return {"loss": float(np.mean(losses)) if losses else float("nan")}

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from fednas.episodes import load_fewshot, split_classes
 from fednas.errors import ConfigError
+from fednas.fedmeta import reptile_round
 from fednas.meta import (
     Conv4,
     MetaLearner,
@@ -21,7 +22,6 @@ from fednas.meta import (
     fixed_tasks,
     mean_ci95,
     meta_train,
-    reptile_round,
     task_accuracies,
 )
 from fednas.models import HandCNN
