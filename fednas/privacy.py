@@ -39,12 +39,11 @@ REST = "rest"  # the group of keys that no listed group names
 
 def update_norm(delta: Mapping[str, torch.Tensor], keys: Iterable[str] | None = None) -> float:
     """L2 norm of the floating tensors of ``delta`` (all of them, or only ``keys``), in float64."""
-    total = 0.0
-    for key in delta if keys is None else keys:
-        value = delta[key]
-        if value.is_floating_point():
-            total += float(value.detach().to(torch.float64).pow(2).sum())
-    return math.sqrt(total)
+    values = [delta[k].detach().reshape(-1) for k in (delta if keys is None else keys)
+              if delta[k].is_floating_point()]
+    if not values:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.cat(values).to(torch.float64)))
 
 
 def clip_update(delta: Mapping[str, torch.Tensor], max_norm: float | Mapping[str, float],
@@ -119,7 +118,8 @@ def contribution_delta(global_state: Mapping[str, torch.Tensor], contribution: C
             continue
         index = contribution.slices.get(key)
         ref = base if index is None else base[index]
-        delta = value.detach().to(torch.float64) - ref.detach().to(torch.float64).to(value.device)
+        delta = (value.detach().to(torch.float64)
+                 - ref.detach().to(device=value.device, dtype=torch.float64))
         mask = contribution.entry_masks.get(key)
         regions[key] = delta if mask is None else delta * mask.to(delta)
     return Contribution(regions, contribution.slices, contribution.weight,
@@ -180,11 +180,14 @@ def noisy_masked_mean(global_state: Mapping[str, torch.Tensor],
             a = acc[key] if index is None else acc[key][index]
             n = count[key] if index is None else count[key][index]
             mask = c.entry_masks.get(key)
-            votes = torch.ones(value.shape, dtype=torch.float64)
-            if mask is not None:
-                votes = mask.detach().cpu().to(torch.float64)
-            a += votes * value.detach().cpu().to(torch.float64)
-            n += votes
+            value = value.detach().to("cpu", torch.float64)
+            if mask is None:
+                a += value
+                n += 1.0
+            else:
+                votes = mask.detach().to("cpu", torch.float64)
+                a += votes * value
+                n += votes
     std = float(noise_multiplier) * float(clip_norm)
     out = {k: v.clone() for k, v in global_state.items()}
     for key in global_state:
