@@ -115,12 +115,10 @@ class MetaRounds:
 
     def federated_meta(self, grid: Grid, done: list[str]) -> Trained:
         """Meta-train every model and shot count of ``[meta]``; their weights and seconds."""
-        from fednas.fedmeta import client_classes
         from fednas.meta_tasks import fewshot_data
 
         cfg, m = self.cfg, self.cfg.meta
-        data, split = fewshot_data(cfg)
-        client_classes(data.subset(split.train), m.clients, m.ways, 0)  # shares large enough
+        data, _ = fewshot_data(cfg)  # client shares were checked in prepare (check_tasks)
         nodes = {node: pid for node, pid in self.node_partitions.items() if pid < m.clients}
         self.meta_done = dict((self.checkpoint or {}).get("meta_done") or {})
         trained: Trained = {}
