@@ -6,7 +6,8 @@ scripts never seen in meta-training. (a) Conv-4 sized to the searched subnet's p
 count and (b) the searched subnet are meta-trained with the same task stream and scored on
 the same 600 seeded test tasks; (c) AT-NAS evolves a subnet of the meta-trained supernet per
 test task (the first ``meta.atnas.eval-tasks``; ``*_atnas_tasks`` gives (a) and (b) on those
-same tasks). Prints one JSON line: accuracies and 95 % CI half-widths in percent
+same tasks). With ``--set 'meta.models=["searched","conv4","metanas"]'``, (d) MetaNAS (α
+meta-learned on the tasks, then its subnet) is reported too (``metanas_1shot`` ...). Prints one JSON line: accuracies and 95 % CI half-widths in percent
 (``conv4_1shot``, ``conv4_1shot_ci``, ...), ``params`` per model (AT-NAS: mean over its
 tasks), ``meta_train_s`` per model and shot count, and the wall time. With several seeds,
 every figure is the mean over seeds.
@@ -41,7 +42,7 @@ from fednas.sweep_report import collect
 SCENARIO = Path(__file__).parents[1] / "simulations" / "fewshot_glyphs.toml"
 QUICK = ["meta.eval-tasks=200", "meta.atnas.eval-tasks=20"]
 SELECT = ['meta.eval-split="val"', "meta.eval-tasks=200", "meta.atnas.enabled=false"]
-MODELS = {"conv4": "conv4", "searched": "searched"}
+MODELS = {"conv4": "conv4", "searched": "searched", "metanas": "metanas"}  # those present
 
 
 def pct(x: float) -> float:
@@ -52,6 +53,8 @@ def figures(meta: dict) -> dict:
     """The bench keys of one run's ``summary["meta"]`` (percent, rounded)."""
     out: dict = {"params": {}, "meta_train_s": {}}
     for key, name in MODELS.items():
+        if name not in meta["models"]:
+            continue
         entry = meta["models"][name]
         out["params"][key] = entry["params"]
         for shot in (1, 5):
@@ -158,14 +161,15 @@ def main() -> None:
     runs, failed = collect([root])
     if failed:
         raise SystemExit(f"bench/fewshot: failed runs: {failed}")
-    lrs = {f"{m}_{k}shot": lr for m in MODELS for k in (1, 5)}
+    lrs = {f"{m}_{k}shot": lr for m in MODELS if m in runs[0]["summary"]["meta"]["models"]
+           for k in (1, 5)}
     for run in runs if val else ():
         lrs = per_setting(run, val, lr)  # the same choice for every seed (mean over seeds)
     per_seed = [figures(r["summary"]["meta"]) for r in runs]
     result = mean_of(per_seed)
     result["params"] = {k: round(v) for k, v in result["params"].items()}
     result["meta_train_s"] = {k: round(v, 1) for k, v in result["meta_train_s"].items()}
-    best = max(result["searched_1shot"], result["atnas_1shot"])
+    best = max(result.get(f"{m}_1shot", 0.0) for m in ("searched", "metanas", "atnas"))
     print(json.dumps({
         **result, "best_minus_conv4_1shot": round(best - result["conv4_1shot"], 2),
         "inner_lr": lr, "inner_lr_per_setting": lrs, "inner_lr_val": val,

@@ -57,8 +57,8 @@ def model_spec(name: str, model: nn.Module, genotype: Genotype | None = None) ->
 
 def build_from_spec(cfg: RunConfig, spec: dict[str, Any], input_shape: tuple[int, int, int]
                     ) -> nn.Module:
-    """The architecture of :func:`fednas.meta_phase.build_meta_model` for ``spec``."""
-    from fednas.meta_phase import meta_space
+    """The architecture of :func:`fednas.meta_models.build_meta_model` for ``spec``."""
+    from fednas.meta_models import meta_space
 
     ways = cfg.meta.ways
     if spec["name"] == "conv4":
@@ -136,7 +136,7 @@ class MetaRounds:
     def _meta_rounds(self, grid: Grid, phase: str, name: str, shots: int,
                      nodes: dict[int, int], input_shape: tuple[int, int, int],
                      done: list[str]) -> dict[str, torch.Tensor]:
-        from fednas.meta_phase import initial_model, meta_seed
+        from fednas.meta_models import initial_model, meta_seed
         from strategies.reptile import FedReptile
 
         cfg, m = self.cfg, self.cfg.meta

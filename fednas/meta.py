@@ -258,14 +258,17 @@ def meta_train(model: nn.Module | MetaLearner, tasks: FewShotSet | TaskSampler,
                outer_lr: float = 1e-3, iterations: int = 100, first_order: bool = False,
                device: torch.device | str = "cpu", generator: torch.Generator | None = None,
                head: str | None = None, before_step: Callable[[int], None] | None = None,
-               callback: Callable[[dict], None] | None = None) -> MetaLearner:
+               callback: Callable[[dict], None] | None = None, arch_lr: float = 0.0
+               ) -> MetaLearner:
     """Meta-train ``model`` on tasks from ``tasks`` (Adam outer loop); return the learner.
 
     Each iteration averages the query loss of ``meta_batch`` tasks after ``inner_steps``
     adaptation steps. ``before_step(iteration)`` runs before each outer step (AT-NAS samples
     a subnet there); ``callback`` gets ``{"iteration", "loss", "accuracy"}`` and the same
     records are kept in ``learner.history``. Architecture parameters (``arch_parameters()``)
-    are not meta-trained. A :class:`MetaLearner` continues with its own algorithm settings.
+    are meta-trained only with ``arch_lr > 0`` (MetaNAS: their own Adam, β = (0.5, 0.999) as
+    in DARTS), else left as they are; the inner loop adapts them like any parameter the loss
+    uses. A :class:`MetaLearner` continues with its own algorithm settings.
     """
     device = torch.device(device)
     if isinstance(model, MetaLearner):
@@ -283,8 +286,10 @@ def meta_train(model: nn.Module | MetaLearner, tasks: FewShotSet | TaskSampler,
                               seed=_seed_from(generator))
     arch = getattr(learner.model, "arch_parameters", list)()
     frozen = {id(p) for p in arch}
-    optimizer = torch.optim.Adam([p for p in learner.parameters() if id(p) not in frozen],
-                                 lr=outer_lr)
+    groups: list[dict] = [{"params": [p for p in learner.parameters() if id(p) not in frozen]}]
+    if arch and arch_lr > 0:
+        groups.append({"params": arch, "lr": arch_lr, "betas": (0.5, 0.999)})
+    optimizer = torch.optim.Adam(groups, lr=outer_lr)
     learner.train()
     for it in range(iterations):
         if before_step is not None:

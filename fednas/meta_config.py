@@ -14,7 +14,7 @@ from typing import Any
 from fednas.configtools import option, section
 from fednas.errors import ConfigError
 
-META_MODELS = ("searched", "supernet", "conv4")
+META_MODELS = ("searched", "supernet", "conv4", "metanas")
 META_ALGORITHMS = ("maml", "fomaml", "anil", "metasgd")
 
 
@@ -56,6 +56,15 @@ class AtnasConfig:
 
 
 @dataclass(frozen=True)
+class MetanasConfig:
+    iterations: int = option(0, ge=0, doc="'metanas' model: outer steps that meta-learn the "
+                             "supernet's weights and α before its subnet is derived "
+                             "(0 = meta.iterations); the subnet then gets meta.iterations")
+    arch_lr: float = option(3e-3, gt=0.0, doc="'metanas' model: Adam lr of α in the outer "
+                            "loop")
+
+
+@dataclass(frozen=True)
 class MetaConfig:
     dataset: str = option("glyphs", doc="few-shot dataset: glyphs (rendered offline), "
                           "omniglot, mini-imagenet, cifar-fs (with official class splits), or "
@@ -80,7 +89,9 @@ class MetaConfig:
                                "Bertinetto et al.)")
     models: tuple[str, ...] = option(("searched", "conv4"), subset_of=META_MODELS,
                                      doc="models meta-trained and compared: the searched "
-                                         "subnet, the whole supernet (α fixed), Conv-4")
+                                         "subnet, the whole supernet (α fixed), Conv-4, "
+                                         "metanas (α meta-learned on the tasks, then the "
+                                         "derived subnet: [meta.metanas])")
     init: str = option("searched", choices=("searched", "scratch"),
                        doc="searched/supernet: start from the run's trained weights where "
                            "shapes match (the ways-class head is always new), or from scratch")
@@ -117,6 +128,7 @@ class MetaConfig:
     seed_offset: int = option(0, ge=0, doc="the split and task seeds are seed + seed-offset")
     log_every: int = option(10, ge=1, doc="outer steps per metrics.jsonl record")
     atnas: AtnasConfig = section(AtnasConfig)
+    metanas: MetanasConfig = section(MetanasConfig)
 
     def check(self) -> None:
         if len(self.split) != 3 or abs(sum(self.split) - 1.0) > 1e-6:
@@ -160,9 +172,9 @@ class MetaConfig:
         if self.conv4_hidden == 0 and "conv4" in self.models and "searched" not in self.models:
             raise ConfigError("meta.conv4-hidden: 0 matches the searched subnet's params; add "
                               "'searched' to meta.models or give a width")
-        if self.clients and "supernet" in self.models:
+        if self.clients and {"supernet", "metanas"} & set(self.models):
             raise ConfigError("meta.clients: federated Reptile would train the supernet's α "
-                              "too; drop 'supernet' from meta.models")
+                              "too; drop 'supernet' and 'metanas' from meta.models")
         if self.atnas.params_ratio and "searched" not in self.models:
             raise ConfigError("meta.atnas.params-ratio: needs 'searched' in meta.models")
 
@@ -170,7 +182,7 @@ class MetaConfig:
         """Rules that involve the rest of the scenario (``cfg`` is the RunConfig)."""
         if "meta" not in cfg.phases:
             return
-        needs = [m for m in self.models if m in ("searched", "supernet")]
+        needs = [m for m in self.models if m in ("searched", "supernet", "metanas")]
         if needs and "search" not in cfg.phases:
             raise ConfigError(f"meta.models: {needs} need the 'search' phase (or a run dir "
                               "that has one: fednas meta RUN_DIR); use ['conv4'] without it")

@@ -4,13 +4,10 @@ For each shot count of ``[meta]``, every model of ``meta.models`` is meta-traine
 of the meta-train classes (same seeded task stream for every model) and scored on the same
 seeded test tasks (mean ± 95 % CI of query accuracy after ``eval-inner-steps`` steps):
 
-- ``searched``: the run's genotype rebuilt for the few-shot input shape with a ``ways``-class
-  head. With ``init = "searched"`` every tensor whose name and shape match is copied from
-  ``searched.pt`` (or, without one, from the subnet of ``supernet.pt``); the head is always
-  new, since its classes are not the search's. Same-shape inputs (28×28 grey for Fashion-MNIST
-  and glyphs) therefore keep every trained body weight.
-- ``supernet``: the whole supernet, α fixed (not meta-trained), initialised the same way.
-- ``conv4``: the MAML baseline (``conv4-hidden`` channels), from scratch.
+The models (``searched``, ``supernet``, ``conv4``, ``metanas``) and their initial weights are
+built by :mod:`fednas.meta_models`; ``metanas`` first meta-learns the supernet's α with its
+weights (:mod:`fednas.metanas`), then its derived subnet is meta-trained like ``searched``
+(the genotype and the genes MetaNAS changed are in its per-shot entry).
 
 With ``meta.clients > 0`` the models are meta-trained by federated Reptile over clients with
 disjoint classes: as Flower rounds in a federated run (:mod:`fednas.fedmeta_flow` hands the
@@ -33,90 +30,14 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from fednas.cellnet import CellNetwork
 from fednas.config import RunConfig
 from fednas.episodes import FewShotSet
-from fednas.errors import CheckpointError, ConfigError
+from fednas.errors import ConfigError
 from fednas.flops import count_params
+from fednas.meta_models import initial_model, load_matching, meta_seed, meta_space, saved_weights
 from fednas.meta_tasks import fewshot_data
 from fednas.runs import RunDir
-from fednas.search_space import SearchSpace, build_space, load_genotype
-
-HEADS = ("classifier.", "head.", "fc.", "linear.")  # head parameters are never inherited
-
-
-def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
-    """Copy the tensors of ``state`` whose name and shape match (heads excluded); count them."""
-    own = model.state_dict()
-    take = {k: v for k, v in state.items()
-            if k in own and own[k].shape == v.shape and not k.startswith(HEADS)}
-    own.update(take)
-    model.load_state_dict(own)
-    return len(take)
-
-
-def _weights(run_dir: Path, name: str) -> dict[str, torch.Tensor] | None:
-    path = run_dir / f"{name}.pt"
-    return torch.load(path, map_location="cpu")["state_dict"] if path.is_file() else None
-
-
-def meta_space(cfg: RunConfig, input_shape: tuple[int, int, int], ways: int, *,
-               with_none: bool = False) -> SearchSpace:
-    """The run's supernet for ``ways``-class tasks (``with_none``: 'none' among the ops)."""
-    options = cfg.space.options()
-    if with_none and "none" not in options.get("ops", ("none",)):
-        options["ops"] = ("none", *options["ops"])
-    return build_space(cfg.space.name, input_shape=input_shape, num_classes=ways, **options)
-
-
-def conv4_matching(params: int, input_shape: tuple[int, int, int], ways: int) -> int:
-    """The Conv-4 width whose parameter count comes closest to ``params``."""
-    from fednas.meta import Conv4
-
-    def size(hidden: int) -> int:
-        return count_params(Conv4(input_shape=input_shape, num_classes=ways, hidden=hidden))
-
-    low, high = 1, 512
-    while high - low > 1:  # the count grows with the width: smallest width with >= params
-        mid = (low + high) // 2
-        low, high = (mid, high) if size(mid) < params else (low, mid)
-    return min((low, high), key=lambda h: abs(size(h) - params))
-
-
-def build_meta_model(name: str, cfg: RunConfig, run_dir: Path,
-                     input_shape: tuple[int, int, int]) -> tuple[nn.Module, str]:
-    """Model ``name`` of ``meta.models`` and where its initial weights came from."""
-    m = cfg.meta
-    if name == "conv4":
-        from fednas.meta import Conv4
-
-        hidden = m.conv4_hidden or conv4_matching(
-            count_params(build_meta_model("searched", cfg, run_dir, input_shape)[0]),
-            input_shape, m.ways)
-        return Conv4(input_shape=input_shape, num_classes=m.ways, hidden=hidden), "scratch"
-    space = meta_space(cfg, input_shape, m.ways)
-    supernet = _weights(run_dir, "supernet") if m.init == "searched" else None
-    if supernet is not None:
-        load_matching(space, supernet)
-    if name == "supernet":
-        return space, "supernet.pt" if supernet is not None else "scratch"
-    genotype = load_genotype(run_dir / "genotype.json")
-    if genotype["space"] == "cell":
-        c, r = cfg.space.cell, cfg.retrain
-        model: nn.Module = CellNetwork(genotype, input_shape=input_shape, num_classes=m.ways,
-                                       channels=r.channels or c.channels,
-                                       layers=r.layers or c.layers, stem_stride=c.stem_stride,
-                                       allowed_ops=c.ops)
-    else:
-        model = space.subnet(genotype)
-    if m.init == "scratch":
-        return model, "scratch"
-    searched = _weights(run_dir, "searched")
-    if searched is not None and load_matching(model, searched):
-        return model, "searched.pt"
-    if supernet is not None and load_matching(model, space.subnet(genotype).state_dict()):
-        return model, "supernet.pt"
-    return model, "scratch"
+from fednas.search_space import SearchSpace
 
 
 def _task_kwargs(cfg: RunConfig, shots: int) -> dict[str, Any]:
@@ -141,19 +62,20 @@ def _logger(run: RunDir, phase: str, every: int):
     return log
 
 
-def meta_seed(cfg: RunConfig, salt: int, shots: int) -> int:
-    """The seed of one random stream of the meta phase (``salt`` names the stream)."""
-    return cfg.seed + cfg.meta.seed_offset + 1000 * salt + shots
+def run_metanas(cfg: RunConfig, run: RunDir, space: SearchSpace, train_pool: FewShotSet,
+                shots: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """MetaNAS for one shot count: meta-learn ``space``'s weights and α, derive the subnet."""
+    from fednas.metanas import metanas_search
 
-
-def initial_model(name: str, cfg: RunConfig, run_dir: Path, shots: int,
-                  input_shape: tuple[int, int, int]) -> tuple[nn.Module, str]:
-    """:func:`build_meta_model` under the seed of ``shots`` (the same for every path)."""
-    torch.manual_seed(meta_seed(cfg, 2, shots))
-    try:
-        return build_meta_model(name, cfg, run_dir, input_shape)
-    except CheckpointError as exc:
-        raise ConfigError(f"meta.models: {name!r}: {exc}") from None
+    m = cfg.meta
+    r = metanas_search(space, train_pool, algorithm=m.l2l_algorithm,
+                       arch_lr=m.metanas.arch_lr, device=device,
+                       generator=torch.Generator().manual_seed(meta_seed(cfg, 7, shots)),
+                       callback=_logger(run, f"meta-metanas-supernet-{shots}shot", m.log_every),
+                       **(_task_kwargs(cfg, shots) | {"iterations": m.metanas.iterations
+                                                      or m.iterations}))
+    return r.subnet, {"genotype": r.genotype, "changed_genes": r.changed_edges,
+                      "params": count_params(r.subnet), "supernet_meta_train_s": r.seconds}
 
 
 def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, shots: int,
@@ -171,7 +93,7 @@ def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, s
     max_params = min(x for x in limits if x > 0) if any(x > 0 for x in limits) else None
     torch.manual_seed(meta_seed(cfg, 4, shots))
     space = meta_space(cfg, train_pool.input_shape, m.ways, with_none=True)
-    state = _weights(run.path, "supernet") if m.init == "searched" else None
+    state = saved_weights(run.path, "supernet") if m.init == "searched" else None
     source = "supernet.pt" if state is not None and load_matching(space, state) else "scratch"
     algorithm = "anil" if m.algorithm == "anil" else "maml"
     t0 = time.perf_counter()
@@ -243,6 +165,9 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
             model, source = initial_model(name, cfg, run.path, shots, data.input_shape)
             t0 = time.perf_counter()
             log = _logger(run, f"meta-{name}-{shots}shot", m.log_every)
+            derived: dict[str, Any] = {}
+            if name == "metanas":  # central only (meta.clients = 0): the subnet trains below
+                model, derived = run_metanas(cfg, run, model, train_pool, shots, device)
             if trained is not None:  # meta-trained by Flower rounds: only scored here
                 state, done_s = trained[f"meta-{name}-{shots}shot"]
                 model.load_state_dict(state)
@@ -268,10 +193,10 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
             entry = result["models"].setdefault(name, {"params": count_params(model),
                                                        "init": source})
             entry[f"{shots}shot"] = {"acc": mean, "ci95": ci, "meta_train_s": train_s,
-                                     "eval_s": time.perf_counter() - t0 - train_s}
+                                     "eval_s": time.perf_counter() - t0 - train_s, **derived}
             where = "" if m.eval_split == "test" else " (meta-val)"
             console.print(f"\\[meta] {name} {m.ways}-way {shots}-shot{where}: {100 * mean:.2f} ± "
-                          f"{100 * ci:.2f} % ({entry['params']} params, meta-train "
+                          f"{100 * ci:.2f} % ({count_params(model)} params, meta-train "
                           f"{train_s:.0f}s, init {source})")
         if m.atnas.enabled:
             searched = result["models"].get("searched", {}).get("params")

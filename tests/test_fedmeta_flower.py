@@ -110,7 +110,7 @@ def test_meta_clients_must_fit_the_federation_and_skip_privacy(tmp_path):
 def in_process(cfg, shots: int, run_dir) -> tuple[dict[str, torch.Tensor], list[float]]:
     """The meta-model of ``shots`` by the in-process path, and its per-round losses."""
     from fednas.fedmeta import federated_reptile
-    from fednas.meta_phase import initial_model, meta_seed
+    from fednas.meta_models import initial_model, meta_seed
     from fednas.meta_tasks import fewshot_data
 
     m = cfg.meta
@@ -205,7 +205,7 @@ def test_flower_simulation_matches_in_process(tmp_path):
 @pytest.mark.parametrize("space", ["cell", "width"])
 def test_clients_rebuild_the_searched_model_from_its_spec(tiny_overrides, tmp_path, space):
     from fednas.fedmeta_flow import build_from_spec, model_spec
-    from fednas.meta_phase import initial_model, meta_space
+    from fednas.meta_models import initial_model, meta_space
     from fednas.search_space import load_genotype, save_genotype
 
     cfg = load_config(None, [*tiny_overrides, *meta_overrides(tmp_path), f'space.name="{space}"',

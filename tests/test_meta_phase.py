@@ -65,10 +65,20 @@ def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys
     from fednas.pipeline import Pipeline
 
     cfg = load_config(None, [*tiny_overrides, 'phases=["search", "retrain", "meta"]',
-                             "search.epochs=1", "retrain.epochs=1", *tiny_meta(tmp_path)])
+                             "search.epochs=1", "retrain.epochs=1", *tiny_meta(tmp_path),
+                             'meta.models=["searched", "conv4", "metanas"]',
+                             "meta.metanas.iterations=1"])
     run_dir, summary = Pipeline(cfg).run()
     meta = json.loads((run_dir / "meta.json").read_text())
-    assert summary["meta"]["models"].keys() == meta["models"].keys() == {"searched", "conv4"}
+    assert summary["meta"]["models"].keys() == meta["models"].keys() == {
+        "searched", "conv4", "metanas"}
+    metanas = meta["models"]["metanas"]
+    assert metanas["init"] == "supernet.pt"
+    for shot in ("1shot", "2shot"):  # α meta-learned per shot count, then its subnet
+        e = metanas[shot]
+        genes = len(e["genotype"]["normal"]) + len(e["genotype"]["reduce"])
+        assert e["genotype"]["space"] == "cell" and 0 <= e["changed_genes"] <= genes
+        assert e["params"] > 0 and 0 < e["supernet_meta_train_s"] < e["meta_train_s"]
     assert "meta" in summary["timings"] and json.loads(
         (run_dir / "summary.json").read_text())["meta"]["atnas"]["2shot"]["tasks"] == 2
     assert meta["classes"]["test"] > 0 and meta["test_groups"]  # unseen scripts
@@ -84,7 +94,8 @@ def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys
     assert {"genotype", "search_s", "adapt_s"} <= set(atnas["per_task"][0])
     assert "per_task" not in summary["meta"]["atnas"]["1shot"]
     logged = {json.loads(line)["phase"] for line in (run_dir / "metrics.jsonl").open()}
-    assert {"meta-searched-1shot", "meta-conv4-2shot"} <= logged
+    assert {"meta-searched-1shot", "meta-conv4-2shot", "meta-metanas-supernet-1shot",
+            "meta-metanas-1shot"} <= logged
 
     # the same run dir again, through the CLI: Conv-4 alone by federated Reptile, 2-shot
     code = main(["meta", str(run_dir), "--set", 'meta.models=["conv4"]', "--set",
