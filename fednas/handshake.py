@@ -35,6 +35,10 @@ def wait_for_nodes(grid: Grid, want: int, wait: float) -> dict[int, int]:
             raise FedNASError(f"node {reply.metadata.src_node_id} failed the handshake: "
                               f"{reply.error.reason}")
         mapping[reply.metadata.src_node_id] = int(reply.content["metrics"]["partition-id"])
+    if len(mapping) < want:
+        raise FedNASError(f"only {len(mapping)} of {want} client nodes answered the handshake "
+                          f"within federation.node-wait = {wait:g} s; many nodes on few cores "
+                          "need longer (raise federation.node-wait)")
     if sorted(mapping.values()) != list(range(want)):
         raise FedNASError(f"client nodes reported partitions {sorted(mapping.values())}, "
                           f"expected 0..{want - 1}")

@@ -168,3 +168,30 @@ def test_failing_clients_are_dropped_and_counted(tiny_overrides):
     for m in read_metrics(run_dir):
         assert (m["clients_ok"], m["clients_diverged"], m["round_failed"]) == (1, 3, 1)
     assert json.loads((run_dir / "summary.json").read_text())["genotype"]["space"] == "cell"
+
+
+def test_handshake_names_the_nodes_that_did_not_answer(task_identity):
+    from types import SimpleNamespace
+
+    from fednas.errors import FedNASError
+    from fednas.handshake import wait_for_nodes
+
+    def reply(node: int, pid: int) -> SimpleNamespace:
+        return SimpleNamespace(has_error=lambda: False,
+                               metadata=SimpleNamespace(src_node_id=node),
+                               content={"metrics": {"partition-id": pid}})
+
+    class Grid:  # three nodes registered, the last one never answers in time
+        def get_node_ids(self):
+            return [11, 12, 13]
+
+        def send_and_receive(self, messages, timeout):
+            assert len(messages) == 3 and timeout == 5.0
+            return [reply(11, 0), reply(12, 1)]
+
+    with pytest.raises(FedNASError, match=r"only 2 of 3 client nodes answered the handshake "
+                                          r"within federation.node-wait = 5 s"):
+        wait_for_nodes(Grid(), 3, 5.0)
+    Grid.send_and_receive = lambda self, messages, timeout: [reply(11, 0), reply(12, 1),
+                                                             reply(13, 2)]
+    assert wait_for_nodes(Grid(), 3, 5.0) == {11: 0, 12: 1, 13: 2}
