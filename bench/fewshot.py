@@ -7,7 +7,8 @@ count and (b) the searched subnet are meta-trained with the same task stream and
 the same 600 seeded test tasks; (c) AT-NAS evolves a subnet of the meta-trained supernet per
 test task (the first ``meta.atnas.eval-tasks``; ``*_atnas_tasks`` gives (a) and (b) on those
 same tasks). With ``--set 'meta.models=["searched","conv4","metanas"]'``, (d) MetaNAS (α
-meta-learned on the tasks, then its subnet) is reported too (``metanas_1shot`` ...). Prints one JSON line: accuracies and 95 % CI half-widths in percent
+meta-learned on the tasks, then its subnet) is reported too (``metanas_1shot`` ...).
+Prints one JSON line: accuracies and 95 % CI half-widths in percent
 (``conv4_1shot``, ``conv4_1shot_ci``, ...), ``params`` per model (AT-NAS: mean over its
 tasks), ``meta_train_s`` per model and shot count, and the wall time. With several seeds,
 every figure is the mean over seeds.

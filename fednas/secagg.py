@@ -19,9 +19,10 @@ clients drop out, with the protocol's real cryptography (``cryptography`` packag
    With ≥ t shares it rebuilds b_i (i ∈ U) and s_i (i ∈ D) and decodes ``Σ_U y_i − masks``.
 
 :func:`secure_sum` runs all parties in one process; ``strategies/secagg.py`` (server) and
-``fednas/secagg_flow.py`` (clients) run them over Flower messages. Shortcuts: there is no
-consistency-check round and no signatures (honest-but-curious server). Pass ``rng`` for
-deterministic keys and shares (tests, seeded runs); ``rng=None`` draws them from the OS.
+``fednas/secagg_flow.py`` (clients) run them over Flower messages; the secret sharing is
+:mod:`fednas.shamir`. Shortcuts: there is no consistency-check round and no signatures
+(honest-but-curious server). Pass ``rng`` for deterministic keys and shares (tests, seeded
+runs); ``rng=None`` draws them from the OS.
 """
 
 from __future__ import annotations
@@ -39,56 +40,11 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-PRIME = 2**521 - 1  # Mersenne prime > 2^256: the Shamir field holds 32-byte secrets
-_FIELD_BYTES = 66
-Share = tuple[int, int]  # (x, y) with x = holder id + 1
+from fednas.shamir import FIELD_BYTES, Share, shamir_combine, shamir_split
 
 
 class SecAggError(RuntimeError):
     """The protocol cannot proceed (too few survivors/shares, a dishonest request)."""
-
-
-# -- Shamir secret sharing over GF(PRIME) ----------------------------------------------------
-def _random_field(rng: np.random.Generator | None) -> int:
-    raw = secrets.token_bytes(_FIELD_BYTES + 8) if rng is None else rng.bytes(_FIELD_BYTES + 8)
-    return int.from_bytes(raw, "big") % PRIME  # 64 extra bits: bias < 2^-64
-
-
-def shamir_split(secret: int, holders: Sequence[int], threshold: int,
-                 rng: np.random.Generator | None = None) -> dict[int, Share]:
-    """Shares of ``secret`` for each holder id: any ``threshold`` of them rebuild it.
-
-    A random polynomial f of degree t − 1 with f(0) = secret; holder h gets (h + 1, f(h + 1)).
-    Fewer than t shares are consistent with every secret (perfect secrecy).
-    """
-    if not 0 <= secret < PRIME:
-        raise ValueError("secret must be in [0, PRIME)")
-    if not 1 <= threshold <= len(holders):
-        raise ValueError(f"threshold must be in [1, {len(holders)}] (got {threshold})")
-    coeffs = [secret] + [_random_field(rng) for _ in range(threshold - 1)]
-    shares = {}
-    for h in holders:
-        x, y = h + 1, 0
-        for a in reversed(coeffs):
-            y = (y * x + a) % PRIME
-        shares[h] = (x, y)
-    return shares
-
-
-def shamir_combine(shares: Sequence[Share]) -> int:
-    """f(0) by Lagrange interpolation: the secret if ``shares`` holds ≥ t distinct points."""
-    xs = [x for x, _ in shares]
-    if len(set(xs)) != len(xs):
-        raise ValueError("duplicate share points")
-    secret = 0
-    for i, (xi, yi) in enumerate(shares):
-        num = den = 1
-        for j, xj in enumerate(xs):
-            if j != i:
-                num = num * -xj % PRIME
-                den = den * (xi - xj) % PRIME
-        secret = (secret + yi * num * pow(den, -1, PRIME)) % PRIME
-    return secret
 
 
 # -- fixed-point encoding and the mask PRG ----------------------------------------------------
@@ -194,7 +150,7 @@ class SecAggClient:
             if j == self.cid:
                 self._held[j] = (b_shares[j], s_shares[j])
                 continue
-            body = b"".join(v.to_bytes(_FIELD_BYTES, "big")
+            body = b"".join(v.to_bytes(FIELD_BYTES, "big")
                             for v in (b_shares[j][0], b_shares[j][1], s_shares[j][1]))
             out[j] = self._channel(j).encrypt(_nonce(self.cid, j), body, _nonce(self.cid, j))
         return out
@@ -213,8 +169,8 @@ class SecAggClient:
         for sender, ct in ciphertexts.items():
             body = self._channel(sender).decrypt(_nonce(sender, self.cid), ct,
                                                  _nonce(sender, self.cid))
-            x, b_y, s_y = (int.from_bytes(body[k:k + _FIELD_BYTES], "big")
-                           for k in range(0, 3 * _FIELD_BYTES, _FIELD_BYTES))
+            x, b_y, s_y = (int.from_bytes(body[k:k + FIELD_BYTES], "big")
+                           for k in range(0, 3 * FIELD_BYTES, FIELD_BYTES))
             self._held[sender] = ((x, b_y), (x, s_y))
 
     def mask(self, vector: np.ndarray) -> np.ndarray:

@@ -9,7 +9,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fednas.secagg import (  # private helpers: to play the curious server in one test
-    PRIME,
     Quantizer,
     SecAggClient,
     SecAggError,
@@ -18,9 +17,8 @@ from fednas.secagg import (  # private helpers: to play the curious server in on
     _prg,
     _public,
     secure_sum,
-    shamir_combine,
-    shamir_split,
 )
+from fednas.shamir import PRIME, shamir_combine, shamir_split
 
 
 def _vectors(n: int, size: int = 500, seed: int = 0) -> list[np.ndarray]:
