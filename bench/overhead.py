@@ -8,9 +8,14 @@
 (b) ``rss_ratio_1000_vs_10``: peak RSS of the whole process tree (driver + Ray workers) with
     1000 virtual clients at fraction 0.01 ÷ with 10 clients at fraction 1.0;
 (c) ``bytes_ratio_half_shard``: bytes per round (down + up) with half-size shards ÷ full
-    supernet, from real rounds.
+    supernet, from real rounds;
+(d) ``pump_round_ratio_1000``: with 1000 virtual clients, 100 per round (one local step
+    each), the mean round time (``train_wall_s``) with Flower's own message pump ÷ with
+    fednas's (``runtime.message-pump``, :mod:`fednas.flower_pump`); ``pump_run_ratio_1000``
+    the same for the whole run (node start-up and handshake included); the two runs are
+    sequential, each alone on the machine.
 
-Usage: ``python bench/overhead.py [--rounds 3] [--local-steps 4]``
+Usage: ``python bench/overhead.py [--rounds 3] [--local-steps 4] [--no-pump]``
 """
 
 from __future__ import annotations
@@ -82,10 +87,29 @@ def local_loop(cfg_overrides: list[str], rounds: int, threads: int) -> float:
     return sum(times[1:]) / max(len(times) - 1, 1)
 
 
+def pump_figures(tmp: Path) -> dict[str, float]:
+    """(d): 1000 nodes, 100 clients per round, Flower's message pump vs fednas's."""
+    rounds, wall = {}, {}
+    for pump in ("flower", "fednas"):
+        t0 = time.perf_counter()
+        run_dir, _ = run(["federation.local-steps=1", "partition.num-clients=1000",
+                          "federation.fraction-train=0.1", "federation.min-fit-clients=100",
+                          "federation.rounds=2", "federation.client-cpus=1",
+                          f'runtime.message-pump="{pump}"'], tmp / f"pump-{pump}")
+        wall[pump] = time.perf_counter() - t0
+        times = [m["train_wall_s"] for m in read_metrics(run_dir) if m["phase"] == "search"]
+        rounds[pump] = sum(times) / len(times)
+    return {"pump_round_ratio_1000": round(rounds["flower"] / rounds["fednas"], 3),
+            "pump_run_ratio_1000": round(wall["flower"] / wall["fednas"], 3),
+            "pump_round_s": {k: round(v, 1) for k, v in rounds.items()},
+            "pump_run_s": {k: round(v, 1) for k, v in wall.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--local-steps", type=int, default=4)
+    parser.add_argument("--no-pump", action="store_true", help="skip (d)")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     work = [f"federation.local-steps={args.local_steps}", "federation.shard-size=2",
@@ -107,7 +131,8 @@ def main() -> None:
         _, rss_10b = run(["federation.local-steps=2", "partition.num-clients=10",
                           "federation.fraction-train=1.0", "federation.rounds=1",
                           "federation.client-cpus=1"], tmp / "ten")
-    print(json.dumps({
+        pump = {} if args.no_pump else pump_figures(tmp)
+    print(json.dumps({**pump,
         "overhead_ratio": round(sim_round / loop_round, 3),
         "overhead_ratio_with_eval": round(sim_total / loop_round, 3),
         "rss_ratio_1000_vs_10": round(rss_1000 / rss_10b, 3),

@@ -163,6 +163,12 @@ class RuntimeConfig:
     out_dir: str = option("runs", doc="where run directories are created")
     progress: bool = option(True, doc="rich progress bars")
     eval_batch_size: int = option(1000, ge=1)
+    message_pump: str = option("fednas", choices=("fednas", "flower"),
+                               doc="federated runs: how Flower's simulation engine hands the "
+                                   "server's messages to the nodes; fednas: one pass over the "
+                                   "stored messages per sweep (fednas/flower_pump.py); flower: "
+                                   "Flower's own, nodes × messages per sweep (slow with "
+                                   "1000+ nodes)")
 
     def check(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

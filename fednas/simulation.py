@@ -59,6 +59,7 @@ def run_federated(cfg: RunConfig, console: Console | None = None,
     """
     from flwr.simulation import run_simulation
 
+    from fednas import flower_pump
     from fednas.federated import FederatedPipeline
     from simulations.client_app import make_client_app
     from simulations.server_app import make_server_app
@@ -73,6 +74,10 @@ def run_federated(cfg: RunConfig, console: Console | None = None,
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray's notice about a future default; fednas relies on today's (num_gpus=0 hides GPUs).
     warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
+    if cfg.runtime.message_pump == "fednas":  # Flower's is O(nodes × messages) per sweep
+        flower_pump.install()
+    else:
+        flower_pump.uninstall()
     run_simulation(server_app=make_server_app(pipeline), client_app=make_client_app(cfg),
                    num_supernodes=cfg.partition.num_clients,
                    backend_config=backend or backend_config(cfg))
