@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
+from fednas.arrays import to_state_dict
 from fednas.secagg import Quantizer, SecAggClient, SecAggError, Share
 
 ADVERTISE = "query.secagg_advertise"
@@ -148,7 +149,7 @@ def masked_input(content: RecordDict, state: RecordDict, train: Trainer,
     client.receive_shares({int(i): bytes(ct)
                            for i, ct in zip(conf["from"], conf["cts"], strict=True)})
     _save(state, conf, client)
-    regions = content.array_records["arrays"].to_torch_state_dict()
+    regions = to_state_dict(content.array_records["arrays"])
     trained, metrics = train(regions, dict(content.config_records["config"]))
     clear = {k: metrics[k] for k in CLEAR_KEYS if k in metrics}
     finite = all(math.isfinite(float(metrics[k])) for k in metric_names(metrics))

@@ -18,10 +18,11 @@ shipped to Ray workers by value) or, under ``flwr run .``, from the run config.
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fednas import client, secagg_flow
+from fednas.arrays import to_record, to_state_dict
 from fednas.config import RunConfig
 from fednas.shards import decode_masks
 from simulations.local_dp import make_local_dp_mod
@@ -54,11 +55,11 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         run_cfg = resolve(context)
         threads(run_cfg)
         conf = msg.content["config"]
-        regions = msg.content["arrays"].to_torch_state_dict()
+        regions = to_state_dict(msg.content["arrays"])
         masks = decode_masks(list(conf["shard"]), list(client.arch_shapes(run_cfg)))
         out, metrics = client.search(run_cfg, int(conf["partition-id"]),
                                      int(conf["server-round"]), regions, masks, dict(conf))
-        return Message(RecordDict({"arrays": ArrayRecord(out),
+        return Message(RecordDict({"arrays": to_record(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
 
     @app.train(mods=local_dp)
@@ -68,9 +69,9 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         conf = msg.content["config"]
         out, metrics = client.train(run_cfg, int(conf["partition-id"]),
                                     int(conf["server-round"]),
-                                    msg.content["arrays"].to_torch_state_dict(),
+                                    to_state_dict(msg.content["arrays"]),
                                     client.decode_spec(str(conf["model"])), dict(conf))
-        return Message(RecordDict({"arrays": ArrayRecord(out),
+        return Message(RecordDict({"arrays": to_record(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
 
     @app.train("meta")
@@ -81,8 +82,8 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         threads(run_cfg)
         conf = msg.content["config"]
         out, metrics = local_update(run_cfg, int(conf["partition-id"]),
-                                    msg.content["arrays"].to_torch_state_dict(), dict(conf))
-        return Message(RecordDict({"arrays": ArrayRecord(out),
+                                    to_state_dict(msg.content["arrays"]), dict(conf))
+        return Message(RecordDict({"arrays": to_record(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
 
     @app.query("secagg_advertise")
@@ -120,7 +121,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         threads(run_cfg)
         conf = msg.content["config"]
         metrics = client.evaluate_local(run_cfg, int(conf["partition-id"]),
-                                        msg.content["arrays"].to_torch_state_dict(),
+                                        to_state_dict(msg.content["arrays"]),
                                         client.decode_spec(str(conf["model"])))
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 

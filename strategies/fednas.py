@@ -33,6 +33,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
 from fednas.aggregation import Contribution, masked_weighted_mean
+from fednas.arrays import to_record, to_state_dict
 from fednas.search_space import SearchSpace
 from fednas.server_opt import FedAvgM
 from fednas.shards import Masks, Slices, encode_masks, full_masks, gumbel_top_s, slice_state
@@ -132,13 +133,13 @@ class FedNAS(FedAvg):
     # -- training ----------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._state = arrays.to_torch_state_dict()
+        self._state = to_state_dict(arrays)
         self._plan = {}
         sampled = self._sample(self.fraction_train, self.min_train_nodes)
         messages, bytes_down = [], 0
         for pid, node in sampled:
             masks, slices = self._shard()
-            regions = ArrayRecord(slice_state(self._state, slices))
+            regions = to_record(slice_state(self._state, slices))
             bytes_down += regions.count_bytes()
             cfg = ConfigRecord({**dict(config), "server-round": server_round,
                                 "partition-id": pid})
@@ -184,7 +185,7 @@ class FedNAS(FedAvg):
                 log(WARNING, "reply from unexpected partition %s dropped", pid)
                 continue
             record = msg.content.array_records.get(self.arrayrecord_key)
-            state = record.to_torch_state_dict() if record is not None else {}
+            state = to_state_dict(record) if record is not None else {}
             if metrics.get("diverged", 0) or not _finite(msg.content, state):
                 diverged += 1
                 log(WARNING, "partition %d diverged (non-finite loss/weights): dropped", pid)
@@ -230,7 +231,7 @@ class FedNAS(FedAvg):
         metrics = aggregate_metricrecords([c for _, c in good], self.weighted_by_key)
         for key in ("partition-id", "diverged", "num-val", *PLACEMENT_KEYS):
             metrics.pop(key, None)
-        return ArrayRecord(new_state), metrics
+        return to_record(new_state), metrics
 
     # -- evaluation --------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

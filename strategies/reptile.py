@@ -25,6 +25,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
+from fednas.arrays import to_record, to_state_dict
 from fednas.fedmeta import mean_loss, reptile_step
 from strategies.fednas import PLACEMENT_KEYS, _finite
 
@@ -79,7 +80,7 @@ class FedReptile(FedAvg):
         if not self.node_partitions:
             raise RuntimeError("FedReptile.node_partitions is empty: map the meta clients' "
                                "node ids to partition ids before configuring rounds")
-        self._state = arrays.to_torch_state_dict()
+        self._state = to_state_dict(arrays)
         messages = []
         for pid, node in sorted((p, n) for n, p in self.node_partitions.items()):
             cfg = ConfigRecord({**dict(config), "server-round": server_round,
@@ -109,7 +110,7 @@ class FedReptile(FedAvg):
                 errors += 1
                 log(WARNING, "reply from partition %s dropped (unexpected or no arrays)", pid)
                 continue
-            update = record.to_torch_state_dict()
+            update = to_state_dict(record)
             if not self._well_formed(update):
                 errors += 1
                 log(WARNING, "partition %d sent a malformed update: dropped", pid)
@@ -135,7 +136,7 @@ class FedReptile(FedAvg):
         self.round_stats["round_failed"] = 0
         state = reptile_step(self._state, [u for _, u, _, _ in good], self.server_lr)
         loss = mean_loss([float(m["meta-loss"]) for _, _, m, _ in good])
-        return ArrayRecord(state), MetricRecord({"meta-loss": loss})
+        return to_record(state), MetricRecord({"meta-loss": loss})
 
     def _well_formed(self, update: dict[str, torch.Tensor]) -> bool:
         return sorted(update) == sorted(self.param_keys) and all(
