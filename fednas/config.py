@@ -164,11 +164,12 @@ class RuntimeConfig:
     progress: bool = option(True, doc="rich progress bars")
     eval_batch_size: int = option(1000, ge=1)
     message_pump: str = option("fednas", choices=("fednas", "flower"),
-                               doc="federated runs: how Flower's simulation engine hands the "
-                                   "server's messages to the nodes; fednas: one pass over the "
-                                   "stored messages per sweep (fednas/flower_pump.py); flower: "
-                                   "Flower's own, nodes × messages per sweep (slow with "
-                                   "1000+ nodes)")
+                               doc="federated runs under fednas run/sweep: how Flower's "
+                                   "simulation engine hands the server's messages to the nodes; "
+                                   "fednas: one pass over the stored messages per sweep "
+                                   "(fednas/flower_pump.py); flower: Flower's own, nodes × "
+                                   "messages per sweep (slow with 1000+ nodes; what flwr run "
+                                   "always uses)")
 
     def check(self) -> None:
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
