@@ -7,7 +7,10 @@ count and (b) the searched subnet are meta-trained with the same task stream and
 the same 600 seeded test tasks; (c) AT-NAS evolves a subnet of the meta-trained supernet per
 test task (the first ``meta.atnas.eval-tasks``; ``*_atnas_tasks`` gives (a) and (b) on those
 same tasks). With ``--set 'meta.models=["searched","conv4","metanas"]'``, (d) MetaNAS (α
-meta-learned on the tasks, then its subnet) is reported too (``metanas_1shot`` ...).
+meta-learned on the tasks, then its subnet) is reported too (``metanas_1shot`` ...). With
+``--set 'meta.atnas.prior="metanas"'`` AT-NAS draws its subnets from MetaNAS's α (reusing the
+``metanas`` model's supernet when it is listed; ``atnas_1shot_mode_share``: the share of
+tasks that kept α's mode).
 Prints one JSON line: accuracies and 95 % CI half-widths in percent
 (``conv4_1shot``, ``conv4_1shot_ci``, ...), ``params`` per model (AT-NAS: mean over its
 tasks), ``meta_train_s`` per model and shot count, and the wall time. With several seeds,
@@ -70,6 +73,8 @@ def figures(meta: dict) -> dict:
         out[f"atnas_{shot}shot"], out[f"atnas_{shot}shot_ci"] = pct(a["acc"]), pct(a["ci95"])
         out["meta_train_s"][f"atnas_{shot}shot"] = a["meta_train_s"]
         out[f"atnas_{shot}shot_search_s"] = a["search_s_mean"] + a["adapt_s_mean"]
+        if a.get("mode_chosen") is not None:  # meta.atnas.prior = "metanas"
+            out[f"atnas_{shot}shot_mode_share"] = a["mode_chosen"] / a["tasks"]
         params.append(a["params_mean"])
     out["params"]["atnas"] = statistics.mean(params)
     out["eval_tasks"], out["atnas_eval_tasks"] = meta["eval_tasks"], meta["atnas"]["1shot"]["tasks"]

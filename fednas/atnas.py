@@ -1,11 +1,15 @@
 """AT-NAS: meta-learned supernet weights, then a per-task evolutionary architecture search.
 
 1. :func:`meta_train_supernet` meta-trains the cell supernet's shared weights over tasks;
-   each outer step samples a random subnet (a genotype) and restricts the supernet to it
-   with a one-op-per-edge shard (the genotype's op on its edges, ``none`` elsewhere), so the
-   shard computes exactly what ``space.subnet(genotype)`` computes.
+   each outer step samples a subnet (a genotype) and restricts the supernet to it with a
+   one-op-per-edge shard (the genotype's op on its edges, ``none`` elsewhere), so the shard
+   computes exactly what ``space.subnet(genotype)`` computes. Subnets are drawn uniformly,
+   or from an architecture prior: :class:`ArchPrior` draws from softmax(α / T) of a
+   supernet whose α was meta-learned first (MetaNAS, :mod:`fednas.metanas`), so the shared
+   weights are trained for the region of the space that adapts well.
 2. For a new task, :func:`search_task` evolves genotypes (population, tournament selection,
-   crossover per node, mutation of ops and inputs; seeded). Fitness is the accuracy on a
+   crossover per node, mutation of ops and inputs; seeded). The initial population is
+   random, or the prior's mode and draws from it. Fitness is the accuracy on a
    held-out part of the support set after adapting the subnet (weights inherited from the
    meta-trained supernet) on the rest. EEEA early exit: a candidate whose derived subnet
    has more than ``max_params`` parameters is rejected before any evaluation.
@@ -13,7 +17,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -26,10 +29,22 @@ from torch import nn
 from fednas.episodes import Episode, FewShotSet, split_support
 from fednas.errors import ConfigError
 from fednas.flops import count_params
+from fednas.genotype_ops import (
+    KINDS,
+    ArchPrior,
+    Sampler,
+    check_cell_space,
+    crossover,
+    genotype_key,
+    genotype_masks,
+    mutate,
+)
 from fednas.meta import MetaLearner, TaskSampler, mean_ci95, meta_train
 from fednas.search_space import Genotype, SearchSpace
 
-KINDS = ("normal", "reduce")
+__all__ = ["KINDS", "ArchPrior", "AtnasReport", "EvolutionConfig", "TaskSearch",
+           "atnas_evaluate", "augmented_support", "crossover", "genotype_key",
+           "genotype_masks", "meta_train_supernet", "mutate", "search_task"]
 
 
 @dataclass(frozen=True)
@@ -92,71 +107,7 @@ class AtnasReport:
                            "seconds": t.search_seconds + t.adapt_seconds} for t in self.tasks]}
 
 
-# ----------------------------------------------------------------------------- encodings
-def _check_space(space: SearchSpace) -> None:
-    if space.space_name != "cell" or "none" not in space.op_names:
-        raise ConfigError("AT-NAS needs the cell space with 'none' among space.cell.ops "
-                          "(edges outside a subnet are switched off with it)")
-
-
-def genotype_masks(space: SearchSpace, genotype: Genotype) -> list[torch.Tensor]:
-    """One-op-per-edge shard masks (normal, reduce) that make the supernet ``genotype``."""
-    _check_space(space)
-    space.check_genotype(genotype)
-    ops = space.op_names
-    masks = []
-    for kind, alpha in zip(KINDS, space.arch_parameters(), strict=True):
-        mask = torch.zeros(alpha.shape, dtype=torch.bool)
-        mask[:, ops.index("none")] = True
-        for k, (op, j) in enumerate(genotype[kind]):
-            edge = sum(2 + m for m in range(k // 2)) + j
-            if not mask[edge, ops.index("none")]:
-                raise ValueError(f"genotype {kind}: node {k // 2} uses input {j} twice")
-            mask[edge] = False
-            mask[edge, ops.index(op)] = True
-        masks.append(mask)
-    return masks
-
-
-def _key(genotype: Genotype) -> str:
-    return json.dumps([genotype[k] for k in KINDS])
-
-
-def _node_pair(pairs: list[list]) -> list[list]:
-    return sorted(pairs, key=lambda p: p[1])
-
-
-def mutate(genotype: Genotype, ops: Sequence[str], rate: float,
-           generator: torch.Generator) -> Genotype:
-    """Each gene, with probability ``rate``: a different op, or a different free input."""
-    keep = [o for o in ops if o != "none"]
-    out = dict(genotype)
-    for kind in KINDS:
-        gene = [list(p) for p in genotype[kind]]
-        for k in range(len(gene)):
-            if float(torch.rand((), generator=generator)) >= rate:
-                continue
-            node, other = k // 2, gene[k ^ 1][1]
-            inputs = [j for j in range(2 + node) if j not in (other, gene[k][1])]
-            if float(torch.rand((), generator=generator)) < 0.5 and inputs:
-                gene[k][1] = inputs[int(torch.randint(len(inputs), (), generator=generator))]
-            else:
-                choices = [o for o in keep if o != gene[k][0]] or keep
-                gene[k][0] = choices[int(torch.randint(len(choices), (), generator=generator))]
-        out[kind] = [p for i in range(0, len(gene), 2) for p in _node_pair(gene[i:i + 2])]
-    return out
-
-
-def crossover(a: Genotype, b: Genotype, generator: torch.Generator) -> Genotype:
-    """Uniform crossover of whole nodes (a node's two genes come from the same parent)."""
-    out = dict(a)
-    for kind in KINDS:
-        pick = torch.rand(len(a[kind]) // 2, generator=generator) < 0.5
-        out[kind] = [list(p) for i, take_b in enumerate(pick.tolist())
-                     for p in (b if take_b else a)[kind][2 * i: 2 * i + 2]]
-    return out
-
-
+# ----------------------------------------------------------------------------- fitness
 def augmented_support(episode: Episode, copies: int, generator: torch.Generator) -> Episode:
     """A fitness episode for 1-shot tasks: adapt on the support, score on augmented copies.
 
@@ -180,19 +131,22 @@ def augmented_support(episode: Episode, copies: int, generator: torch.Generator)
 # ----------------------------------------------------------------------------- meta-training
 def meta_train_supernet(space: SearchSpace, tasks: FewShotSet | TaskSampler, *,
                         generator: torch.Generator, algorithm: str = "maml",
-                        **kwargs) -> MetaLearner:
-    """Meta-train the supernet's weights, a random subnet (shard) per outer step.
+                        sampler: Sampler | None = None, **kwargs) -> MetaLearner:
+    """Meta-train the supernet's weights, a sampled subnet (shard) per outer step.
 
-    ``kwargs`` are those of :func:`fednas.meta.meta_train` (ways, shots, queries, ...); α is
-    not trained. The shard is cleared afterwards.
+    ``sampler(generator)`` draws the subnet (default: uniformly, ``space.random_genotype``;
+    :meth:`ArchPrior.sample` for an α prior). ``kwargs`` are those of
+    :func:`fednas.meta.meta_train` (ways, shots, queries, ...); α is not trained. The shard
+    is cleared afterwards.
     """
-    _check_space(space)
+    check_cell_space(space)
     if algorithm == "metasgd":
         raise ConfigError("meta.algorithm: AT-NAS supports maml and anil (MetaSGD's per-"
                           "parameter lrs do not transfer to subnets)")
+    draw = sampler or space.random_genotype
 
     def sample_subnet(_iteration: int) -> None:
-        space.set_shard(genotype_masks(space, space.random_genotype(generator)))
+        space.set_shard(genotype_masks(space, draw(generator)))
 
     try:
         return meta_train(space, tasks, algorithm, generator=generator,
@@ -216,8 +170,10 @@ class _Search:
 
     def __init__(self, space: SearchSpace, fit: Episode, cfg: EvolutionConfig, *,
                  algorithm: str, steps: int, inner_lr: float, generator: torch.Generator,
-                 device: torch.device) -> None:
+                 device: torch.device, prior: ArchPrior | None = None) -> None:
         self.space, self.fit, self.cfg, self.gen, self.device = space, fit, cfg, generator, device
+        self.draw = prior.sample if prior is not None else space.random_genotype
+        self.prior_score = prior.log_prob if prior is not None else (lambda _g: 0.0)
         self.scoring = {"algorithm": algorithm, "steps": steps, "inner_lr": inner_lr}
         self.scored: dict[str, tuple[float, int]] = {}  # key -> (fitness, params)
         self.params: dict[str, int] = {}
@@ -226,7 +182,7 @@ class _Search:
 
     def admit(self, genotype: Genotype, generation: int) -> bool:
         """Score ``genotype`` unless it is known or over the params threshold (EEEA)."""
-        key = _key(genotype)
+        key = genotype_key(genotype)
         if key in self.scored:
             return False
         if key not in self.params:
@@ -242,9 +198,10 @@ class _Search:
                              "genotype": genotype})
         return True
 
-    def rank(self, genotype: Genotype) -> tuple[float, int]:
-        fitness, params = self.scored[_key(genotype)]
-        return -fitness, params  # best first: accuracy, then fewer parameters
+    def rank(self, genotype: Genotype) -> tuple[float, float, int]:
+        fitness, params = self.scored[genotype_key(genotype)]
+        # best first: accuracy, then what the prior prefers (if any), then fewer parameters
+        return -fitness, -self.prior_score(genotype), params
 
     def tournament(self, population: list[Genotype]) -> Genotype:
         draw = torch.randperm(len(population), generator=self.gen)[: self.cfg.tournament]
@@ -252,13 +209,13 @@ class _Search:
 
     def offspring(self, population: list[Genotype], count: int, generation: int
                   ) -> list[Genotype]:
-        """Up to ``count`` new scored candidates (random ones when ``population`` is empty)."""
+        """Up to ``count`` new scored candidates (drawn ones when ``population`` is empty)."""
         children: list[Genotype] = []
         for _ in range(count * self.cfg.max_tries):
             if len(children) == count:
                 break
             if not population:
-                child = self.space.random_genotype(self.gen)
+                child = self.draw(self.gen)
             else:
                 child = self.tournament(population)
                 if float(torch.rand((), generator=self.gen)) < self.cfg.crossover:
@@ -272,24 +229,27 @@ class _Search:
 def search_task(space: SearchSpace, episode: Episode, *, config: EvolutionConfig | None = None,
                 algorithm: str = "maml", inner_steps: int = 5, inner_lr: float = 0.4,
                 generator: torch.Generator, device: torch.device | str = "cpu",
-                fit: Episode | None = None) -> TaskSearch:
+                fit: Episode | None = None, prior: ArchPrior | None = None) -> TaskSearch:
     """Evolve a subnet for ``episode`` and adapt the winner on its whole support set.
 
     ``fit`` is the episode that scores candidates (default: the support set split by
-    ``config.holdout``; 1-shot tasks use :func:`augmented_support`). The real query is only
-    used to report the winner's accuracy. Raises ValueError when no sampled candidate fits
-    ``config.max_params``.
+    ``config.holdout``; 1-shot tasks use :func:`augmented_support`). Without a ``prior`` the
+    initial population is drawn uniformly; with one it is the prior's mode (subject to the
+    params threshold like any candidate) and draws from the prior, and fitness ties go to
+    the genotype the prior scores higher. The real query is only used to report the
+    winner's accuracy. Raises ValueError when no candidate fits ``config.max_params``.
     """
     cfg = config or EvolutionConfig()
     cfg.validate()
-    _check_space(space)
+    check_cell_space(space)
     device = torch.device(device)
     space.set_shard(None)
     start = time.perf_counter()
     fit = (split_support(episode, cfg.holdout) if fit is None else fit).to(device)
     search = _Search(space, fit, cfg, algorithm=algorithm, steps=inner_steps,
-                     inner_lr=inner_lr, generator=generator, device=device)
-    population = search.offspring([], cfg.population, 0)
+                     inner_lr=inner_lr, generator=generator, device=device, prior=prior)
+    population = [g for g in ([prior.mode()] if prior else []) if search.admit(g, 0)]
+    population += search.offspring([], cfg.population - len(population), 0)
     if not population:
         raise ValueError(f"AT-NAS: none of {cfg.population * cfg.max_tries} sampled subnets "
                          f"has <= {cfg.max_params} parameters; raise meta.evolution.max-params")
@@ -297,7 +257,7 @@ def search_task(space: SearchSpace, episode: Episode, *, config: EvolutionConfig
         children = search.offspring(population, cfg.population, generation)
         population = sorted(population + children, key=search.rank)[: cfg.population]
     best = population[0]
-    fitness, params = search.scored[_key(best)]
+    fitness, params = search.scored[genotype_key(best)]
     searched = time.perf_counter()
     ep = episode.to(device)
     net = space.subnet(best).to(device)
@@ -309,11 +269,12 @@ def search_task(space: SearchSpace, episode: Episode, *, config: EvolutionConfig
 def atnas_evaluate(space: SearchSpace, tasks: Sequence[Episode], *,
                    config: EvolutionConfig | None = None, algorithm: str = "maml",
                    inner_steps: int = 5, inner_lr: float = 0.4, generator: torch.Generator,
-                   device: torch.device | str = "cpu") -> AtnasReport:
+                   device: torch.device | str = "cpu", prior: ArchPrior | None = None
+                   ) -> AtnasReport:
     """:func:`search_task` on each of ``tasks`` (e.g. :func:`fednas.meta.fixed_tasks`)."""
     results = [search_task(space, tasks[i], config=config, algorithm=algorithm,
                            inner_steps=inner_steps, inner_lr=inner_lr, generator=generator,
-                           device=device) for i in range(len(tasks))]
+                           device=device, prior=prior) for i in range(len(tasks))]
     mean, ci = mean_ci95([r.query_accuracy for r in results])
     seconds = sum(r.search_seconds + r.adapt_seconds for r in results) / len(results)
     return AtnasReport(results, mean, ci, seconds)

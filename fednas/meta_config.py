@@ -16,6 +16,7 @@ from fednas.errors import ConfigError
 
 META_MODELS = ("searched", "supernet", "conv4", "metanas")
 META_ALGORITHMS = ("maml", "fomaml", "anil", "metasgd")
+ATNAS_PRIORS = ("uniform", "metanas")
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,12 @@ class AtnasConfig:
     inner_steps: int = option(0, ge=0, doc="adaptation steps per candidate "
                               "(0 = meta.eval-inner-steps)")
     max_tries: int = option(50, ge=1, doc="draws per wanted candidate before giving up")
+    prior: str = option("uniform", choices=ATNAS_PRIORS, doc="how subnets are drawn for "
+                        "meta-training and the initial population: uniform, or metanas (α "
+                        "meta-learned first as for the 'metanas' model, then softmax(α / "
+                        "temperature); its mode starts the population)")
+    temperature: float = option(1.0, gt=0.0, doc="prior = metanas: sampling temperature of "
+                                "α (-> 0: always the mode, 1: softmax(α))")
 
     def check(self) -> None:
         if self.tournament > self.population:

@@ -32,7 +32,7 @@ from torch import nn
 
 from fednas.config import RunConfig
 from fednas.episodes import FewShotSet
-from fednas.errors import ConfigError
+from fednas.errors import CheckpointError, ConfigError
 from fednas.flops import count_params
 from fednas.meta_models import initial_model, load_matching, meta_seed, meta_space, saved_weights
 from fednas.meta_tasks import fewshot_data
@@ -63,27 +63,81 @@ def _logger(run: RunDir, phase: str, every: int):
 
 
 def run_metanas(cfg: RunConfig, run: RunDir, space: SearchSpace, train_pool: FewShotSet,
-                shots: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """MetaNAS for one shot count: meta-learn ``space``'s weights and α, derive the subnet."""
+                shots: int, device: torch.device, phase: str = ""
+                ) -> tuple[nn.Module, dict[str, Any]]:
+    """MetaNAS for one shot count: meta-learn ``space``'s weights and α, derive the subnet
+    (metrics logged as ``phase``, default ``meta-metanas-supernet-<k>shot``)."""
     from fednas.metanas import metanas_search
 
     m = cfg.meta
     r = metanas_search(space, train_pool, algorithm=m.l2l_algorithm,
                        arch_lr=m.metanas.arch_lr, device=device,
                        generator=torch.Generator().manual_seed(meta_seed(cfg, 7, shots)),
-                       callback=_logger(run, f"meta-metanas-supernet-{shots}shot", m.log_every),
+                       callback=_logger(run, phase or f"meta-metanas-supernet-{shots}shot",
+                                        m.log_every),
                        **(_task_kwargs(cfg, shots) | {"iterations": m.metanas.iterations
                                                       or m.iterations}))
     return r.subnet, {"genotype": r.genotype, "changed_genes": r.changed_edges,
                       "params": count_params(r.subnet), "supernet_meta_train_s": r.seconds}
 
 
+def load_prior(space: SearchSpace, state: dict[str, torch.Tensor]) -> None:
+    """Load a MetaNAS supernet's state (head included) into AT-NAS's space.
+
+    AT-NAS's space may have ``none`` among its ops where MetaNAS's had not: α then gets a
+    ``none`` column at -30 (weight ≈ 0, so the mixture is MetaNAS's, and never NaN when a
+    shard leaves ``none`` alone on an edge). Every other tensor must match by name and shape.
+    """
+    own = space.state_dict()
+    none = space.op_names.index("none") if "none" in space.op_names else None
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape and none is not None and (
+                value.shape[:-1] == own[key].shape[:-1]
+                and value.shape[-1] + 1 == own[key].shape[-1]):
+            pad = torch.full((*value.shape[:-1], 1), -30.0, dtype=value.dtype)
+            value = torch.cat([value[..., :none], pad, value[..., none:]], -1)
+        if key not in own or own[key].shape != value.shape:
+            raise CheckpointError(f"AT-NAS prior: MetaNAS supernet tensor {key!r} does not fit "
+                                  "AT-NAS's supernet")
+        own[key] = value
+    space.load_state_dict(own)
+
+
+def atnas_prior(cfg: RunConfig, run: RunDir, space: SearchSpace, train_pool: FewShotSet,
+                shots: int, device: torch.device, metanas_state: dict[str, torch.Tensor] | None
+                ) -> tuple[Any, dict[str, Any]]:
+    """``meta.atnas.prior``: the :class:`fednas.atnas.ArchPrior` (None: uniform) and a record.
+
+    ``metanas``: α (with the weights) is meta-learned by MetaNAS first, or taken from the
+    ``metanas`` model of the same shot count (``metanas_state``) when it ran.
+    """
+    from fednas import atnas
+
+    a = cfg.meta.atnas
+    if a.prior == "uniform":
+        return None, {"prior": "uniform"}
+    t0 = time.perf_counter()
+    if metanas_state is not None:
+        load_prior(space, metanas_state)
+        source = "metanas model"
+    else:
+        run_metanas(cfg, run, space, train_pool, shots, device,
+                    phase=f"meta-atnas-prior-{shots}shot")
+        source = "own metanas search"
+    prior = atnas.ArchPrior(space, a.temperature)
+    return prior, {"prior": "metanas", "prior_source": source, "prior_genotype": prior.mode(),
+                   "temperature": a.temperature, "prior_s": time.perf_counter() - t0}
+
+
 def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, shots: int,
-              device: torch.device, searched_params: int | None) -> dict[str, Any]:
+              device: torch.device, searched_params: int | None,
+              metanas_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
     """AT-NAS for one shot count: meta-train the supernet, evolve a subnet per test task.
 
     The first ``meta.atnas.eval-tasks`` of ``tasks`` are searched; 1-shot tasks score
     candidates on augmented copies of the support (:func:`fednas.atnas.augmented_support`).
+    With ``meta.atnas.prior = "metanas"`` subnets are drawn from MetaNAS's α
+    (:func:`atnas_prior`); its seconds count in ``meta_train_s``.
     """
     from fednas import atnas
     from fednas.meta import mean_ci95
@@ -97,8 +151,10 @@ def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, s
     source = "supernet.pt" if state is not None and load_matching(space, state) else "scratch"
     algorithm = "anil" if m.algorithm == "anil" else "maml"
     t0 = time.perf_counter()
+    prior, record = atnas_prior(cfg, run, space, train_pool, shots, device, metanas_state)
     atnas.meta_train_supernet(
         space, train_pool, algorithm=algorithm, device=device,
+        sampler=prior.sample if prior is not None else None,
         generator=torch.Generator().manual_seed(meta_seed(cfg, 5, shots)),
         callback=_logger(run, f"meta-atnas-{shots}shot", m.log_every),
         **(_task_kwargs(cfg, shots) | {"iterations": a.iterations or m.iterations}))
@@ -111,7 +167,8 @@ def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, s
         fit = atnas.augmented_support(episode, a.augment_copies, generator) if shots == 1 else None
         r = atnas.search_task(space, episode, config=evolution, algorithm=algorithm,
                               inner_steps=a.inner_steps or m.eval_inner_steps,
-                              inner_lr=m.inner_lr, generator=generator, device=device, fit=fit)
+                              inner_lr=m.inner_lr, generator=generator, device=device, fit=fit,
+                              prior=prior)
         per_task.append({"genotype": r.genotype, "params": r.params, "acc": r.query_accuracy,
                          "fitness": r.fitness, "evaluations": r.evaluations,
                          "rejected": r.rejected, "search_s": r.search_seconds,
@@ -119,6 +176,8 @@ def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, s
     mean, ci = mean_ci95([t["acc"] for t in per_task])
     n = len(per_task)
     return {"acc": mean, "ci95": ci, "tasks": n, "init": source, "max_params": max_params,
+            **record, "mode_chosen": sum(t["genotype"] == record["prior_genotype"]
+                                         for t in per_task) if prior is not None else None,
             "meta_train_s": train_s, "params_mean": sum(t["params"] for t in per_task) / n,
             "search_s_mean": sum(t["search_s"] for t in per_task) / n,
             "adapt_s_mean": sum(t["adapt_s"] for t in per_task) / n,
@@ -157,6 +216,7 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
         "eval_tasks": m.eval_tasks, "eval_inner_steps": m.eval_inner_steps,
         "eval_split": m.eval_split,
         "models": {}, "atnas": {}}
+    metanas_states: dict[int, dict[str, torch.Tensor]] = {}  # AT-NAS's prior, when it asks
     for shots in m.shots:
         tasks = metalib.fixed_tasks(test_pool, ways=m.ways, shots=shots, queries=m.queries,
                                     num_tasks=m.eval_tasks, seed=meta_seed(cfg, 1, shots))
@@ -167,7 +227,10 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
             log = _logger(run, f"meta-{name}-{shots}shot", m.log_every)
             derived: dict[str, Any] = {}
             if name == "metanas":  # central only (meta.clients = 0): the subnet trains below
-                model, derived = run_metanas(cfg, run, model, train_pool, shots, device)
+                supernet = model
+                model, derived = run_metanas(cfg, run, supernet, train_pool, shots, device)
+                metanas_states[shots] = {k: v.detach().clone()
+                                         for k, v in supernet.state_dict().items()}
             if trained is not None:  # meta-trained by Flower rounds: only scored here
                 state, done_s = trained[f"meta-{name}-{shots}shot"]
                 model.load_state_dict(state)
@@ -200,7 +263,8 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
                           f"{train_s:.0f}s, init {source})")
         if m.atnas.enabled:
             searched = result["models"].get("searched", {}).get("params")
-            report = run_atnas(cfg, run, train_pool, tasks, shots, device, searched)
+            report = run_atnas(cfg, run, train_pool, tasks, shots, device, searched,
+                               metanas_states.get(shots))
             result["atnas"][f"{shots}shot"] = report
             n = report["tasks"]
             for name, values in accs.items():  # the MAML models on AT-NAS's task subset

@@ -125,3 +125,74 @@ def test_atnas_needs_none_and_rejects_metasgd(pools, tasks):
                                   algorithm="metasgd", ways=4, shots=1, queries=1)
     with pytest.raises(ConfigError, match="tournament"):
         atnas.EvolutionConfig(population=2, tournament=3).validate()
+
+
+def peaked(space, scale=8.0):
+    """Give ``space`` an α whose mode is a known genotype; return that genotype."""
+    target = space.random_genotype(torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for alpha, mask in zip(space.arch_parameters(), atnas.genotype_masks(space, target),
+                               strict=True):
+            alpha.copy_(torch.where(mask, scale, 0.0))
+            alpha[:, OPS.index("none")] = 0.0  # 'none' never wins; unused edges stay flat
+    return target
+
+
+def test_prior_samples_follow_alpha_and_its_mode():
+    space = supernet()
+    target = peaked(space)
+    assert atnas.genotype_key(space.genotype()) == atnas.genotype_key(target)
+    gen = torch.Generator().manual_seed(0)
+    prior = atnas.ArchPrior(space, temperature=1.0)
+    cold = [atnas.ArchPrior(space, temperature=0.05).sample(gen) for _ in range(20)]
+    warm = [prior.sample(gen) for _ in range(200)]
+    flat_space = supernet()
+    with torch.no_grad():
+        for alpha in flat_space.arch_parameters():
+            alpha.zero_()
+    flat = atnas.ArchPrior(flat_space)  # α = 0: every op and input pair equally likely
+    uniform = [flat.sample(gen) for _ in range(200)]
+    for g in cold + warm:
+        assert check_cell_genotype(g, OPS) == 2
+        atnas.genotype_masks(space, g)  # distinct inputs per node, valid ops
+    assert all(atnas.genotype_key(g) == atnas.genotype_key(target) for g in cold)
+
+    def share(genotypes):
+        return sum(p == q for g in genotypes for kind in atnas.KINDS
+                   for p, q in zip(g[kind], target[kind], strict=True)) / (8 * len(genotypes))
+
+    assert share(warm) > 0.6 > 0.3 > share(uniform)  # α pulls the draws towards its mode
+    assert prior.mode() == space.genotype()
+    assert prior.log_prob(target) == max(prior.log_prob(g) for g in warm + uniform)
+    assert len({round(flat.log_prob(g), 9) for g in uniform}) == 1  # flat: all alike
+    with torch.no_grad():  # the prior keeps the α it was made from
+        space.arch_parameters()[0].zero_()
+    assert prior.mode() != space.genotype() or prior.log_prob(target) > flat.log_prob(target)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        atnas.ArchPrior(space, temperature=0.0)
+
+
+def test_prior_seeds_meta_training_and_the_initial_population(pools, tasks, monkeypatch):
+    space = supernet()
+    target = peaked(space, scale=50.0)
+    drawn: list[str] = []
+    real = atnas.genotype_masks
+
+    def recording(space_, genotype):
+        drawn.append(atnas.genotype_key(genotype))
+        return real(space_, genotype)
+
+    monkeypatch.setattr(atnas, "genotype_masks", recording)
+    atnas.meta_train_supernet(space, pools[0], generator=torch.Generator().manual_seed(0),
+                              sampler=atnas.ArchPrior(space, 0.01).sample,
+                              ways=4, shots=2, queries=2, meta_batch=2, iterations=3,
+                              inner_lr=0.3, outer_lr=0.01, first_order=True)
+    assert drawn == [atnas.genotype_key(target)] * 3
+    monkeypatch.setattr(atnas, "genotype_masks", real)
+    prior = atnas.ArchPrior(space, 1.0)
+    monkeypatch.setattr(atnas, "_fitness", lambda *a, **k: 0.5)  # every candidate ties
+    result = atnas.search_task(space, tasks[0], config=atnas.EvolutionConfig(
+        population=3, generations=1), inner_steps=1, generator=torch.Generator().manual_seed(0),
+        prior=prior)
+    assert result.history[0]["genotype"] == prior.mode() == space.genotype()
+    assert result.evaluations >= 4 and result.genotype == prior.mode()  # ties: the prior's pick

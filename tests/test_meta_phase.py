@@ -67,7 +67,7 @@ def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys
     cfg = load_config(None, [*tiny_overrides, 'phases=["search", "retrain", "meta"]',
                              "search.epochs=1", "retrain.epochs=1", *tiny_meta(tmp_path),
                              'meta.models=["searched", "conv4", "metanas"]',
-                             "meta.metanas.iterations=1"])
+                             "meta.metanas.iterations=1", 'meta.atnas.prior="metanas"'])
     run_dir, summary = Pipeline(cfg).run()
     meta = json.loads((run_dir / "meta.json").read_text())
     assert summary["meta"]["models"].keys() == meta["models"].keys() == {
@@ -92,6 +92,11 @@ def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys
     assert atnas["tasks"] == 2 and len(atnas["per_task"]) == 2
     assert all(t["params"] <= atnas["max_params"] for t in atnas["per_task"])
     assert {"genotype", "search_s", "adapt_s"} <= set(atnas["per_task"][0])
+    for shot in ("1shot", "2shot"):  # α prior: the metanas model's meta-learned supernet
+        prior = meta["atnas"][shot]
+        assert (prior["prior"], prior["prior_source"]) == ("metanas", "metanas model")
+        assert prior["prior_genotype"] == metanas[shot]["genotype"]
+        assert 0 <= prior["mode_chosen"] <= prior["tasks"]
     assert "per_task" not in summary["meta"]["atnas"]["1shot"]
     logged = {json.loads(line)["phase"] for line in (run_dir / "metrics.jsonl").open()}
     assert {"meta-searched-1shot", "meta-conv4-2shot", "meta-metanas-supernet-1shot",
@@ -109,6 +114,16 @@ def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys
     assert "1shot" not in again["models"]["conv4"] and not again["atnas"]
     assert main(["meta", str(run_dir), "--set", "search.epochs=3"]) == 2
     assert "only meta.* and runtime.*" in capsys.readouterr().err
+
+    # AT-NAS with the α prior but no metanas model: it runs MetaNAS on its own supernet
+    assert main(["meta", str(run_dir), "--set", 'meta.models=["searched"]', "--set",
+                 "meta.shots=[1]", "--set", 'meta.atnas.prior="metanas"', "--set",
+                 "meta.metanas.iterations=1"]) == 0
+    prior = json.loads((run_dir / "meta.json").read_text())["atnas"]["1shot"]
+    assert (prior["prior"], prior["prior_source"]) == ("metanas", "own metanas search")
+    assert prior["prior_s"] > 0 and prior["meta_train_s"] > prior["prior_s"]
+    assert "meta-atnas-prior-1shot" in {json.loads(line)["phase"]
+                                        for line in (run_dir / "metrics.jsonl").open()}
 
     # a scenario whose only phase is meta: Conv-4 from scratch, no search dataset
     scenario = tmp_path / "conv4_only.toml"
