@@ -103,41 +103,46 @@ def load_prior(space: SearchSpace, state: dict[str, torch.Tensor]) -> None:
     space.load_state_dict(own)
 
 
+MetanasState = tuple[dict[str, torch.Tensor], float]  # a meta-trained supernet, its seconds
+
+
 def atnas_prior(cfg: RunConfig, run: RunDir, space: SearchSpace, train_pool: FewShotSet,
-                shots: int, device: torch.device, metanas_state: dict[str, torch.Tensor] | None
+                shots: int, device: torch.device, metanas_state: MetanasState | None
                 ) -> tuple[Any, dict[str, Any]]:
     """``meta.atnas.prior``: the :class:`fednas.atnas.ArchPrior` (None: uniform) and a record.
 
     ``metanas``: α (with the weights) is meta-learned by MetaNAS first, or taken from the
-    ``metanas`` model of the same shot count (``metanas_state``) when it ran.
+    ``metanas`` model of the same shot count (``metanas_state``) when it ran; ``prior_s``
+    counts MetaNAS's seconds either way.
     """
     from fednas import atnas
 
     a = cfg.meta.atnas
     if a.prior == "uniform":
         return None, {"prior": "uniform"}
-    t0 = time.perf_counter()
+    t0, reused_s = time.perf_counter(), 0.0
     if metanas_state is not None:
-        load_prior(space, metanas_state)
-        source = "metanas model"
+        load_prior(space, metanas_state[0])
+        source, reused_s = "metanas model", metanas_state[1]
     else:
         run_metanas(cfg, run, space, train_pool, shots, device,
                     phase=f"meta-atnas-prior-{shots}shot")
         source = "own metanas search"
     prior = atnas.ArchPrior(space, a.temperature)
     return prior, {"prior": "metanas", "prior_source": source, "prior_genotype": prior.mode(),
-                   "temperature": a.temperature, "prior_s": time.perf_counter() - t0}
+                   "temperature": a.temperature,
+                   "prior_s": time.perf_counter() - t0 + reused_s, "reused_s": reused_s}
 
 
 def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, shots: int,
               device: torch.device, searched_params: int | None,
-              metanas_state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+              metanas_state: MetanasState | None = None) -> dict[str, Any]:
     """AT-NAS for one shot count: meta-train the supernet, evolve a subnet per test task.
 
     The first ``meta.atnas.eval-tasks`` of ``tasks`` are searched; 1-shot tasks score
     candidates on augmented copies of the support (:func:`fednas.atnas.augmented_support`).
     With ``meta.atnas.prior = "metanas"`` subnets are drawn from MetaNAS's α
-    (:func:`atnas_prior`); its seconds count in ``meta_train_s``.
+    (:func:`atnas_prior`); MetaNAS's seconds count in ``meta_train_s`` (also when reused).
     """
     from fednas import atnas
     from fednas.meta import mean_ci95
@@ -158,7 +163,7 @@ def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, s
         generator=torch.Generator().manual_seed(meta_seed(cfg, 5, shots)),
         callback=_logger(run, f"meta-atnas-{shots}shot", m.log_every),
         **(_task_kwargs(cfg, shots) | {"iterations": a.iterations or m.iterations}))
-    train_s = time.perf_counter() - t0
+    train_s = time.perf_counter() - t0 + record.get("reused_s", 0.0)
     evolution = atnas.EvolutionConfig(**a.evolution_options(), max_params=max_params)
     generator = torch.Generator().manual_seed(meta_seed(cfg, 6, shots))
     per_task = []
@@ -216,7 +221,7 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
         "eval_tasks": m.eval_tasks, "eval_inner_steps": m.eval_inner_steps,
         "eval_split": m.eval_split,
         "models": {}, "atnas": {}}
-    metanas_states: dict[int, dict[str, torch.Tensor]] = {}  # AT-NAS's prior, when it asks
+    metanas_states: dict[int, MetanasState] = {}  # AT-NAS's prior, when it asks
     for shots in m.shots:
         tasks = metalib.fixed_tasks(test_pool, ways=m.ways, shots=shots, queries=m.queries,
                                     num_tasks=m.eval_tasks, seed=meta_seed(cfg, 1, shots))
@@ -229,8 +234,9 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
             if name == "metanas":  # central only (meta.clients = 0): the subnet trains below
                 supernet = model
                 model, derived = run_metanas(cfg, run, supernet, train_pool, shots, device)
-                metanas_states[shots] = {k: v.detach().clone()
-                                         for k, v in supernet.state_dict().items()}
+                metanas_states[shots] = ({k: v.detach().clone() for k, v in
+                                          supernet.state_dict().items()},
+                                         derived["supernet_meta_train_s"])
             if trained is not None:  # meta-trained by Flower rounds: only scored here
                 state, done_s = trained[f"meta-{name}-{shots}shot"]
                 model.load_state_dict(state)

@@ -96,6 +96,8 @@ def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys
         prior = meta["atnas"][shot]
         assert (prior["prior"], prior["prior_source"]) == ("metanas", "metanas model")
         assert prior["prior_genotype"] == metanas[shot]["genotype"]
+        assert prior["reused_s"] == metanas[shot]["supernet_meta_train_s"] <= prior["prior_s"]
+        assert prior["meta_train_s"] > prior["prior_s"]  # MetaNAS's seconds are AT-NAS's too
         assert 0 <= prior["mode_chosen"] <= prior["tasks"]
     assert "per_task" not in summary["meta"]["atnas"]["1shot"]
     logged = {json.loads(line)["phase"] for line in (run_dir / "metrics.jsonl").open()}
