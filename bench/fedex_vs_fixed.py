@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fednas.config import load_config
-from fednas.fedex import centre_and_perturbations
+from fednas.fedex_space import centre_and_perturbations
 from fednas.sweep import run_sweep
 from fednas.sweep_report import collect
 

@@ -55,7 +55,7 @@ class FedExConfig:
 
     def hp_ranges(self, names: tuple[str, ...] | None = None) -> list[Any]:
         """:class:`fednas.fedex.HPRange` of each tuned hyperparameter (kebab-case names)."""
-        from fednas.fedex import HPRange
+        from fednas.fedex_space import HPRange
 
         out = []
         for name in self.tune if names is None else names:

@@ -123,7 +123,7 @@ def build_tuner(cfg: Any, phase: str) -> FedEx:
     ``[retrain]`` for fixed-model training); ``arch-lr`` is tuned in the search only.
     """
     from fednas.client import local_hps
-    from fednas.fedex import centre_and_perturbations, product_grid
+    from fednas.fedex_space import centre_and_perturbations, product_grid
 
     fx = cfg.fedex
     names = tuple(n for n in fx.tune if phase == "search" or n != "arch-lr")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from fednas.errors import CheckpointError, ConfigError
-from fednas.fedex import FedEx, HPRange, centre_and_perturbations, product_grid
+from fednas.fedex import FedEx
+from fednas.fedex_space import HPRange, centre_and_perturbations, product_grid
 
 CONFIGS = [{"lr": lr} for lr in (0.3, 0.1, 0.03, 0.01, 0.003)]
 
