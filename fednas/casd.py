@@ -32,7 +32,7 @@ def _blocks(model: nn.Module) -> list[nn.Module]:
     cells = getattr(model, "cells", None)
     if isinstance(cells, nn.ModuleList):
         return list(cells)
-    from fednas.slimmable import _blocks as resnet_blocks
+    from fednas.resnet import resnet_blocks
 
     return resnet_blocks(model)
 
