@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -112,15 +112,18 @@ class ArchPrior:
                            for kind, alpha in zip(KINDS, space.arch_parameters(), strict=True)}
 
     def mode(self) -> Genotype:
+        """The genotype α prefers (a copy)."""
         return copy.deepcopy(self._mode)
 
-    def _rows(self, kind: str):
+    def _rows(self, kind: str) -> Iterator[tuple[int, int]]:
+        """(node, first α row of its incoming edges) for each node of ``kind`` cells."""
         offset = 0
         for node in range(len(self._mode[kind]) // 2):
             yield node, offset
             offset += 2 + node
 
     def sample(self, generator: torch.Generator) -> Genotype:
+        """One genotype drawn from the prior (seeded by ``generator``)."""
         out = self.mode()
         for kind in KINDS:
             gene: list[list] = []
@@ -134,6 +137,7 @@ class ArchPrior:
         return out
 
     def log_prob(self, genotype: Genotype) -> float:
+        """The prior's score of ``genotype``: Σ log p(input) + log p(op | input) over genes."""
         total = 0.0
         for kind in KINDS:
             for node, offset in self._rows(kind):
