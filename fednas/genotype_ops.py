@@ -47,7 +47,10 @@ def genotype_masks(space: SearchSpace, genotype: Genotype) -> list[torch.Tensor]
 
 
 def genotype_key(genotype: Genotype) -> str:
-    return json.dumps([genotype[k] for k in KINDS])
+    """A string naming the architecture: the same for genotypes that list a node's two genes
+    in either order (a derived genotype ranks them by strength, a mutated one by input)."""
+    return json.dumps([[gene for i in range(0, len(genotype[k]), 2)
+                        for gene in _node_pair(genotype[k][i: i + 2])] for k in KINDS])
 
 
 def _node_pair(pairs: list[list]) -> list[list]:

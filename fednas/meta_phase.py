@@ -181,8 +181,9 @@ def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, s
     mean, ci = mean_ci95([t["acc"] for t in per_task])
     n = len(per_task)
     return {"acc": mean, "ci95": ci, "tasks": n, "init": source, "max_params": max_params,
-            **record, "mode_chosen": sum(t["genotype"] == record["prior_genotype"]
-                                         for t in per_task) if prior is not None else None,
+            **record, "mode_chosen": sum(
+                atnas.genotype_key(t["genotype"]) == atnas.genotype_key(record["prior_genotype"])
+                for t in per_task) if prior is not None else None,
             "meta_train_s": train_s, "params_mean": sum(t["params"] for t in per_task) / n,
             "search_s_mean": sum(t["search_s"] for t in per_task) / n,
             "adapt_s_mean": sum(t["adapt_s"] for t in per_task) / n,

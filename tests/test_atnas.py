@@ -61,6 +61,9 @@ def test_mutation_and_crossover_keep_genotypes_valid():
         atnas.genotype_masks(space, child)
         a = child
     assert atnas.mutate(a, OPS, 0.0, gen) == a
+    swapped = {**a, "normal": [a["normal"][1], a["normal"][0], *a["normal"][2:]]}
+    assert atnas.genotype_key(swapped) == atnas.genotype_key(a)  # same architecture
+    assert atnas.genotype_key(atnas.mutate(a, OPS, 1.0, gen)) != atnas.genotype_key(a)
 
 
 def test_meta_training_moves_shared_weights_not_alpha(pools):
