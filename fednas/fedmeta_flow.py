@@ -62,7 +62,7 @@ def build_from_spec(cfg: RunConfig, spec: dict[str, Any], input_shape: tuple[int
 
     ways = cfg.meta.ways
     if spec["name"] == "conv4":
-        from fednas.meta import Conv4
+        from fednas.conv4 import Conv4
 
         return Conv4(input_shape=input_shape, num_classes=ways, hidden=int(spec["hidden"]))
     genotype = spec["genotype"]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fednas.conv4 import Conv4 as Conv4  # re-exported: the baseline is part of the meta API
 from fednas.episodes import Episode, FewShotSet, episode_from_batch
 from fednas.errors import ConfigError
 
@@ -152,29 +153,6 @@ def fixed_tasks(data: FewShotSet, *, ways: int, shots: int, queries: int, num_ta
 
 
 # ----------------------------------------------------------------------------- models
-class Conv4(nn.Module):
-    """The few-shot baseline: 4 × (conv3×3-``hidden``, BN, ReLU, max-pool 2), linear head.
-
-    BN always normalises with batch statistics (no running stats), as in MAML.
-    """
-
-    def __init__(self, *, input_shape: tuple[int, int, int], num_classes: int, hidden: int = 64
-                 ) -> None:
-        super().__init__()
-        c, h, w = input_shape
-        layers: list[nn.Module] = []
-        for _ in range(4):
-            layers += [nn.Conv2d(c, hidden, 3, padding=1),
-                       nn.BatchNorm2d(hidden, track_running_stats=False), nn.ReLU(),
-                       nn.MaxPool2d(2, ceil_mode=True)]
-            c, h, w = hidden, math.ceil(h / 2), math.ceil(w / 2)
-        self.features = nn.Sequential(*layers, nn.Flatten())
-        self.head = nn.Linear(hidden * h * w, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
 def find_head(model: nn.Module, name: str | None = None) -> nn.Module:
     """The output layer ANIL adapts: ``model.<name>``, else head/classifier/fc/linear."""
     for attr in (name,) if name else HEAD_NAMES:

@@ -54,7 +54,7 @@ def meta_space(cfg: RunConfig, input_shape: tuple[int, int, int], ways: int, *,
 
 def conv4_matching(params: int, input_shape: tuple[int, int, int], ways: int) -> int:
     """The Conv-4 width whose parameter count comes closest to ``params``."""
-    from fednas.meta import Conv4
+    from fednas.conv4 import Conv4
 
     def size(hidden: int) -> int:
         return count_params(Conv4(input_shape=input_shape, num_classes=ways, hidden=hidden))
@@ -71,7 +71,7 @@ def build_meta_model(name: str, cfg: RunConfig, run_dir: Path,
     """Model ``name`` of ``meta.models`` and where its initial weights came from."""
     m = cfg.meta
     if name == "conv4":
-        from fednas.meta import Conv4
+        from fednas.conv4 import Conv4
 
         hidden = m.conv4_hidden or conv4_matching(
             count_params(build_meta_model("searched", cfg, run_dir, input_shape)[0]),

@@ -62,6 +62,14 @@ def test_import_prints_no_gym_notice():
     assert out.stderr == "" and out.stdout == ""
 
 
+@pytest.mark.slow
+def test_meta_model_builders_leave_learn2learn_unimported():
+    code = ("import sys; from fednas import fedmeta_flow, meta_models, meta_phase; "
+            "from fednas.conv4 import Conv4; Conv4(input_shape=(1, 8, 8), num_classes=3); "
+            "assert 'learn2learn' not in sys.modules, 'learn2learn imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_fixed_tasks_are_reproducible_and_leave_global_random_alone(digits):
     random.seed(123)
     expected = random.random()

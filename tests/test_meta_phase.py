@@ -117,15 +117,44 @@ def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys
     assert main(["meta", str(run_dir), "--set", "search.epochs=3"]) == 2
     assert "only meta.* and runtime.*" in capsys.readouterr().err
 
-    # AT-NAS with the α prior but no metanas model: it runs MetaNAS on its own supernet
-    assert main(["meta", str(run_dir), "--set", 'meta.models=["searched"]', "--set",
-                 "meta.shots=[1]", "--set", 'meta.atnas.prior="metanas"', "--set",
-                 "meta.metanas.iterations=1"]) == 0
-    prior = json.loads((run_dir / "meta.json").read_text())["atnas"]["1shot"]
+    # the first run's settings again: every network comes from the run dir, none is trained
+    lines = len((run_dir / "metrics.jsonl").read_text().splitlines())
+    assert main(["meta", str(run_dir)]) == 0
+    reloaded = json.loads((run_dir / "meta.json").read_text())
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == lines
+    for name, model in meta["models"].items():
+        for shot in ("1shot", "2shot"):
+            first, again = model[shot], reloaded["models"][name][shot]
+            assert (run_dir / first["weights"]).is_file() and not first["reused"]
+            assert again["reused"] and again["weights"] == first["weights"]
+            assert again["acc"] == first["acc"]  # seconds: as saved (rounded to µs)
+            assert again["meta_train_s"] == pytest.approx(first["meta_train_s"], abs=1e-5)
+    assert metanas["1shot"]["supernet_weights"].startswith("meta-metanas-supernet-1shot-")
+    for shot in ("1shot", "2shot"):
+        first, again = meta["atnas"][shot], reloaded["atnas"][shot]
+        assert (run_dir / first["weights"]).is_file() and again["reused"] and not first["reused"]
+        assert [t["genotype"] for t in again["per_task"]] == [
+            t["genotype"] for t in first["per_task"]]
+        assert (again["acc"], again["prior_genotype"]) == (first["acc"], first["prior_genotype"])
+        assert again["meta_train_s"] == pytest.approx(first["meta_train_s"], abs=1e-5)
+
+    # AT-NAS with the α prior and no metanas model of its settings: MetaNAS on its own supernet
+    own = ["--set", 'meta.models=["searched"]', "--set", "meta.shots=[1]", "--set",
+           "meta.metanas.arch-lr=0.02"]
+    assert main(["meta", str(run_dir), *own]) == 0
+    result = json.loads((run_dir / "meta.json").read_text())
+    prior = result["atnas"]["1shot"]
     assert (prior["prior"], prior["prior_source"]) == ("metanas", "own metanas search")
     assert prior["prior_s"] > 0 and prior["meta_train_s"] > prior["prior_s"]
+    assert not prior["reused"] and result["models"]["searched"]["1shot"]["reused"]
     assert "meta-atnas-prior-1shot" in {json.loads(line)["phase"]
                                         for line in (run_dir / "metrics.jsonl").open()}
+    # another temperature: AT-NAS's supernet trains again, from the saved MetaNAS prior
+    assert main(["meta", str(run_dir), *own, "--set", "meta.atnas.temperature=0.5"]) == 0
+    warm = json.loads((run_dir / "meta.json").read_text())["atnas"]["1shot"]
+    assert warm["prior_source"] == "own metanas search (saved)" and not warm["reused"]
+    assert warm["prior_genotype"] == prior["prior_genotype"] and warm["weights"] != prior["weights"]
+    assert len(list(run_dir.glob("meta-atnas-prior-1shot-*.pt"))) == 1
 
     # a scenario whose only phase is meta: Conv-4 from scratch, no search dataset
     scenario = tmp_path / "conv4_only.toml"
@@ -144,9 +173,9 @@ def test_federated_reptile_keeps_client_classes_disjoint_and_learns(tmp_path):
     import numpy as np
     import torch
 
+    from fednas.conv4 import Conv4
     from fednas.episodes import load_fewshot, split_classes
     from fednas.fedmeta import client_classes, client_samplers, federated_reptile, server_step
-    from fednas.meta import Conv4
 
     data = load_fewshot("digits", tmp_path)
     split = split_classes(data, (0.6, 0.0, 0.4), seed=0)
