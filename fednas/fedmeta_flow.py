@@ -34,7 +34,6 @@ import torch
 from flwr.serverapp import Grid
 from torch import nn
 
-from fednas.cellnet import CellNetwork
 from fednas.client import client_device, inject_fault, placement
 from fednas.config import RunConfig
 from fednas.search_space import Genotype, load_genotype
@@ -58,20 +57,14 @@ def model_spec(name: str, model: nn.Module, genotype: Genotype | None = None) ->
 def build_from_spec(cfg: RunConfig, spec: dict[str, Any], input_shape: tuple[int, int, int]
                     ) -> nn.Module:
     """The architecture of :func:`fednas.meta_models.build_meta_model` for ``spec``."""
-    from fednas.meta_models import meta_space
+    from fednas.meta_models import searched_model
 
     ways = cfg.meta.ways
     if spec["name"] == "conv4":
         from fednas.conv4 import Conv4
 
         return Conv4(input_shape=input_shape, num_classes=ways, hidden=int(spec["hidden"]))
-    genotype = spec["genotype"]
-    if genotype["space"] == "cell":
-        c, r = cfg.space.cell, cfg.retrain
-        return CellNetwork(genotype, input_shape=input_shape, num_classes=ways,
-                           channels=r.channels or c.channels, layers=r.layers or c.layers,
-                           stem_stride=c.stem_stride, allowed_ops=c.ops)
-    return meta_space(cfg, input_shape, ways).subnet(genotype)
+    return searched_model(cfg, spec["genotype"], input_shape)
 
 
 # -- client side ---------------------------------------------------------------------------

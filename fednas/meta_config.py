@@ -102,6 +102,10 @@ class MetaConfig:
     init: str = option("searched", choices=("searched", "scratch"),
                        doc="searched/supernet: start from the run's trained weights where "
                            "shapes match (the ways-class head is always new), or from scratch")
+    stem_stride: int = option(0, choices=(0, 1, 2), doc="stem stride of the networks the meta "
+                              "phase builds from the search space (searched, supernet, "
+                              "metanas, AT-NAS); 0 = the search's space.*.stem-stride, 1 = the "
+                              "first cell sees 28×28 glyphs at full resolution")
     conv4_hidden: int = option(64, ge=0, doc="Conv-4 channels (64 = the MAML baseline; 0 = "
                                "the width whose params come closest to the searched subnet's)")
     algorithm: str = option("maml", choices=META_ALGORITHMS,

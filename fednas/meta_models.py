@@ -23,7 +23,7 @@ from fednas.cellnet import CellNetwork
 from fednas.config import RunConfig
 from fednas.errors import CheckpointError, ConfigError
 from fednas.flops import count_params
-from fednas.search_space import SearchSpace, build_space, load_genotype
+from fednas.search_space import Genotype, SearchSpace, build_space, load_genotype
 
 HEADS = ("classifier.", "head.", "fc.", "linear.")  # head parameters are never inherited
 
@@ -47,6 +47,8 @@ def meta_space(cfg: RunConfig, input_shape: tuple[int, int, int], ways: int, *,
                with_none: bool = False) -> SearchSpace:
     """The run's supernet for ``ways``-class tasks (``with_none``: 'none' among the ops)."""
     options = cfg.space.options()
+    if cfg.meta.stem_stride:
+        options["stem_stride"] = cfg.meta.stem_stride
     if with_none and "none" not in options.get("ops", ("none",)):
         options["ops"] = ("none", *options["ops"])
     return build_space(cfg.space.name, input_shape=input_shape, num_classes=ways, **options)
@@ -64,6 +66,20 @@ def conv4_matching(params: int, input_shape: tuple[int, int, int], ways: int) ->
         mid = (low + high) // 2
         low, high = (mid, high) if size(mid) < params else (low, mid)
     return min((low, high), key=lambda h: abs(size(h) - params))
+
+
+def searched_model(cfg: RunConfig, genotype: Genotype, input_shape: tuple[int, int, int],
+                   space: SearchSpace | None = None) -> nn.Module:
+    """The network of a searched genotype for ``meta.ways`` classes: a cell genotype as the
+    retrain phase builds it (``retrain.channels`` / ``layers``), any other as the subnet of
+    ``space`` (default: :func:`meta_space`); ``meta.stem-stride`` applies to both."""
+    m = cfg.meta
+    if genotype["space"] == "cell":
+        c, r = cfg.space.cell, cfg.retrain
+        return CellNetwork(genotype, input_shape=input_shape, num_classes=m.ways,
+                           channels=r.channels or c.channels, layers=r.layers or c.layers,
+                           stem_stride=m.stem_stride or c.stem_stride, allowed_ops=c.ops)
+    return (space or meta_space(cfg, input_shape, m.ways)).subnet(genotype)
 
 
 def build_meta_model(name: str, cfg: RunConfig, run_dir: Path,
@@ -84,14 +100,7 @@ def build_meta_model(name: str, cfg: RunConfig, run_dir: Path,
     if name in ("supernet", "metanas"):
         return space, "supernet.pt" if supernet is not None else "scratch"
     genotype = load_genotype(run_dir / "genotype.json")
-    if genotype["space"] == "cell":
-        c, r = cfg.space.cell, cfg.retrain
-        model: nn.Module = CellNetwork(genotype, input_shape=input_shape, num_classes=m.ways,
-                                       channels=r.channels or c.channels,
-                                       layers=r.layers or c.layers, stem_stride=c.stem_stride,
-                                       allowed_ops=c.ops)
-    else:
-        model = space.subnet(genotype)
+    model = searched_model(cfg, genotype, input_shape, space)
     if m.init == "scratch":
         return model, "scratch"
     searched = saved_weights(run_dir, "searched")

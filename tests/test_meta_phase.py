@@ -249,3 +249,21 @@ def test_meta_client_shares_fail_before_the_search_starts(tiny_overrides, tmp_pa
                                           r"classes, fewer than meta.ways = 3"):
         Pipeline(cfg).run()
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("stride", [0, 1, 2])
+def test_meta_stem_stride_sets_every_search_space_network(stride):
+    import torch
+
+    from fednas.meta_models import meta_space, searched_model
+
+    cfg = load_config(SCENARIO, [f"meta.stem-stride={stride}"])  # the search's stride: 2
+    want = stride or cfg.space.cell.stem_stride
+    space = meta_space(cfg, (1, 28, 28), cfg.meta.ways, with_none=True)
+    subnet = searched_model(cfg, space.genotype(), (1, 28, 28))
+    for model in (space, subnet):
+        strides = [m.stride[0] for m in model.stem.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert strides == [want]
+        assert model(torch.zeros(2, 1, 28, 28)).shape == (2, cfg.meta.ways)
+    with pytest.raises(ConfigError, match="meta.stem-stride"):
+        load_config(SCENARIO, ["meta.stem-stride=3"])
