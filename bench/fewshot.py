@@ -13,7 +13,8 @@ meta-learned on the tasks, then its subnet) is reported too (``metanas_1shot`` .
 tasks that kept α's mode).
 Prints one JSON line: accuracies and 95 % CI half-widths in percent
 (``conv4_1shot``, ``conv4_1shot_ci``, ...), ``params`` per model (AT-NAS: mean over its
-tasks), ``meta_train_s`` per model and shot count, and the wall time. With several seeds,
+tasks), ``flops`` per MAML model (one forward pass of one image), ``meta_train_s`` per model
+and shot count, and the wall time. With several seeds,
 every figure is the mean over seeds.
 
 The inner (adaptation) lr is chosen first, on meta-*validation* tasks (classes of neither
@@ -55,12 +56,14 @@ def pct(x: float) -> float:
 
 def figures(meta: dict) -> dict:
     """The bench keys of one run's ``summary["meta"]`` (percent, rounded)."""
-    out: dict = {"params": {}, "meta_train_s": {}}
+    out: dict = {"params": {}, "flops": {}, "meta_train_s": {}}
     for key, name in MODELS.items():
         if name not in meta["models"]:
             continue
         entry = meta["models"][name]
         out["params"][key] = entry["params"]
+        if "flops" in entry:  # run dirs of older versions lack it
+            out["flops"][key] = entry["flops"]
         for shot in (1, 5):
             e = entry[f"{shot}shot"]
             out[f"{key}_{shot}shot"], out[f"{key}_{shot}shot_ci"] = pct(e["acc"]), pct(e["ci95"])
@@ -174,6 +177,7 @@ def main() -> None:
     per_seed = [figures(r["summary"]["meta"]) for r in runs]
     result = mean_of(per_seed)
     result["params"] = {k: round(v) for k, v in result["params"].items()}
+    result["flops"] = {k: round(v) for k, v in result["flops"].items()}
     result["meta_train_s"] = {k: round(v, 1) for k, v in result["meta_train_s"].items()}
     best = max(result.get(f"{m}_1shot", 0.0) for m in ("searched", "metanas", "atnas"))
     print(json.dumps({

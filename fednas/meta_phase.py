@@ -37,7 +37,7 @@ from fednas.atnas_phase import MetanasState, run_atnas
 from fednas.config import RunConfig
 from fednas.episodes import FewShotSet
 from fednas.errors import ConfigError
-from fednas.flops import count_params
+from fednas.flops import count_flops, count_params
 from fednas.meta_models import initial_model, meta_seed
 from fednas.meta_steps import metanas_supernet, metrics_logger, task_kwargs
 from fednas.meta_tasks import fewshot_data
@@ -141,8 +141,9 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
                                                  algorithm=m.l2l_algorithm,
                                                  inner_lr=m.inner_lr, device=device)
             mean, ci = metalib.mean_ci95(accs[name])
-            entry = result["models"].setdefault(name, {"params": count_params(model),
-                                                       "init": source})
+            entry = result["models"].setdefault(name, {
+                "params": count_params(model),
+                "flops": count_flops(model, tuple(data.input_shape)), "init": source})
             entry[f"{shots}shot"] = {"acc": mean, "ci95": ci, "meta_train_s": train_s,
                                      "eval_s": time.perf_counter() - t0, "weights": weights,
                                      "reused": reused, **derived}

@@ -85,6 +85,7 @@ def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys
     searched, conv4 = meta["models"]["searched"], meta["models"]["conv4"]
     assert searched["init"] == "searched.pt" and conv4["init"] == "scratch"
     assert abs(conv4["params"] - searched["params"]) < 0.2 * searched["params"]
+    assert searched["flops"] > searched["params"] and conv4["flops"] > conv4["params"]
     entries = [m[shot] for m in (searched, conv4) for shot in ("1shot", "2shot")]
     for e in [*entries, meta["atnas"]["1shot"], meta["atnas"]["2shot"]]:
         assert 0.0 <= e["acc"] <= 1.0 and e["ci95"] >= 0.0 and e["meta_train_s"] > 0
