@@ -12,11 +12,13 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+def count_flops(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1) -> int:
     """FLOPs of one forward pass of ``model`` on a single sample of ``input_shape``.
 
     Counted by :class:`torch.utils.flop_counter.FlopCounterMode` (a multiply-add counts as
-    two FLOPs). The model is run in eval mode on its own device, then restored.
+    two FLOPs). The model is run in eval mode on its own device, then restored. ``batch``
+    samples are run and the count divided by it: > 1 for models whose normalisation always
+    uses batch statistics (MAML's Conv-4), which cannot run on one sample.
     """
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -25,7 +27,7 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             dtype = param.dtype if param is not None else torch.get_default_dtype()
-            model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+            model(torch.zeros(batch, *input_shape, device=device, dtype=dtype))
     finally:
         model.train(was_training)
-    return int(counter.get_total_flops())
+    return int(counter.get_total_flops()) // batch

@@ -143,7 +143,7 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
             mean, ci = metalib.mean_ci95(accs[name])
             entry = result["models"].setdefault(name, {
                 "params": count_params(model),
-                "flops": count_flops(model, tuple(data.input_shape)), "init": source})
+                "flops": count_flops(model, tuple(data.input_shape), batch=2), "init": source})
             entry[f"{shots}shot"] = {"acc": mean, "ci95": ci, "meta_train_s": train_s,
                                      "eval_s": time.perf_counter() - t0, "weights": weights,
                                      "reused": reused, **derived}

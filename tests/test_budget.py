@@ -168,3 +168,15 @@ def test_width_perturbation_scores_have_alpha_shapes(width):
     assert [s.shape for s in scores] == [a.shape for a in width.arch_parameters()]
     genotype = derive_under_budget(width, (None, None), mode="perturbation", scores=scores)
     assert len(genotype["widths"]) == width.num_prunable
+
+
+def test_count_flops_per_sample_for_batch_statistics_models():
+    from fednas.conv4 import Conv4
+
+    model = Conv4(input_shape=SHAPE, num_classes=5, hidden=8)  # BatchNorm: batch statistics
+    with pytest.raises(ValueError, match="more than 1 value per channel"):  # 1×1 in block 4
+        count_flops(model, SHAPE)
+    per_sample = count_flops(model, SHAPE, batch=2)
+    assert per_sample == count_flops(model, SHAPE, batch=4) > count_params(model)
+    ref = build_model("cnn", input_shape=SHAPE, num_classes=3, width=4)
+    assert count_flops(ref, SHAPE, batch=3) == count_flops(ref, SHAPE)

@@ -129,7 +129,7 @@ def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys
             assert (run_dir / first["weights"]).is_file() and not first["reused"]
             assert again["reused"] and again["weights"] == first["weights"]
             assert again["acc"] == first["acc"]  # seconds: as saved (rounded to µs)
-            assert again["meta_train_s"] == pytest.approx(first["meta_train_s"], abs=1e-5)
+            assert again["meta_train_s"] == pytest.approx(first["meta_train_s"], abs=1e-4)
     assert metanas["1shot"]["supernet_weights"].startswith("meta-metanas-supernet-1shot-")
     for shot in ("1shot", "2shot"):
         first, again = meta["atnas"][shot], reloaded["atnas"][shot]
@@ -137,7 +137,7 @@ def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys
         assert [t["genotype"] for t in again["per_task"]] == [
             t["genotype"] for t in first["per_task"]]
         assert (again["acc"], again["prior_genotype"]) == (first["acc"], first["prior_genotype"])
-        assert again["meta_train_s"] == pytest.approx(first["meta_train_s"], abs=1e-5)
+        assert again["meta_train_s"] == pytest.approx(first["meta_train_s"], abs=1e-4)
 
     # AT-NAS with the α prior and no metanas model of its settings: MetaNAS on its own supernet
     own = ["--set", 'meta.models=["searched"]', "--set", "meta.shots=[1]", "--set",
