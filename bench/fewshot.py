@@ -14,8 +14,7 @@ tasks that kept α's mode).
 Prints one JSON line: accuracies and 95 % CI half-widths in percent
 (``conv4_1shot``, ``conv4_1shot_ci``, ...), ``params`` per model (AT-NAS: mean over its
 tasks), ``flops`` per MAML model (one forward pass of one image), ``meta_train_s`` per model
-and shot count, and the wall time. With several seeds,
-every figure is the mean over seeds.
+and shot count, and the wall time. With several seeds, every figure is the mean over seeds.
 
 The inner (adaptation) lr is chosen first, on meta-*validation* tasks (classes of neither
 meta-train nor meta-test): one run per candidate of ``--inner-lrs`` with

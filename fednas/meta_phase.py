@@ -141,9 +141,11 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
                                                  algorithm=m.l2l_algorithm,
                                                  inner_lr=m.inner_lr, device=device)
             mean, ci = metalib.mean_ci95(accs[name])
-            entry = result["models"].setdefault(name, {
-                "params": count_params(model),
-                "flops": count_flops(model, tuple(data.input_shape), batch=2), "init": source})
+            if name not in result["models"]:  # sizes once per model, not per shot count
+                result["models"][name] = {
+                    "params": count_params(model), "init": source,
+                    "flops": count_flops(model, tuple(data.input_shape), batch=2)}
+            entry = result["models"][name]
             entry[f"{shots}shot"] = {"acc": mean, "ci95": ci, "meta_train_s": train_s,
                                      "eval_s": time.perf_counter() - t0, "weights": weights,
                                      "reused": reused, **derived}
