@@ -1,8 +1,9 @@
 """5-way 1-/5-shot glyphs: MAML Conv-4 vs MAML on the federated-searched subnet vs AT-NAS.
 
 Runs ``simulations/fewshot_glyphs.toml`` through the sweep runner (resumable, kept under
-``--out-dir``): FedNAS on Fashion-MNIST with 4 Flower clients, then the meta phase on glyph
-scripts never seen in meta-training. (a) Conv-4 sized to the searched subnet's parameter
+``--out-dir``): FedNAS with 4 Flower clients on the meta-train glyph classes and FedAvg
+retraining of its subnet there, then the meta phase on glyph scripts never seen by any
+phase before. (a) Conv-4 sized to the searched subnet's parameter
 count and (b) the searched subnet are meta-trained with the same task stream and scored on
 the same 600 seeded test tasks; (c) AT-NAS evolves a subnet of the meta-trained supernet per
 test task (the first ``meta.atnas.eval-tasks``; ``*_atnas_tasks`` gives (a) and (b) on those

@@ -68,14 +68,14 @@ def atnas_prior(cfg: RunConfig, run: RunDir, space: SearchSpace, train_pool: Few
     source = "metanas model"
     if metanas_state is None:
         saved = meta_store.load(run.path, meta_store.training_key(cfg, "metanas-supernet",
-                                                                    shots))
+                                                                    shots, run.path))
         if saved is not None:
             metanas_state, source = (saved.state, saved.seconds), "metanas model (saved)"
     if metanas_state is not None:
         load_prior(space, metanas_state[0])
         reused_s = metanas_state[1]
     else:
-        key = meta_store.training_key(cfg, "atnas-prior", shots)
+        key = meta_store.training_key(cfg, "atnas-prior", shots, run.path)
         saved = meta_store.load(run.path, key)
         if saved is not None:
             meta_store.load_into(space, saved)
@@ -103,7 +103,7 @@ def trained_supernet(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, shots:
     space = meta_space(cfg, train_pool.input_shape, m.ways, with_none=True)
     state = saved_weights(run.path, "supernet") if m.init == "searched" else None
     source = "supernet.pt" if state is not None and load_matching(space, state) else "scratch"
-    key = meta_store.training_key(cfg, "atnas-supernet", shots)
+    key = meta_store.training_key(cfg, "atnas-supernet", shots, run.path)
     saved = meta_store.load(run.path, key)
     if saved is not None:
         meta_store.load_into(space, saved)

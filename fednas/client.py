@@ -18,9 +18,10 @@ from torch import nn
 
 from fednas.cellnet import CellNetwork
 from fednas.config import RunConfig
-from fednas.data import Dataset, load_dataset
+from fednas.data import Dataset
 from fednas.models import build_model
 from fednas.partition import client_train_val, partition_indices
+from fednas.run_data import run_dataset
 from fednas.sandwich import search_step_fn
 from fednas.search_space import Genotype, SearchSpace, build_space
 from fednas.shards import Masks, load_slices, slice_state
@@ -36,17 +37,13 @@ Split = tuple[torch.Tensor, torch.Tensor]
 
 
 @lru_cache(maxsize=2)
-def _dataset(cfg_data, seed: int) -> Dataset:
-    from pathlib import Path
-
-    return load_dataset(cfg_data.dataset, root=Path(cfg_data.root).expanduser(),
-                        val_fraction=cfg_data.val_fraction, seed=seed,
-                        download=cfg_data.download, max_train=cfg_data.max_train)
+def _dataset(cfg: RunConfig) -> Dataset:
+    return run_dataset(cfg)
 
 
 @lru_cache(maxsize=2)
 def _partitions(cfg: RunConfig) -> list[np.ndarray]:
-    data = _dataset(cfg.data, cfg.seed)
+    data = _dataset(cfg)
     p = cfg.partition
     return partition_indices(data.train_y.numpy(), p.num_clients, p.scheme, alpha=p.alpha,
                              classes_per_client=p.classes_per_client, seed=cfg.seed,
@@ -55,7 +52,7 @@ def _partitions(cfg: RunConfig) -> list[np.ndarray]:
 
 def dataset(cfg: RunConfig) -> Dataset:
     """The run's dataset (cached per process)."""
-    return _dataset(cfg.data, cfg.seed)
+    return _dataset(cfg)
 
 
 def client_splits(cfg: RunConfig, pid: int) -> tuple[Split, Split]:

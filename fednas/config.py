@@ -26,7 +26,8 @@ DEFAULT_PHASES = ("search", "retrain", "baseline")
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = option("fashion-mnist", doc="registry name, or npz:PATH / folder:PATH")
+    dataset: str = option("fashion-mnist", doc="registry name, npz:PATH / folder:PATH, or "
+                          "meta-train (the meta phase's meta-train classes of meta.dataset)")
     root: str = option("~/.cache/fednas", doc="cache dir for downloads and rendered glyphs")
     val_fraction: float = option(0.1, gt=0.0, lt=1.0, doc="share of train held out as val")
     download: bool = option(True, doc="allow torchvision downloads when files are missing")

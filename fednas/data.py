@@ -221,7 +221,8 @@ def _normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor
 
 
 def load_dataset(name: str, *, root: str | Path, val_fraction: float = 0.1, seed: int = 0,
-                 download: bool = False, max_train: int = 0) -> Dataset:
+                 download: bool = False, max_train: int = 0, raw: RawData | None = None
+                 ) -> Dataset:
     """Load, split and normalise a dataset.
 
     Parameters
@@ -239,6 +240,9 @@ def load_dataset(name: str, *, root: str | Path, val_fraction: float = 0.1, seed
     max_train : int
         If > 0, a stratified subsample of at most this many train samples (before the val
         split). The test set is not subsampled.
+    raw : RawData, optional
+        Samples already read (e.g. :func:`fednas.meta_tasks.meta_train_raw`): split and
+        normalised like a registry dataset's; ``name`` only labels them.
 
     Returns
     -------
@@ -250,7 +254,7 @@ def load_dataset(name: str, *, root: str | Path, val_fraction: float = 0.1, seed
         raise ConfigError(f"data.val-fraction must be in (0, 1), got {val_fraction}")
     if max_train < 0:
         raise ConfigError(f"data.max-train must be >= 0, got {max_train}")
-    raw = read_raw(name, root, download)
+    raw = raw if raw is not None else read_raw(name, root, download)
     x, y = raw.x, raw.y
     if raw.x_test is None:
         x, y, x_test, y_test = _split(x, y, TEST_SPLIT_FRACTION, TEST_SPLIT_SEED, "test", name)

@@ -11,6 +11,7 @@ whose accuracy does not reproduce.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -120,13 +121,12 @@ def export(run_dir: str | Path, model: str = "distilled", out: str | Path | None
 
 
 def _reproduce(path: Path, cfg: Any, entry: dict[str, Any]) -> float:
-    from fednas.data import load_dataset
+    from fednas.run_data import run_dataset
     from fednas.train import evaluate
 
     reloaded = load_model(path)
-    d = cfg.data
-    data = load_dataset(d.dataset, root=Path(d.root).expanduser(), val_fraction=d.val_fraction,
-                        seed=cfg.seed, download=False, max_train=d.max_train)
+    data = run_dataset(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                                         download=False)))
     acc = evaluate(reloaded, (data.test_x, data.test_y), batch_size=cfg.runtime.eval_batch_size,
                    device=torch.device("cpu"))["eval_acc"]
     if abs(acc - entry["test_acc"]) > 1e-6:

@@ -58,7 +58,7 @@ def meta_trained(cfg: RunConfig, run: RunDir, name: str, model: nn.Module, shots
     from fednas import meta as metalib
 
     m = cfg.meta
-    key = meta_store.training_key(cfg, name, shots)
+    key = meta_store.training_key(cfg, name, shots, run.path)
     if trained is not None:  # meta-trained by Flower rounds: their seconds are its train_s
         model.load_state_dict(trained[0])
         return model, trained[1], meta_store.save(run, key, model, trained[1]), False

@@ -70,7 +70,7 @@ def metanas_supernet(cfg: RunConfig, run: RunDir, space: SearchSpace, train_pool
     Returns the derived subnet (inheriting the supernet's weights) and the record of
     :func:`run_metanas` plus ``supernet_weights`` (the file in the run dir) and ``reused``.
     """
-    key = meta_store.training_key(cfg, "metanas-supernet", shots)
+    key = meta_store.training_key(cfg, "metanas-supernet", shots, run.path)
     saved = meta_store.load(run.path, key)
     if saved is not None:
         meta_store.load_into(space, saved)

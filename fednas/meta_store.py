@@ -5,7 +5,10 @@ run dir (``what``: a ``meta.models`` name, ``metanas-supernet`` for MetaNAS's su
 its meta-learned α, ``atnas-supernet`` for AT-NAS's shared weights, ``atnas-prior`` for the
 MetaNAS search AT-NAS ran itself). ``<key>`` is a digest of every setting that determines the
 weights (:func:`training_key`): the run's seed and space, the few-shot data and split, the
-task shape, the meta-learning algorithm and its lrs and steps, and the model's own keys. A
+task shape, the meta-learning algorithm and its lrs and steps, the model's own keys, and (for
+every model but ``conv4``, which starts from scratch) a fingerprint of the run's weights the
+model starts from (``supernet.pt``, ``searched.pt``), so retrained run weights are never
+answered with networks meta-trained from the old ones. A
 later meta phase on the same run dir (``fednas meta RUN_DIR``, an interrupted phase run again)
 loads a file whose key matches instead of meta-training again, and records its name; files
 of other settings are left as they are, so nothing meta-trained is lost. Scores are
@@ -17,6 +20,7 @@ The key does not cover the fednas/torch versions or the device.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -38,8 +42,38 @@ KINDS = ("searched", "supernet", "conv4", "metanas", "metanas-supernet", "atnas-
          "atnas-prior")
 
 
-def training_key(cfg: RunConfig, what: str, shots: int) -> dict[str, Any]:
-    """The settings that determine the meta-trained weights of ``what`` at ``shots``."""
+RUN_WEIGHTS = ("supernet.pt", "searched.pt")  # the run's files meta-models start from
+
+
+def _sha(path: Path) -> str:
+    stat = path.stat()
+    return _sha_of(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha_of(path: str, mtime_ns: int, size: int) -> str:  # cached while the file is unchanged
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()[:16]
+
+
+def run_weights(run_dir: Path | None) -> dict[str, str]:
+    """Fingerprints (SHA-256, 16 hex digits) of the run's weight files that exist."""
+    if run_dir is None:
+        return {}
+    return {name: _sha(Path(run_dir) / name) for name in RUN_WEIGHTS
+            if (Path(run_dir) / name).is_file()}
+
+
+def training_key(cfg: RunConfig, what: str, shots: int, run_dir: Path | None = None
+                 ) -> dict[str, Any]:
+    """The settings that determine the meta-trained weights of ``what`` at ``shots``.
+
+    ``run_dir``: the run whose weights the model starts from (fingerprinted into the key
+    unless the model starts from scratch: ``conv4``, or ``meta.init = "scratch"``).
+    """
     if what not in KINDS:
         raise ValueError(f"training_key: unknown {what!r}; one of {KINDS}")
     m = cfg.meta
@@ -48,6 +82,8 @@ def training_key(cfg: RunConfig, what: str, shots: int) -> dict[str, Any]:
         "meta": {k: v for k, v in dataclasses.asdict(m).items() if k not in EVAL_ONLY},
         "space": dataclasses.asdict(cfg.space),
         "retrain": {"channels": cfg.retrain.channels, "layers": cfg.retrain.layers}}
+    if what != "conv4" and m.init == "searched":
+        key["run_weights"] = run_weights(run_dir)
     if what in ("metanas", "metanas-supernet", "atnas-prior") or (
             what == "atnas-supernet" and m.atnas.prior == "metanas"):
         key["metanas"] = dataclasses.asdict(m.metanas)

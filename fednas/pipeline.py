@@ -19,12 +19,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 import fednas
 from fednas.cellnet import CellNetwork
 from fednas.config import RunConfig, TrainConfig
-from fednas.data import Dataset, load_dataset
+from fednas.data import Dataset
 from fednas.errors import ConfigError
 from fednas.flops import count_flops, count_params
 from fednas.models import build_model
 from fednas.partition import partition_indices, partition_stats
 from fednas.plots import plot_alpha, plot_alpha_evolution, plot_curves
+from fednas.run_data import run_dataset
 from fednas.runs import RunDir
 from fednas.sandwich import search_step_fn
 from fednas.search_space import Genotype, SearchSpace, build_space, save_genotype
@@ -64,10 +65,7 @@ class Pipeline:
         self.device = resolve_device(cfg.runtime.device)
         self.generator = seed_everything(cfg.seed)
         t0 = time.perf_counter()
-        self.data: Dataset = load_dataset(
-            cfg.data.dataset, root=Path(cfg.data.root).expanduser(),
-            val_fraction=cfg.data.val_fraction, seed=cfg.seed, download=cfg.data.download,
-            max_train=cfg.data.max_train)
+        self.data: Dataset = run_dataset(cfg)
         n_train = len(self.data.train_y)
         if cfg.partition.num_clients > n_train:
             raise ConfigError(f"partition.num-clients: {cfg.partition.num_clients} clients but "

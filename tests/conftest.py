@@ -32,6 +32,20 @@ def tiny_sets(root: Path) -> list[str]:
     ]
 
 
+SCRIPTS = '["latin", "greek", "cyrillic", "armenian", "georgian", "hebrew"]'
+
+
+def tiny_meta(tmp_path: Path) -> list[str]:
+    """A seconds-long meta phase: 6 glyph scripts, 3-way 1/2-shot, 4 test tasks, AT-NAS on 2."""
+    return [f"meta.glyph-scripts={SCRIPTS}", "meta.glyph-letters=6", "meta.glyph-samples=6",
+            f'meta.root="{tmp_path / "glyphs"}"', "meta.ways=3", "meta.shots=[1, 2]",
+            "meta.queries=2", "meta.meta-batch=2", "meta.iterations=2", "meta.eval-tasks=4",
+            "meta.eval-inner-steps=1", "meta.log-every=1", "meta.conv4-hidden=0",
+            "meta.atnas.enabled=true", "meta.atnas.population=2", "meta.atnas.generations=1",
+            "meta.atnas.tournament=2", "meta.atnas.eval-tasks=2", "meta.atnas.iterations=1",
+            "meta.atnas.params-ratio=1.5", "meta.atnas.augment-copies=2"]
+
+
 @pytest.fixture
 def tiny_overrides(tmp_path) -> list[str]:
     """:func:`tiny_sets` under the test's tmp dir."""

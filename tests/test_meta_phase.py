@@ -6,26 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import tiny_meta
 
 from fednas.cli import main
 from fednas.config import load_config
 from fednas.errors import ConfigError
 
 SCENARIO = Path(__file__).parents[1] / "simulations" / "fewshot_glyphs.toml"
-SCRIPTS = '["latin", "greek", "cyrillic", "armenian", "georgian", "hebrew"]'
-
-
-def tiny_meta(tmp_path: Path) -> list[str]:
-    """A seconds-long meta phase: 6 glyph scripts, 3-way 1/2-shot, 4 test tasks, AT-NAS on 2."""
-    return [f"meta.glyph-scripts={SCRIPTS}", "meta.glyph-letters=6", "meta.glyph-samples=6",
-            f'meta.root="{tmp_path / "glyphs"}"', "meta.ways=3", "meta.shots=[1, 2]",
-            "meta.queries=2", "meta.meta-batch=2", "meta.iterations=2", "meta.eval-tasks=4",
-            "meta.eval-inner-steps=1", "meta.log-every=1", "meta.conv4-hidden=0",
-            "meta.atnas.enabled=true", "meta.atnas.population=2", "meta.atnas.generations=1",
-            "meta.atnas.tournament=2", "meta.atnas.eval-tasks=2", "meta.atnas.iterations=1",
-            "meta.atnas.params-ratio=1.5", "meta.atnas.augment-copies=2"]
-
-
 @pytest.mark.parametrize("override, needle", [
     ("meta.bogus=1", "unknown config key 'meta.bogus'"),
     ("meta.atnas.populaton=4", "unknown config key 'meta.atnas.populaton'"),

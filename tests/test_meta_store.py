@@ -76,3 +76,18 @@ def test_save_then_load_roundtrip_and_bad_files(tmp_path):
     torch.save(blob, run.path / name)
     with pytest.raises(CheckpointError, match="recorded meta-training settings differ"):
         meta_store.load(run.path, k)
+
+
+def test_key_fingerprints_the_run_weights_models_start_from(tmp_path):
+    cfg = load_config(SCENARIO)
+    bare = meta_store.training_key(cfg, "searched", 1, tmp_path)
+    torch.save({"state_dict": nn.Linear(3, 2).state_dict()}, tmp_path / "searched.pt")
+    first = meta_store.training_key(cfg, "searched", 1, tmp_path)
+    assert set(first["run_weights"]) == {"searched.pt"} and first != bare
+    assert meta_store.training_key(cfg, "searched", 1, tmp_path) == first  # unchanged file
+    torch.save({"state_dict": nn.Linear(3, 2).state_dict()}, tmp_path / "searched.pt")
+    assert meta_store.training_key(cfg, "searched", 1, tmp_path) != first  # retrained
+    assert meta_store.training_key(cfg, "conv4", 1, tmp_path) == meta_store.training_key(
+        cfg, "conv4", 1)  # from scratch: the run's weights do not matter
+    scratch = load_config(SCENARIO, ['meta.init="scratch"'])
+    assert "run_weights" not in meta_store.training_key(scratch, "searched", 1, tmp_path)
