@@ -37,22 +37,18 @@ Split = tuple[torch.Tensor, torch.Tensor]
 
 
 @lru_cache(maxsize=2)
-def _dataset(cfg: RunConfig) -> Dataset:
-    return run_dataset(cfg)
-
-
-@lru_cache(maxsize=2)
 def _partitions(cfg: RunConfig) -> list[np.ndarray]:
-    data = _dataset(cfg)
+    data = dataset(cfg)
     p = cfg.partition
     return partition_indices(data.train_y.numpy(), p.num_clients, p.scheme, alpha=p.alpha,
                              classes_per_client=p.classes_per_client, seed=cfg.seed,
                              min_size=p.min_partition_size)
 
 
+@lru_cache(maxsize=2)
 def dataset(cfg: RunConfig) -> Dataset:
     """The run's dataset (cached per process)."""
-    return _dataset(cfg)
+    return run_dataset(cfg)
 
 
 def client_splits(cfg: RunConfig, pid: int) -> tuple[Split, Split]:

@@ -241,7 +241,7 @@ def load_dataset(name: str, *, root: str | Path, val_fraction: float = 0.1, seed
         If > 0, a stratified subsample of at most this many train samples (before the val
         split). The test set is not subsampled.
     raw : RawData, optional
-        Samples already read (e.g. :func:`fednas.meta_tasks.meta_train_raw`): split and
+        Samples already read (e.g. :func:`fednas.run_data.meta_train_raw`): split and
         normalised like a registry dataset's; ``name`` only labels them.
 
     Returns
