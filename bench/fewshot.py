@@ -1,9 +1,10 @@
 """5-way 1-/5-shot glyphs: MAML Conv-4 vs MAML on the federated-searched subnet vs AT-NAS.
 
-Runs ``simulations/fewshot_glyphs.toml`` through the sweep runner (resumable, kept under
-``--out-dir``): FedNAS with 4 Flower clients on the meta-train glyph classes and FedAvg
-retraining of its subnet there, then the meta phase on glyph scripts never seen by any
-phase before. (a) Conv-4 sized to the searched subnet's parameter
+Runs ``simulations/fewshot_glyphs.toml``'s search and retraining through the sweep runner
+(resumable, kept under ``--out-dir``): FedNAS with 4 Flower clients on the meta-train glyph
+classes and FedAvg retraining of its subnet there. Its meta phase then runs by ``fednas
+meta`` on copies of that run dir, one per inner lr (``<run dir>-inner-lr-<lr>``), on glyph
+scripts never seen by any phase before. (a) Conv-4 sized to the searched subnet's parameter
 count and (b) the searched subnet are meta-trained with the same task stream and scored on
 the same 600 seeded test tasks; (c) AT-NAS evolves a subnet of the meta-trained supernet per
 test task (the first ``meta.atnas.eval-tasks``; ``*_atnas_tasks`` gives (a) and (b) on those
@@ -11,34 +12,41 @@ same tasks). With ``--set 'meta.models=["searched","conv4","metanas"]'``, (d) Me
 meta-learned on the tasks, then its subnet) is reported too (``metanas_1shot`` ...). With
 ``--set 'meta.atnas.prior="metanas"'`` AT-NAS draws its subnets from MetaNAS's α (reusing the
 ``metanas`` model's supernet when it is listed; ``atnas_1shot_mode_share``: the share of
-tasks that kept α's mode).
+tasks that kept α's mode). Every ``--set`` goes into the run's config.toml (so a changed key
+reruns the search too).
 Prints one JSON line: accuracies and 95 % CI half-widths in percent
 (``conv4_1shot``, ``conv4_1shot_ci``, ...), ``params`` per model (AT-NAS: mean over its
 tasks), ``flops`` per MAML model (one forward pass of one image), ``meta_train_s`` per model
-and shot count, and the wall time. With several seeds, every figure is the mean over seeds.
+and shot count (measured with ``--jobs`` meta phases sharing the machine), the search's and
+the bench's wall time. With several seeds, every figure is the mean over seeds.
 
-The inner (adaptation) lr is chosen first, on meta-*validation* tasks (classes of neither
-meta-train nor meta-test): one run per candidate of ``--inner-lrs`` with
-``meta.eval-split = "val"`` (200 tasks, no AT-NAS); the candidate with the best mean
-meta-val accuracy over the compared models and shot counts is used for the test run
-(``inner_lr``, also AT-NAS's; ``inner_lr_val`` lists every candidate's meta-val accuracy
-per model and shot count). Then each model and shot count gets its own best candidate
-(``inner_lr_per_setting``): a setting whose best differs is meta-trained again at it by
-``fednas meta`` on a copy of the run dir (the search is kept). ``--inner-lr X`` skips both.
+The inner (adaptation) lr is chosen on meta-*validation* tasks (classes of neither meta-train
+nor meta-test): every candidate of ``--inner-lrs`` meta-trains every model and shot count in
+its copy and scores 200 meta-val tasks (no AT-NAS), ``--jobs`` candidates at a time. The
+candidate with the best mean meta-val accuracy over the compared models and shot counts is
+the shared lr (``inner_lr``, AT-NAS's too); each model and shot count is then scored on the
+test tasks at its own best candidate (``inner_lr_per_setting``; ``inner_lr_val`` lists every
+candidate's meta-val accuracy per setting). The test scoring reuses the meta-models the
+selection trained (saved in the copies, :mod:`fednas.meta_store`), so only AT-NAS meta-trains
+after the selection. ``--inner-lr X`` skips the selection.
 
 Usage: ``python bench/fewshot.py [--seeds 0] [--quick] [--inner-lrs 0.03,0.1,0.3]
-[--inner-lr X] [--set KEY=VALUE ...]`` (``--quick``: 200 test tasks, AT-NAS on 20; see QUICK).
+[--inner-lr X] [--jobs N] [--set KEY=VALUE ...]`` (``--quick``: 200 test tasks, AT-NAS on 20;
+see QUICK).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fednas.sweep import parse_seeds, run_sweep
@@ -47,6 +55,7 @@ from fednas.sweep_report import collect
 SCENARIO = Path(__file__).parents[1] / "simulations" / "fewshot_glyphs.toml"
 QUICK = ["meta.eval-tasks=200", "meta.atnas.eval-tasks=20"]
 SELECT = ['meta.eval-split="val"', "meta.eval-tasks=200", "meta.atnas.enabled=false"]
+SEARCH_ONLY = 'phases=["search", "retrain"]'  # the meta phases run on copies (meta_at)
 MODELS = {"conv4": "conv4", "searched": "searched", "metanas": "metanas"}  # those present
 
 
@@ -91,61 +100,79 @@ def mean_of(runs: list[dict]) -> dict:
             for key, value in runs[0].items()}
 
 
-def select_inner_lr(overrides: list[str], lrs: str, seeds: list[int], out_dir: str
-                    ) -> tuple[float, dict[str, float]]:
-    """The candidate inner lr with the best mean meta-val accuracy, and per candidate its
-    meta-val accuracies (%): ``mean`` and per model and shot count (``conv4_1shot`` ...)."""
-    root, _ = run_sweep(SCENARIO, [*overrides, *SELECT], [f"meta.inner-lr={lrs}"], seeds,
-                        out_dir=out_dir)
-    runs, failed = collect([root])
-    if failed:
-        raise SystemExit(f"bench/fewshot: failed inner-lr selection runs: {failed}")
-    scores: dict[str, dict[str, list[float]]] = {}
-    for run in runs:
-        lr = run["group"].split("=")[-1]
-        for name, entry in run["summary"]["meta"]["models"].items():
-            for k, v in entry.items():
-                if k.endswith("shot"):
-                    scores.setdefault(lr, {}).setdefault(f"{name}_{k}", []).append(pct(v["acc"]))
+def meta_at(run_dir: Path, lr: float, sets: list[str]) -> dict:
+    """``meta.json`` of ``fednas meta`` at inner lr ``lr`` with ``--set`` ``sets``, on the
+    copy ``<run_dir>-inner-lr-<lr>`` of the run dir (made on first use). The meta-models
+    trained there are saved in the copy (:mod:`fednas.meta_store`), so a later call at the
+    same lr (meta-val, then test) only evaluates; each result is kept as
+    ``meta-<digest of sets>.json``, so a rerun of the bench reuses it."""
+    copy = run_dir.with_name(f"{run_dir.name}-inner-lr-{lr}")
+    digest = hashlib.sha256(json.dumps([lr, *sets]).encode()).hexdigest()[:12]
+    done = copy / f"meta-{digest}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if not (copy / "config.toml").is_file():
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "meta*"))
+    command = [sys.executable, "-m", "fednas", "meta", str(copy), "--set",
+               f"meta.inner-lr={lr}", "--set", "runtime.progress=false"]
+    for item in sets:
+        command += ["--set", item]
+    subprocess.run(command, check=True, stdout=sys.stderr)  # stdout: the bench's JSON line
+    (copy / "meta.json").replace(done)
+    return json.loads(done.read_text())
+
+
+def in_parallel(calls: list[tuple], jobs: int) -> list[dict]:
+    """:func:`meta_at` for every argument tuple, ``jobs`` processes at a time, in order."""
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(lambda call: meta_at(*call), calls))
+
+
+def scores(meta: dict) -> dict[str, float]:
+    """Accuracy (%) per model and shot count (``conv4_1shot`` ...) of one ``meta.json``."""
+    return {f"{name}_{k}": pct(v["acc"]) for name, entry in meta["models"].items()
+            for k, v in entry.items() if k.endswith("shot")}
+
+
+def select_inner_lr(run_dirs: list[Path], lrs: list[float], jobs: int
+                    ) -> tuple[float, dict[str, float], dict[str, dict[str, float]]]:
+    """The candidate with the best mean meta-val accuracy (shared lr, AT-NAS's too), each
+    model and shot count's own best candidate, and per candidate its meta-val accuracies (%,
+    mean over seeds): ``mean`` and per setting (``conv4_1shot`` ...)."""
+    calls = [(d, lr, SELECT) for d in run_dirs for lr in lrs]
+    found = in_parallel(calls, jobs)
+    per_lr: dict[str, dict[str, list[float]]] = {}
+    for (_, lr, _), meta in zip(calls, found, strict=True):
+        for key, acc in scores(meta).items():
+            per_lr.setdefault(str(lr), {}).setdefault(key, []).append(acc)
     table = {lr: {k: round(statistics.mean(v), 2) for k, v in cells.items()}
-             for lr, cells in scores.items()}
+             for lr, cells in per_lr.items()}
+    settings = list(next(iter(table.values())))
     for cells in table.values():
         cells["mean"] = round(statistics.mean(cells.values()), 2)
-    return float(max(table, key=lambda lr: table[lr]["mean"])), table
-
-
-def per_setting(run: dict, table: dict[str, dict[str, float]], shared: float
-                ) -> dict[str, float]:
-    """Give every model and shot count the test result at its own meta-val-best inner lr.
-
-    The run was meta-trained at ``shared`` for all; a setting whose best candidate differs is
-    meta-trained again at that lr by ``fednas meta`` on a copy of the run dir (AT-NAS off; the
-    copy keeps the search, so only the meta phase reruns) and its entry in
-    ``run["summary"]["meta"]`` is replaced. Returns each setting's lr.
-    """
-    settings = [k for k in next(iter(table.values())) if k != "mean"]
     best = {k: float(max(table, key=lambda lr: table[lr][k])) for k in settings}
-    for lr in sorted(set(best.values()) - {shared}):
+    return float(max(table, key=lambda lr: table[lr]["mean"])), best, table
+
+
+def test_meta(run_dir: Path, shared: float, best: dict[str, float], jobs: int) -> dict:
+    """The run's test ``meta.json`` with every model and shot count at its own lr ``best``:
+    everything (AT-NAS too) at ``shared``, and the settings whose best differs replaced by a
+    test run at their lr (AT-NAS off there)."""
+    others = sorted(set(best.values()) - {shared})
+    calls = [(run_dir, shared, [])]
+    for lr in others:
+        names = sorted({k.split("_")[0] for k, v in best.items() if v == lr})
         shots = sorted({int(k.split("_")[1][:-4]) for k, v in best.items() if v == lr})
-        copy = Path(run["run_dir"]).with_name(f"{Path(run['run_dir']).name}-inner-lr-{lr}")
-        done = copy / "meta.json"
-        if not done.is_file() or json.loads(done.read_text()).get("inner_lr") != lr:
-            shutil.rmtree(copy, ignore_errors=True)
-            shutil.copytree(run["run_dir"], copy, ignore=shutil.ignore_patterns("checkpoints"))
-            (copy / "meta.json").unlink(missing_ok=True)
-            subprocess.run([sys.executable, "-m", "fednas", "meta", str(copy), "--set",
-                            f"meta.inner-lr={lr}", "--set", f"meta.shots={shots}", "--set",
-                            "meta.atnas.enabled=false", "--set", "meta.atnas.params-ratio=0",
-                            "--set", "runtime.progress=false"], check=True,
-                           stdout=sys.stderr)  # stdout is the bench's one JSON line
-            meta = json.loads(done.read_text())
-            done.write_text(json.dumps({**meta, "inner_lr": lr}, indent=2))
-        tuned = json.loads(done.read_text())["models"]
+        calls.append((run_dir, lr, [f"meta.models={json.dumps(names)}",
+                                    f"meta.shots={shots}", "meta.atnas.enabled=false"]))
+    meta, *tuned = in_parallel(calls, jobs)
+    for lr, result in zip(others, tuned, strict=True):
         for key, value in best.items():
             name, shot = key.split("_")
             if value == lr:
-                run["summary"]["meta"]["models"][name][shot] = tuned[name][shot]
-    return best
+                meta["models"][name][shot] = result["models"][name][shot]
+    return meta
 
 
 def main() -> None:
@@ -157,34 +184,38 @@ def main() -> None:
     parser.add_argument("--inner-lrs", default="0.03,0.1,0.3",
                         help="candidates, chosen on meta-val tasks")
     parser.add_argument("--inner-lr", type=float, help="use this inner lr (no selection)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="meta phases run at once (each on runtime.threads threads)")
     args = parser.parse_args()
-    overrides = ["runtime.progress=false", *(QUICK if args.quick else []), *args.overrides]
+    overrides = ["runtime.progress=false", *(QUICK if args.quick else []), *args.overrides,
+                 SEARCH_ONLY]  # every key in the run's config.toml, which the copies keep
     t0 = time.perf_counter()
     seeds = parse_seeds(args.seeds)
-    val: dict[str, dict[str, float]] = {}
-    lr = args.inner_lr
-    if lr is None:
-        lr, val = select_inner_lr(overrides, args.inner_lrs, seeds, args.out_dir)
-    overrides.append(f"meta.inner-lr={lr}")
     root, _ = run_sweep(SCENARIO, overrides, [], seeds, out_dir=args.out_dir)
     runs, failed = collect([root])
     if failed:
         raise SystemExit(f"bench/fewshot: failed runs: {failed}")
-    lrs = {f"{m}_{k}shot": lr for m in MODELS if m in runs[0]["summary"]["meta"]["models"]
-           for k in (1, 5)}
-    for run in runs if val else ():
-        lrs = per_setting(run, val, lr)  # the same choice for every seed (mean over seeds)
-    per_seed = [figures(r["summary"]["meta"]) for r in runs]
+    run_dirs = [Path(r["run_dir"]) for r in runs]
+    val: dict[str, dict[str, float]] = {}
+    if args.inner_lr is None:
+        lrs = [float(x) for x in args.inner_lrs.split(",")]
+        lr, best, val = select_inner_lr(run_dirs, lrs, args.jobs)
+    else:
+        lr, best = args.inner_lr, {}
+    metas = [test_meta(d, lr, best, args.jobs) for d in run_dirs]
+    lrs_used = {f"{m}_{k}shot": best.get(f"{m}_{k}shot", lr) for m in MODELS
+                if m in metas[0]["models"] for k in (1, 5)}
+    per_seed = [figures(meta) for meta in metas]
     result = mean_of(per_seed)
     result["params"] = {k: round(v) for k, v in result["params"].items()}
     result["flops"] = {k: round(v) for k, v in result["flops"].items()}
     result["meta_train_s"] = {k: round(v, 1) for k, v in result["meta_train_s"].items()}
-    best = max(result.get(f"{m}_1shot", 0.0) for m in ("searched", "metanas", "atnas"))
+    best_1shot = max(result.get(f"{m}_1shot", 0.0) for m in ("searched", "metanas", "atnas"))
     print(json.dumps({
-        **result, "best_minus_conv4_1shot": round(best - result["conv4_1shot"], 2),
-        "inner_lr": lr, "inner_lr_per_setting": lrs, "inner_lr_val": val,
-        "seeds": [r["seed"] for r in runs], "quick": args.quick,
-        "run_wall_s": round(statistics.mean(r["wall_s"] for r in runs), 1),
+        **result, "best_minus_conv4_1shot": round(best_1shot - result["conv4_1shot"], 2),
+        "inner_lr": lr, "inner_lr_per_setting": lrs_used, "inner_lr_val": val,
+        "seeds": [r["seed"] for r in runs], "quick": args.quick, "jobs": args.jobs,
+        "search_wall_s": round(statistics.mean(r["wall_s"] for r in runs), 1),
         "bench_wall_s": round(time.perf_counter() - t0, 1), "sweep_dir": str(root),
     }))
 
