@@ -1,13 +1,16 @@
 """5-way 1-/5-shot glyphs: MAML Conv-4 vs MAML on the federated-searched subnet vs AT-NAS.
 
-Runs ``simulations/fewshot_glyphs.toml``'s search and retraining through the sweep runner
+Runs ``simulations/fewshot_glyphs.toml``'s phases before ``meta`` through the sweep runner
 (resumable, kept under ``--out-dir``): FedNAS with 4 Flower clients on the meta-train glyph
-classes and FedAvg retraining of its subnet there. Its meta phase then runs by ``fednas
-meta`` on copies of that run dir, one per inner lr (``<run dir>-inner-lr-<lr>``), on glyph
-scripts never seen by any phase before. (a) Conv-4 sized to the searched subnet's parameter
-count and (b) the searched subnet are meta-trained with the same task stream and scored on
-the same 600 seeded test tasks; (c) AT-NAS evolves a subnet of the meta-trained supernet per
-test task (the first ``meta.atnas.eval-tasks``; ``*_atnas_tasks`` gives (a) and (b) on those
+classes, FedAvg retraining of its subnet there, and the same FedAvg training of a Conv-4.
+Its meta phase then runs by ``fednas meta`` on copies of that run dir, one per inner lr
+(``<run dir>-inner-lr-<lr>``), on glyph scripts never seen by any phase before. (a) Conv-4
+sized to the searched subnet's parameter count, (a') ``conv4_pretrained``: that Conv-4
+starting from the federated training above (the same pretraining as the subnet: it
+separates architecture from pretraining) and (b) the searched subnet are meta-trained with
+the same task stream and scored on the same 600 seeded test tasks; (c) AT-NAS evolves a
+subnet of the meta-trained supernet per test task (the first ``meta.atnas.eval-tasks``;
+``*_atnas_tasks`` gives (a), (a') and (b) on those
 same tasks). With ``--set 'meta.models=["searched","conv4","metanas"]'``, (d) MetaNAS (α
 meta-learned on the tasks, then its subnet) is reported too (``metanas_1shot`` ...). With
 ``--set 'meta.atnas.prior="metanas"'`` AT-NAS draws its subnets from MetaNAS's α (reusing the
@@ -49,14 +52,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from fednas.config import load_config
 from fednas.sweep import parse_seeds, run_sweep
 from fednas.sweep_report import collect
 
 SCENARIO = Path(__file__).parents[1] / "simulations" / "fewshot_glyphs.toml"
 QUICK = ["meta.eval-tasks=200", "meta.atnas.eval-tasks=20"]
 SELECT = ['meta.eval-split="val"', "meta.eval-tasks=200", "meta.atnas.enabled=false"]
-SEARCH_ONLY = 'phases=["search", "retrain"]'  # the meta phases run on copies (meta_at)
-MODELS = {"conv4": "conv4", "searched": "searched", "metanas": "metanas"}  # those present
+MODELS = {"conv4": "conv4", "conv4_pretrained": "conv4-pretrained", "searched": "searched",
+          "metanas": "metanas"}  # bench key: meta.models name (those present are reported)
 
 
 def pct(x: float) -> float:
@@ -162,7 +166,8 @@ def test_meta(run_dir: Path, shared: float, best: dict[str, float], jobs: int) -
     others = sorted(set(best.values()) - {shared})
     calls = [(run_dir, shared, [])]
     for lr in others:
-        names = sorted({k.split("_")[0] for k, v in best.items() if v == lr})
+        names = {k.split("_")[0] for k, v in best.items() if v == lr}
+        names = sorted(names | ({"searched"} & {k.split("_")[0] for k in best}))  # sizes conv4
         shots = sorted({int(k.split("_")[1][:-4]) for k, v in best.items() if v == lr})
         calls.append((run_dir, lr, [f"meta.models={json.dumps(names)}",
                                     f"meta.shots={shots}", "meta.atnas.enabled=false"]))
@@ -187,8 +192,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="meta phases run at once (each on runtime.threads threads)")
     args = parser.parse_args()
-    overrides = ["runtime.progress=false", *(QUICK if args.quick else []), *args.overrides,
-                 SEARCH_ONLY]  # every key in the run's config.toml, which the copies keep
+    overrides = ["runtime.progress=false", *(QUICK if args.quick else []), *args.overrides]
+    phases = [p for p in load_config(SCENARIO, overrides).phases if p != "meta"]
+    overrides.append(f"phases={json.dumps(phases)}")  # the meta phases run on copies (meta_at)
     t0 = time.perf_counter()
     seeds = parse_seeds(args.seeds)
     root, _ = run_sweep(SCENARIO, overrides, [], seeds, out_dir=args.out_dir)
@@ -203,8 +209,8 @@ def main() -> None:
     else:
         lr, best = args.inner_lr, {}
     metas = [test_meta(d, lr, best, args.jobs) for d in run_dirs]
-    lrs_used = {f"{m}_{k}shot": best.get(f"{m}_{k}shot", lr) for m in MODELS
-                if m in metas[0]["models"] for k in (1, 5)}
+    lrs_used = {f"{key}_{k}shot": best.get(f"{name}_{k}shot", lr) for key, name in MODELS.items()
+                if name in metas[0]["models"] for k in (1, 5)}
     per_seed = [figures(meta) for meta in metas]
     result = mean_of(per_seed)
     result["params"] = {k: round(v) for k, v in result["params"].items()}

@@ -118,8 +118,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class BaselineConfig:
-    model: str = option("cnn", choices=("cnn",), doc="hand-designed baseline")
-    width: int = option(32, ge=1, doc="channels of the first conv (conv w, conv 2w, fc 4w)")
+    model: str = option("cnn", choices=("cnn", "conv4"),
+                        doc="hand-designed baseline: cnn, or conv4 (MAML's Conv-4; the meta "
+                            "phase's 'conv4-pretrained' starts from it)")
+    width: int = option(32, ge=1, doc="cnn: channels of the first conv (conv w, conv 2w, fc "
+                                      "4w); conv4: channels of every conv")
 
 
 @dataclass(frozen=True)

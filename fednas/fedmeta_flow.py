@@ -47,11 +47,12 @@ Trained = dict[str, tuple[dict[str, torch.Tensor], float]]  # phase -> (weights,
 # -- the model a message names -------------------------------------------------------------
 def model_spec(name: str, model: nn.Module, genotype: Genotype | None = None) -> dict[str, Any]:
     """What a client needs to rebuild ``model`` (architecture only; θ travels as arrays)."""
-    if name == "conv4":
+    if name in ("conv4", "conv4-pretrained"):  # pretrained: only θ differs
         return {"name": "conv4", "hidden": int(model.features[0].out_channels)}
     if name == "searched" and genotype is not None:
         return {"name": "searched", "genotype": genotype}
-    raise ValueError(f"federated Reptile meta-trains 'searched' or 'conv4', not {name!r}")
+    raise ValueError("federated Reptile meta-trains 'searched', 'conv4' or 'conv4-pretrained', "
+                     f"not {name!r}")
 
 
 def build_from_spec(cfg: RunConfig, spec: dict[str, Any], input_shape: tuple[int, int, int]

@@ -14,7 +14,7 @@ from typing import Any
 from fednas.configtools import option, section
 from fednas.errors import ConfigError
 
-META_MODELS = ("searched", "supernet", "conv4", "metanas")
+META_MODELS = ("searched", "supernet", "conv4", "conv4-pretrained", "metanas")
 META_ALGORITHMS = ("maml", "fomaml", "anil", "metasgd")
 ATNAS_PRIORS = ("uniform", "metanas")
 
@@ -96,7 +96,10 @@ class MetaConfig:
                                "Bertinetto et al.)")
     models: tuple[str, ...] = option(("searched", "conv4"), subset_of=META_MODELS,
                                      doc="models meta-trained and compared: the searched "
-                                         "subnet, the whole supernet (α fixed), Conv-4, "
+                                         "subnet, the whole supernet (α fixed), Conv-4 "
+                                         "from scratch, conv4-pretrained (Conv-4 from the "
+                                         "run's baseline phase, baseline.model = 'conv4': "
+                                         "the same federated pretraining as the subnet), "
                                          "metanas (α meta-learned on the tasks, then the "
                                          "derived subnet: [meta.metanas])")
     init: str = option("searched", choices=("searched", "scratch"),
@@ -197,6 +200,12 @@ class MetaConfig:
         if needs and "search" not in cfg.phases:
             raise ConfigError(f"meta.models: {needs} need the 'search' phase (or a run dir "
                               "that has one: fednas meta RUN_DIR); use ['conv4'] without it")
+        if "conv4-pretrained" in self.models and ("baseline" not in cfg.phases
+                                                  or cfg.baseline.model != "conv4"):
+            raise ConfigError("meta.models: 'conv4-pretrained' starts from the run's baseline "
+                              "phase; add 'baseline' to phases with baseline.model = 'conv4' "
+                              f"(this run: phases {list(cfg.phases)}, baseline.model = "
+                              f"{cfg.baseline.model!r})")
         if self.clients and cfg.mode == "federated":  # Flower rounds: fednas.fedmeta_flow
             n = cfg.partition.num_clients
             if self.clients > n:

@@ -8,6 +8,10 @@
   way (``metanas`` meta-learns its α afterwards: :mod:`fednas.metanas`).
 - ``conv4``: the MAML baseline, from scratch (``conv4-hidden = 0``: sized to the searched
   subnet's parameter count).
+- ``conv4-pretrained``: Conv-4 of ``baseline.width`` channels with the body of the run's
+  ``baseline.pt`` (the ``baseline`` phase with ``baseline.model = "conv4"``: trained on the
+  run's data exactly as the searched subnet is retrained), so the searched subnet can be
+  compared with a Conv-4 of the same pretraining (architecture, not pretraining).
 
 Every model of a shot count is built under the same seed (:func:`initial_model`).
 """
@@ -93,6 +97,8 @@ def build_meta_model(name: str, cfg: RunConfig, run_dir: Path,
             count_params(build_meta_model("searched", cfg, run_dir, input_shape)[0]),
             input_shape, m.ways)
         return Conv4(input_shape=input_shape, num_classes=m.ways, hidden=hidden), "scratch"
+    if name == "conv4-pretrained":
+        return pretrained_conv4(cfg, run_dir, input_shape), "baseline.pt"
     space = meta_space(cfg, input_shape, m.ways)
     supernet = saved_weights(run_dir, "supernet") if m.init == "searched" else None
     if supernet is not None:
@@ -109,6 +115,29 @@ def build_meta_model(name: str, cfg: RunConfig, run_dir: Path,
     if supernet is not None and load_matching(model, space.subnet(genotype).state_dict()):
         return model, "supernet.pt"
     return model, "scratch"
+
+
+def pretrained_conv4(cfg: RunConfig, run_dir: Path, input_shape: tuple[int, int, int]
+                     ) -> nn.Module:
+    """Conv-4 for ``meta.ways`` classes whose body is the run's trained ``baseline.pt``."""
+    from fednas.conv4 import Conv4
+
+    if cfg.baseline.model != "conv4":
+        raise ConfigError(f"meta.models: 'conv4-pretrained' needs baseline.model = 'conv4' "
+                          f"(the run's baseline is {cfg.baseline.model!r})")
+    state = saved_weights(run_dir, "baseline")
+    if state is None:
+        raise CheckpointError(f"{run_dir / 'baseline.pt'} is missing: run the 'baseline' phase "
+                              "(baseline.model = 'conv4') before the meta phase")
+    model = Conv4(input_shape=input_shape, num_classes=cfg.meta.ways, hidden=cfg.baseline.width)
+    body = [k for k in model.state_dict() if not k.startswith(HEADS)]
+    if load_matching(model, state) != len(body):
+        missing = [k for k in body if k not in state or state[k].shape
+                   != model.state_dict()[k].shape]
+        raise CheckpointError(f"{run_dir / 'baseline.pt'}: not a Conv-4 of width "
+                              f"{cfg.baseline.width} for input {tuple(input_shape)} "
+                              f"(mismatched: {missing[:3]})")
+    return model
 
 
 def meta_seed(cfg: RunConfig, salt: int, shots: int) -> int:

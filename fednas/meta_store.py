@@ -7,7 +7,8 @@ MetaNAS search AT-NAS ran itself). ``<key>`` is a digest of every setting that d
 weights (:func:`training_key`): the run's seed and space, the few-shot data and split, the
 task shape, the meta-learning algorithm and its lrs and steps, the model's own keys, and (for
 every model but ``conv4``, which starts from scratch) a fingerprint of the run's weights the
-model starts from (``supernet.pt``, ``searched.pt``), so retrained run weights are never
+model starts from (``supernet.pt``, ``searched.pt``; ``baseline.pt`` for
+``conv4-pretrained``), so retrained run weights are never
 answered with networks meta-trained from the old ones. A
 later meta phase on the same run dir (``fednas meta RUN_DIR``, an interrupted phase run again)
 loads a file whose key matches instead of meta-training again, and records its name; files
@@ -38,11 +39,12 @@ from fednas.runs import RunDir
 EVAL_ONLY = ("models", "shots", "eval_tasks", "eval_inner_steps", "eval_split", "log_every",
              "root", "atnas", "metanas")
 ATNAS_TRAINING = ("iterations", "prior", "temperature")
-KINDS = ("searched", "supernet", "conv4", "metanas", "metanas-supernet", "atnas-supernet",
-         "atnas-prior")
+KINDS = ("searched", "supernet", "conv4", "conv4-pretrained", "metanas", "metanas-supernet",
+         "atnas-supernet", "atnas-prior")
 
 
 RUN_WEIGHTS = ("supernet.pt", "searched.pt")  # the run's files meta-models start from
+PRETRAINED = {"conv4-pretrained": ("baseline.pt",)}  # kinds that start from other files
 
 
 def _sha(path: Path) -> str:
@@ -59,11 +61,11 @@ def _sha_of(path: str, mtime_ns: int, size: int) -> str:  # cached while the fil
     return sha.hexdigest()[:16]
 
 
-def run_weights(run_dir: Path | None) -> dict[str, str]:
-    """Fingerprints (SHA-256, 16 hex digits) of the run's weight files that exist."""
+def run_weights(run_dir: Path | None, names: tuple[str, ...] = RUN_WEIGHTS) -> dict[str, str]:
+    """Fingerprints (SHA-256, 16 hex digits) of the run's weight files ``names`` that exist."""
     if run_dir is None:
         return {}
-    return {name: _sha(Path(run_dir) / name) for name in RUN_WEIGHTS
+    return {name: _sha(Path(run_dir) / name) for name in names
             if (Path(run_dir) / name).is_file()}
 
 
@@ -72,7 +74,8 @@ def training_key(cfg: RunConfig, what: str, shots: int, run_dir: Path | None = N
     """The settings that determine the meta-trained weights of ``what`` at ``shots``.
 
     ``run_dir``: the run whose weights the model starts from (fingerprinted into the key
-    unless the model starts from scratch: ``conv4``, or ``meta.init = "scratch"``).
+    unless the model starts from scratch: ``conv4``, or ``meta.init = "scratch"``;
+    ``conv4-pretrained`` fingerprints ``baseline.pt``).
     """
     if what not in KINDS:
         raise ValueError(f"training_key: unknown {what!r}; one of {KINDS}")
@@ -82,7 +85,10 @@ def training_key(cfg: RunConfig, what: str, shots: int, run_dir: Path | None = N
         "meta": {k: v for k, v in dataclasses.asdict(m).items() if k not in EVAL_ONLY},
         "space": dataclasses.asdict(cfg.space),
         "retrain": {"channels": cfg.retrain.channels, "layers": cfg.retrain.layers}}
-    if what != "conv4" and m.init == "searched":
+    if what in PRETRAINED:  # always from the run (meta.init is about the search's weights)
+        key["run_weights"] = run_weights(run_dir, PRETRAINED[what])
+        key["baseline"] = dataclasses.asdict(cfg.baseline)
+    elif what != "conv4" and m.init == "searched":
         key["run_weights"] = run_weights(run_dir)
     if what in ("metanas", "metanas-supernet", "atnas-prior") or (
             what == "atnas-supernet" and m.atnas.prior == "metanas"):

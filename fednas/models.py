@@ -20,6 +20,18 @@ def register_model(name: str):
     return wrap
 
 
+@register_model("conv4")
+def conv4_baseline(*, input_shape: tuple[int, int, int], num_classes: int, width: int = 64
+                   ) -> nn.Module:
+    """Conv-4 (:class:`fednas.conv4.Conv4`, MAML's few-shot baseline) with ``width`` channels
+    and running BN statistics: trained as the ``baseline`` phase, its body starts the meta
+    phase's ``conv4-pretrained`` (which, like every MAML Conv-4, uses batch statistics)."""
+    from fednas.conv4 import Conv4
+
+    return Conv4(input_shape=input_shape, num_classes=num_classes, hidden=width,
+                 batch_stats=False)
+
+
 @register_model("cnn")
 class HandCNN(nn.Module):
     """conv(w)-pool-conv(2w)-pool-fc(4w)-fc: the calibration CNN of DESIGN (w=32: 422k params).
