@@ -72,6 +72,10 @@ def check_compression(cfg: Any) -> None:
     if "compress" in phases and c.teacher == "searched" and "retrain" not in phases:
         raise ConfigError("compression.teacher: 'searched' distils the retrained searched "
                           "subnet; add 'retrain' to phases or pick 'supernet' / 'none'")
+    if "pruned" in phases and cfg.baseline.model != "cnn":
+        raise ConfigError(f"baseline.model: the 'pruned' phase prunes the hand-designed CNN "
+                          f"filter by filter; baseline.model = {cfg.baseline.model!r} has no "
+                          "pruning rule (use 'cnn' or drop 'pruned')")
     if c.reference == "searched" and "search" not in phases and (
             {"compress", "same-size", "pruned"} & set(phases)):
         raise ConfigError("compression.reference: 'searched' needs the 'search' phase")

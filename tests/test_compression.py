@@ -144,6 +144,8 @@ def test_feddf_distils_the_client_ensemble_into_the_aggregate(task_identity):
     (["compression.feddf=true", "mode=federated", "privacy.mode=central"],
      "compression.feddf: FedDF distils the individual client models"),
     (["compression.selection=magic"], "compression.selection"),
+    (['phases=["search", "pruned"]', "mode=federated", 'baseline.model="conv4"'],
+     "baseline.model: the 'pruned' phase prunes the hand-designed CNN"),
 ])
 def test_compression_config_errors_name_the_key(overrides, match):
     with pytest.raises(ConfigError, match=match):

@@ -40,7 +40,9 @@ def test_fewshot_scenario_validates():
     assert cfg.phases[-1] == "meta" and "search" in cfg.phases and cfg.mode == "federated"
     m = cfg.meta
     assert (m.dataset, m.ways, m.shots, m.split_by) == ("glyphs", 5, (1, 5), "script")
-    assert m.eval_tasks >= 600 and m.atnas.enabled and set(m.models) == {"searched", "conv4"}
+    assert m.eval_tasks >= 600 and m.atnas.enabled
+    assert set(m.models) == {"searched", "conv4", "conv4-pretrained"}  # with its baseline
+    assert "baseline" in cfg.phases and cfg.baseline.model == "conv4"
     assert load_config(None).meta.models == ("searched", "conv4")  # the section's defaults
     assert "meta" not in load_config(None).phases
     with pytest.raises(ConfigError, match="meta.clients: federated Reptile would train"):
