@@ -4,14 +4,14 @@ Runs ``simulations/fewshot_glyphs.toml``'s phases before ``meta`` through the sw
 (resumable, kept under ``--out-dir``): FedNAS with 4 Flower clients on the meta-train glyph
 classes, FedAvg retraining of its subnet there, and the same FedAvg training of a Conv-4.
 Its meta phase then runs by ``fednas meta`` on copies of that run dir, one per inner lr
-(``<run dir>-inner-lr-<lr>``), on glyph scripts never seen by any phase before. (a) Conv-4
-sized to the searched subnet's parameter count, (a') ``conv4_pretrained``: that Conv-4
-starting from the federated training above (the same pretraining as the subnet: it
-separates architecture from pretraining) and (b) the searched subnet are meta-trained with
-the same task stream and scored on the same 600 seeded test tasks; (c) AT-NAS evolves a
-subnet of the meta-trained supernet per test task (the first ``meta.atnas.eval-tasks``;
-``*_atnas_tasks`` gives (a), (a') and (b) on those
-same tasks). With ``--set 'meta.models=["searched","conv4","metanas"]'``, (d) MetaNAS (α
+(``<sweep dir>/inner-lr/<run dir name>-<lr>``), on glyph scripts never seen by any phase
+before. (a) Conv-4 sized to the searched subnet's parameter count, (a')
+``conv4_pretrained``: that Conv-4 starting from the federated training above (the same
+pretraining as the subnet: it separates architecture from pretraining) and (b) the searched
+subnet are meta-trained with the same task stream and scored on the same 600 seeded test
+tasks; (c) AT-NAS evolves a subnet of the meta-trained supernet per test task (the first
+``meta.atnas.eval-tasks``; ``*_atnas_tasks`` gives (a), (a') and (b) on those same tasks).
+With ``--set 'meta.models=["searched","conv4","metanas"]'``, (d) MetaNAS (α
 meta-learned on the tasks, then its subnet) is reported too (``metanas_1shot`` ...). With
 ``--set 'meta.atnas.prior="metanas"'`` AT-NAS draws its subnets from MetaNAS's α (reusing the
 ``metanas`` model's supernet when it is listed; ``atnas_1shot_mode_share``: the share of
@@ -106,11 +106,12 @@ def mean_of(runs: list[dict]) -> dict:
 
 def meta_at(run_dir: Path, lr: float, sets: list[str]) -> dict:
     """``meta.json`` of ``fednas meta`` at inner lr ``lr`` with ``--set`` ``sets``, on the
-    copy ``<run_dir>-inner-lr-<lr>`` of the run dir (made on first use). The meta-models
+    copy ``<sweep dir>/inner-lr/<run dir name>-<lr>`` of the run dir (made on first use; not
+    beside the run dir, where the sweep would take it for the run). The meta-models
     trained there are saved in the copy (:mod:`fednas.meta_store`), so a later call at the
     same lr (meta-val, then test) only evaluates; each result is kept as
     ``meta-<digest of sets>.json``, so a rerun of the bench reuses it."""
-    copy = run_dir.with_name(f"{run_dir.name}-inner-lr-{lr}")
+    copy = run_dir.parents[1] / "inner-lr" / f"{run_dir.name}-{lr}"
     digest = hashlib.sha256(json.dumps([lr, *sets]).encode()).hexdigest()[:12]
     done = copy / f"meta-{digest}.json"
     if done.is_file():
