@@ -122,18 +122,15 @@ def pretrained_conv4(cfg: RunConfig, run_dir: Path, input_shape: tuple[int, int,
     """Conv-4 for ``meta.ways`` classes whose body is the run's trained ``baseline.pt``."""
     from fednas.conv4 import Conv4
 
-    if cfg.baseline.model != "conv4":
-        raise ConfigError(f"meta.models: 'conv4-pretrained' needs baseline.model = 'conv4' "
-                          f"(the run's baseline is {cfg.baseline.model!r})")
-    state = saved_weights(run_dir, "baseline")
+    state = saved_weights(run_dir, "baseline")  # baseline.model = conv4: MetaConfig.check_run
     if state is None:
         raise CheckpointError(f"{run_dir / 'baseline.pt'} is missing: run the 'baseline' phase "
                               "(baseline.model = 'conv4') before the meta phase")
     model = Conv4(input_shape=input_shape, num_classes=cfg.meta.ways, hidden=cfg.baseline.width)
-    body = [k for k in model.state_dict() if not k.startswith(HEADS)]
+    own = model.state_dict()
+    body = [k for k in own if not k.startswith(HEADS)]
     if load_matching(model, state) != len(body):
-        missing = [k for k in body if k not in state or state[k].shape
-                   != model.state_dict()[k].shape]
+        missing = [k for k in body if k not in state or state[k].shape != own[k].shape]
         raise CheckpointError(f"{run_dir / 'baseline.pt'}: not a Conv-4 of width "
                               f"{cfg.baseline.width} for input {tuple(input_shape)} "
                               f"(mismatched: {missing[:3]})")
