@@ -1,11 +1,11 @@
-"""Architectures under a params/FLOPs budget: greedy α-per-cost derivation and DARTS-PT scores.
+"""Architectures under a params/FLOPs budget: greedy α-per-cost derivation.
 
 A :class:`Budget` caps params and/or FLOPs, absolutely or as a fraction of a reference
 model. :func:`derive_under_budget` turns a supernet into a genotype within the budget:
 it starts from the highest-scoring choice of every edge/layer, greedily trades the choices
 that lose the least score per unit of cost saved, then repairs (upgrades) while the budget
-allows. Scores are softmax(α), or the DARTS-PT importances of :func:`perturbation_scores`
-(Wang et al., "Rethinking Architecture Selection in Differentiable NAS", ICLR 2021).
+allows. Scores are softmax(α), or the DARTS-PT importances of
+:func:`fednas.perturbation.perturbation_scores`.
 
 Costs are measured with :meth:`SearchSpace.cost` (the real params/FLOPs of built subnets):
 the marginal cost of every choice once per space (cached), the result once more.
@@ -18,14 +18,12 @@ import math
 import numbers
 import weakref
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from fednas.errors import ConfigError
 from fednas.search_space import Genotype, SearchSpace
-from fednas.train import Split, evaluate
 
 Cost = tuple[int, int]
 Limits = tuple[int | None, int | None]
@@ -262,7 +260,7 @@ def derive_under_budget(space: SearchSpace, budget_abs: Limits, mode: str = "alp
         ``None`` leaves a dimension free (both None gives ``space.genotype()``).
     mode
         ``"alpha"``: importance is softmax(α). ``"perturbation"``: importance is ``scores``,
-        e.g. :func:`perturbation_scores` (DARTS-PT).
+        e.g. :func:`fednas.perturbation.perturbation_scores` (DARTS-PT).
     scores
         One tensor per α tensor, same shapes; required for ``"perturbation"``.
 
@@ -312,48 +310,3 @@ def derive_under_budget(space: SearchSpace, budget_abs: Limits, mode: str = "alp
     raise ConfigError(f"compression: no architecture of this space was found within "
                       f"{limits[0]} params and {limits[1]} FLOPs (the smallest reachable "
                       f"model has {small[0]} params, {small[1]} FLOPs)")
-
-
-@torch.no_grad()
-def perturbation_scores(space: SearchSpace, data: Split, device: torch.device,
-                        batch_size: int) -> list[torch.Tensor]:
-    """DARTS-PT importance: validation-accuracy drop when one candidate is removed.
-
-    For each α tensor, row (edge/layer) and candidate, the candidate is masked out with
-    :meth:`SearchSpace.set_shard` (the remaining candidates renormalised) and the supernet
-    is evaluated on ``data``. The space's shard is restored afterwards.
-
-    Parameters
-    ----------
-    space
-        The supernet, already on ``device``.
-    data
-        ``(x, y)`` validation tensors.
-    device, batch_size
-        Where and in what batches to evaluate.
-
-    Returns
-    -------
-    list[torch.Tensor]
-        CPU tensors shaped like ``space.arch_parameters()``: full accuracy minus accuracy
-        without the candidate (higher = more important; 0 for a row's only candidate).
-    """
-    alphas, saved = space.arch_parameters(), space.shard
-    out = [torch.zeros(a.shape) for a in alphas]
-    # The width space can be switched to hard widths; score its α mixture instead.
-    mixture = space.active_widths(None) if hasattr(space, "active_widths") else nullcontext()
-    with mixture:
-        try:
-            space.set_shard(None)
-            base = evaluate(space, data, batch_size=batch_size, device=device)["eval_acc"]
-            for t, a in enumerate(alphas):  # α tensors are (rows, candidates) or (candidates,)
-                n = a.shape[-1]
-                for row, k in itertools.product(range(a.numel() // n), range(n if n > 1 else 0)):
-                    masks = [torch.ones(b.shape, dtype=torch.bool) for b in alphas]
-                    masks[t].view(-1, n)[row, k] = False
-                    space.set_shard(masks)
-                    acc = evaluate(space, data, batch_size=batch_size, device=device)["eval_acc"]
-                    out[t].view(-1, n)[row, k] = base - acc
-        finally:
-            space.set_shard(saved)
-    return out

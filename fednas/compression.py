@@ -12,12 +12,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from fednas.budget import Budget, Limits, derive_under_budget, perturbation_scores
+from fednas.budget import Budget, Limits, derive_under_budget
 from fednas.config import RunConfig
 from fednas.distill import agreement, distill
 from fednas.errors import ConfigError
 from fednas.flops import count_flops, count_params
 from fednas.models import HandCNN
+from fednas.perturbation import perturbation_scores
 from fednas.search_space import Genotype, SearchSpace
 from fednas.train import Split
 

@@ -8,30 +8,33 @@ DP-FedAvg (McMahan et al. 2018) with the Gaussian mechanism, adapted to supernet
    N(0, (σC)²) once to every entry someone trained and divides by the per-entry count
    (:func:`noisy_masked_mean`). With full shards this is DP-FedAvg: noise std σC/n on the mean;
 3. the Opacus RDP accountant turns (σ, sampling rate q, rounds) into ε(δ)
-   (:class:`PrivacyAccountant`); :func:`noise_multiplier_for` inverts it.
+   (:class:`PrivacyAccountant`, :mod:`fednas.privacy_accounting`); :func:`noise_multiplier_for`
+   inverts it. :class:`AdaptiveClipping` (:mod:`fednas.adaptive_clipping`) moves C instead of
+   fixing it. Both are re-exported here.
 
 The unit of privacy is one client (its whole update). Everything is a pure function of its
 inputs plus an explicit ``torch.Generator``: a seed fixes the noise, and state_dicts resume it.
 
-Caveats: BatchNorm running statistics are data too, so they are clipped and noised with the
-rest (prefer ``track_running_stats=False`` for DP runs, or give them their own clip group).
-The accountant assumes Poisson sampling of clients at rate q; sampling a fixed number per
-round without replacement is the usual approximation (as in Flower's DP wrappers).
+Caveats: BatchNorm running statistics are data too: passed to these functions they are clipped
+and noised with the rest (the DP strategy, ``strategies/dp.py``, never takes them from clients
+and recalibrates BN on the server instead). The accountant assumes Poisson sampling of clients
+at rate q; sampling a fixed number per round without replacement is the usual approximation
+(as in Flower's DP wrappers).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
 
 import torch
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
 
+from fednas.adaptive_clipping import AdaptiveClipping
 from fednas.aggregation import Contribution
+from fednas.privacy_accounting import PrivacyAccountant, noise_multiplier_for
+
+__all__ = ["AdaptiveClipping", "PrivacyAccountant", "clip_update", "contribution_delta",
+           "noise_multiplier_for", "noisy_masked_mean", "sensitivity", "update_norm"]
 
 JOINT = "all"  # the norms key of joint (ungrouped) clipping
 REST = "rest"  # the group of keys that no listed group names
@@ -202,136 +205,3 @@ def noisy_masked_mean(global_state: Mapping[str, torch.Tensor],
         base = global_state[key]
         out[key] = (base.to(torch.float64) + mean.to(base.device)).to(base.dtype)
     return out
-
-
-@dataclass
-class AdaptiveClipping:
-    """Quantile-based adaptive clipping norm (Andrew et al. 2021), geometric update.
-
-    After a round with pre-clip norms ‖Δ_i‖ of m clients, clipped at the current C:
-    ``b̃ = (Σ_i 1[‖Δ_i‖ ≤ C] + N(0, σ_b²)) / m`` and ``C ← C · exp(−η (b̃ − γ))``, so C tracks
-    the γ-quantile of the update norms. The count is itself released with noise σ_b; to keep
-    the overall noise multiplier σ, noise the updates with :meth:`update_noise_multiplier`.
-    Fields: ``clip_norm`` the current C (initially C_0), ``target_quantile`` γ ∈ [0, 1],
-    ``learning_rate`` η (paper: 0.2), ``count_noise`` σ_b (paper: m / 20).
-    """
-
-    clip_norm: float = 1.0
-    target_quantile: float = 0.5
-    learning_rate: float = 0.2
-    count_noise: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not (self.clip_norm > 0 and 0 <= self.target_quantile <= 1
-                and self.learning_rate > 0 and self.count_noise >= 0):
-            raise ValueError(f"AdaptiveClipping needs clip_norm > 0, 0 <= target_quantile <= 1, "
-                             f"learning_rate > 0, count_noise >= 0 (got {self})")
-
-    def update(self, norms: Sequence[float], generator: torch.Generator) -> float:
-        """Step C from this round's pre-clip norms (clipped at the current C); returns new C."""
-        if not norms:
-            return self.clip_norm
-        unclipped = float(sum(1 for n in norms if n <= self.clip_norm))
-        if self.count_noise > 0:
-            unclipped += self.count_noise * float(torch.randn(1, generator=generator,
-                                                              dtype=torch.float64))
-        fraction = unclipped / len(norms)
-        self.clip_norm *= math.exp(-self.learning_rate * (fraction - self.target_quantile))
-        return self.clip_norm
-
-    def update_noise_multiplier(self, noise_multiplier: float) -> float:
-        """σ_Δ = (σ⁻² − (2σ_b)⁻²)^(−1/2): the update noise that keeps the total at σ.
-
-        The count has sensitivity 1/2 after centring (b_i − 1/2), hence the factor 2.
-        Raises ValueError when σ_b is too small for σ (σ_b ≤ σ/2).
-        """
-        if self.count_noise == 0:
-            return float(noise_multiplier)
-        rest = noise_multiplier ** -2 - (2 * self.count_noise) ** -2
-        if rest <= 0:
-            raise ValueError(f"count_noise {self.count_noise} is too small for noise "
-                             f"multiplier {noise_multiplier}: need count_noise > σ / 2")
-        return rest ** -0.5
-
-    def state_dict(self) -> dict[str, float]:
-        return {"clip_norm": self.clip_norm, "target_quantile": self.target_quantile,
-                "learning_rate": self.learning_rate, "count_noise": self.count_noise}
-
-    def load_state_dict(self, state: Mapping[str, float]) -> None:
-        for key in ("clip_norm", "target_quantile", "learning_rate", "count_noise"):
-            setattr(self, key, float(state[key]))
-
-
-class PrivacyAccountant:
-    """ε(δ) of a run: Opacus' RDP accountant, one step per round at the client sampling rate.
-
-    ``sample_rate`` = sampled clients per round ÷ total clients; ``noise_multiplier`` = σ
-    (the noise std on the sum divided by C).
-    """
-
-    def __init__(self) -> None:
-        self._rdp = RDPAccountant()
-
-    @property
-    def history(self) -> list[tuple[float, float, int]]:
-        """(σ, q, rounds) runs, as Opacus keeps them (equal consecutive steps merged)."""
-        return list(self._rdp.history)
-
-    @property
-    def steps(self) -> int:
-        return sum(n for _, _, n in self._rdp.history)
-
-    def step(self, noise_multiplier: float, sample_rate: float) -> None:
-        """Account for one round."""
-        _check(noise_multiplier, sample_rate)
-        self._rdp.step(noise_multiplier=float(noise_multiplier), sample_rate=float(sample_rate))
-
-    def epsilon(self, delta: float) -> float:
-        """ε spent so far at ``delta`` (0 before the first round)."""
-        return float(self._rdp.get_epsilon(delta=delta))
-
-    def would_exceed(self, eps_budget: float, delta: float, noise_multiplier: float,
-                     sample_rate: float) -> bool:
-        """Whether one more round at (σ, q) would take ε(δ) above ``eps_budget`` (no mutation)."""
-        _check(noise_multiplier, sample_rate)
-        if noise_multiplier == 0:
-            return True  # no noise: ε = ∞
-        trial = RDPAccountant()
-        trial.history = list(self._rdp.history)
-        trial.step(noise_multiplier=float(noise_multiplier), sample_rate=float(sample_rate))
-        return float(trial.get_epsilon(delta=delta)) > eps_budget
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain data (lists of floats/ints) that restores the exact ε."""
-        return {"mechanism": self._rdp.mechanism(),
-                "history": [[float(s), float(q), int(n)] for s, q, n in self._rdp.history]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("mechanism") != self._rdp.mechanism():
-            raise ValueError(f"accountant state is {state.get('mechanism')!r}, expected 'rdp'")
-        self._rdp.history = [(float(s), float(q), int(n)) for s, q, n in state["history"]]
-
-
-def noise_multiplier_for(target_eps: float, delta: float, sample_rate: float, steps: int,
-                         tolerance: float = 0.01) -> float:
-    """Smallest σ (to ``tolerance`` in ε) whose ε(δ) after ``steps`` rounds is ≤ ``target_eps``.
-
-    Opacus' ``get_noise_multiplier`` (bisection on the RDP accountant): the result reaches
-    ``target_eps − tolerance ≤ ε ≤ target_eps``.
-    """
-    if steps < 1 or not target_eps > 0 or not 0 < delta < 1:
-        raise ValueError(f"need steps >= 1, target_eps > 0, 0 < delta < 1 "
-                         f"(got {steps}, {target_eps}, {delta})")
-    _check(1.0, sample_rate)
-    with warnings.catch_warnings():  # the bisection's extreme trial σ hit the α grid's ends
-        warnings.filterwarnings("ignore", message="Optimal order is the")
-        return float(get_noise_multiplier(target_epsilon=target_eps, target_delta=delta,
-                                          sample_rate=sample_rate, steps=steps,
-                                          accountant="rdp", epsilon_tolerance=tolerance))
-
-
-def _check(noise_multiplier: float, sample_rate: float) -> None:
-    if not 0 < sample_rate <= 1:
-        raise ValueError(f"sample_rate must be in (0, 1] (got {sample_rate})")
-    if not noise_multiplier >= 0:
-        raise ValueError(f"noise_multiplier must be >= 0 (got {noise_multiplier})")

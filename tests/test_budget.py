@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fednas.budget import Budget, derive_under_budget, perturbation_scores, smallest_cost
+from fednas.budget import Budget, derive_under_budget, smallest_cost
 from fednas.errors import ConfigError
 from fednas.flops import count_flops, count_params
 from fednas.models import build_model
+from fednas.perturbation import perturbation_scores
 from fednas.search_space import build_space
 
 SHAPE = (1, 8, 8)
