@@ -8,6 +8,7 @@ is memory the simulation pays once per Ray worker, not once per client.
 
 from __future__ import annotations
 
+import copy
 import json
 from functools import lru_cache
 from typing import Any
@@ -119,6 +120,21 @@ def build_fixed_model(cfg: RunConfig, spec: dict[str, Any]) -> nn.Module:
     return make_space(cfg).subnet(genotype)
 
 
+@lru_cache(maxsize=4)
+def _fixed_template(cfg: RunConfig, spec_text: str) -> nn.Module:
+    return build_fixed_model(cfg, decode_spec(spec_text))
+
+
+def fixed_model_for_state(cfg: RunConfig, spec: dict[str, Any]) -> nn.Module:
+    """A fresh copy of ``spec``'s model whose weights the caller overwrites (client routes).
+
+    Deriving a subnet builds the whole supernet first, which was a third of a small client's
+    round; the structure is built once per process and copied (its initial weights are
+    meaningless here, so unlike :func:`build_fixed_model` this does not reseed torch).
+    """
+    return copy.deepcopy(_fixed_template(cfg, encode_spec(spec)))
+
+
 def inject_fault(cfg: RunConfig, pid: int) -> bool:
     """Fault injection (federation.fault-partitions): raise, or return True to report NaN."""
     if pid not in cfg.federation.fault_partitions:
@@ -217,7 +233,7 @@ def train(cfg: RunConfig, pid: int, server_round: int, state: dict[str, torch.Te
     generator = _seed(cfg, server_round, pid, 2)
     device = client_device()
     train_split, val = client_splits(cfg, pid)
-    model = build_fixed_model(cfg, spec)
+    model = fixed_model_for_state(cfg, spec)
     model.load_state_dict(state)
     model.to(device)
     r = cfg.retrain
@@ -247,7 +263,7 @@ def evaluate_local(cfg: RunConfig, pid: int, state: dict[str, torch.Tensor],
                    spec: dict[str, Any]) -> dict[str, float]:
     """A fixed model's loss/accuracy on the client's val split."""
     _, val = client_splits(cfg, pid)
-    model = build_fixed_model(cfg, spec)
+    model = fixed_model_for_state(cfg, spec)
     model.load_state_dict(state)
     device = client_device()
     result = evaluate(model.to(device), val, batch_size=cfg.runtime.eval_batch_size,

@@ -140,6 +140,9 @@ class FederationConfig:
     server_lr: float = option(1.0, gt=0.0, doc="server step on the averaged update "
                               "(FedAvgM; 1 with momentum 0 = FedAvg)")
     server_momentum: float = option(0.0, ge=0.0, lt=1.0, doc="server momentum (FedAvgM)")
+    ema_decay: float = option(0.0, ge=0.0, lt=1.0, doc="fixed-model training reports and "
+                              "exports an exponential moving average of the global model "
+                              "over rounds with this decay (fednas/ema.py; 0 = last iterate)")
     fraction_evaluate: float = option(1.0, ge=0.0, le=1.0, doc="clients evaluating the "
                                       "trained subnet per round (0 = server-side only)")
     server_eval_samples: int = option(0, ge=0, doc="test samples for per-round server "
@@ -147,6 +150,10 @@ class FederationConfig:
     bn_calibration_samples: int = option(500, ge=0, doc="server-side val images used to "
                                          "recalibrate BN of the argmax subnet before its "
                                          "per-round evaluation (0 = off)")
+    bn_stats: str = option("clients", choices=("clients", "server"),
+                           doc="fixed-model training: BN running statistics averaged from the "
+                               "clients, or recalibrated every round on the server's "
+                               "bn-calibration-samples val images (central DP: always server)")
     client_cpus: float = option(1.0, gt=0.0, doc="Ray CPUs per client")
     client_gpus: float = option(-1.0, ge=-1.0, doc="Ray GPUs per client (-1 = 0.5 when "
                                 "CUDA is visible, else 0)")
@@ -223,6 +230,12 @@ class RunConfig:
                               'set mode = "federated"')
         if self.privacy.secure_aggregation:
             check_secagg(self)
+        if (f.bn_stats == "server" or self.privacy.mode == "central") and \
+                self.mode == "federated" and f.bn_calibration_samples == 0:
+            why = ("federation.bn-stats = \"server\"" if f.bn_stats == "server"
+                   else "privacy.mode = \"central\" (client BN statistics are not noised)")
+            raise ConfigError(f"federation.bn-calibration-samples: {why} recalibrates BN on "
+                              "the server's val images; set it > 0")
         if "retrain" in self.phases and "search" not in self.phases:
             raise ConfigError("phases: 'retrain' needs 'search' (it retrains the searched subnet)")
         if "random" in self.phases and "search" not in self.phases:

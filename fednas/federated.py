@@ -17,6 +17,7 @@ from flwr.serverapp import Grid
 
 from fednas import client
 from fednas.checkpoint import load_checkpoint, save_checkpoint
+from fednas.ema import ModelEMA
 from fednas.federated_compress import CompressionPhases
 from fednas.fedmeta_flow import MetaRounds
 from fednas.flops import count_flops, count_params
@@ -176,13 +177,19 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
 
     def _rounds(self, grid: Grid, phase: str, strategy: Any, state: dict[str, torch.Tensor],
                 total: int, lr: tuple[float, float], extra: dict[str, Any], server_eval,
-                done: list[str]) -> dict[str, torch.Tensor]:
-        """The round loop of one phase (resumable)."""
+                done: list[str], ema: ModelEMA | None = None) -> dict[str, torch.Tensor]:
+        """The round loop of one phase (resumable).
+
+        With ``ema``, the average of the global models is folded in after every round and is
+        what ``server_eval`` scores (``iterate_test_*``: the last iterate); it is checkpointed.
+        """
         start, entered = 1, time.perf_counter()
         ck = self.checkpoint
         if ck is not None and ck["phase"] == phase:
             state, start = ck["state"], ck["round"] + 1
             strategy.set_state(ck["strategy"])
+            if ema is not None and ck.get("ema") is not None:
+                ema.load_state_dict(ck["ema"])
             self.prior_elapsed[phase] = ck.get("phase_elapsed", 0.0)  # before the resume
             self.checkpoint = None
         f = self.cfg.federation
@@ -204,6 +211,8 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
                 arrays, train_metrics = strategy.aggregate_train(rnd, replies)
             if arrays is not None:
                 state = arrays.to_torch_state_dict()
+            if ema is not None:
+                ema.update(state)
             record: dict[str, Any] = {**strategy.round_stats, "lr": float(config["lr"])}
             if train_metrics is not None:
                 record.update({k.replace("-", "_"): v for k, v in train_metrics.items()
@@ -223,7 +232,11 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
             self.rundir.append_jsonl("clients.jsonl", [{"phase": phase, **p}
                                                        for p in strategy.placements])
             t_eval = time.perf_counter()
-            record.update(server_eval(state))
+            scores = server_eval(state)
+            if ema is not None:
+                record.update({f"iterate_{k}": v for k, v in scores.items()})
+                scores = server_eval(ema.state)
+            record.update(scores)
             now = time.perf_counter()
             record.update(wall_s=now - t0, eval_wall_s=now - t_eval,
                           train_wall_s=t_eval - t0)
@@ -242,6 +255,7 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
                     "phases_done": done, "privacy_stop": self.privacy_stop,
                     "meta_done": getattr(self, "meta_done", None),
                     "accountant": self.accountant.state_dict() if self.accountant else None,
+                    "ema": ema.state_dict() if ema is not None else None,
                     "metrics_count": len(self.rundir.metrics)})
             if pause:
                 self.console.print(f"\\[{phase}] paused after round {rnd}/{total}")
@@ -323,9 +337,12 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
 
         proxy = self.data.val_x[: f.bn_calibration_samples]
 
+        # DP: BN statistics from the server's proxy only (clients' are not private)
+        server_bn = self.accountant is not None or f.bn_stats == "server"
+
         def server_eval(state: dict[str, torch.Tensor]) -> dict[str, Any]:
             model.load_state_dict(state)
-            if self.accountant is not None:  # DP: BN statistics from the server's proxy only
+            if server_bn:
                 recalibrate_bn(model, proxy, batch_size=r.batch_size, device=self.device)
                 fresh = model.state_dict()
                 state.update({k: fresh[k].detach().cpu().clone() for k in state
@@ -335,8 +352,12 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
             return {"test_loss": result["eval_loss"], "test_acc": result["eval_acc"]}
 
         lr_end = 0.0 if r.schedule == "cosine" else r.lr
+        ema = ModelEMA(f.ema_decay) if f.ema_decay > 0 else None
         state = self._rounds(grid, phase, strategy, model.state_dict(),
-                             rounds or f.subnet_rounds, (r.lr, lr_end), extra, server_eval, done)
+                             rounds or f.subnet_rounds, (r.lr, lr_end), extra, server_eval, done,
+                             ema=ema)
+        if ema is not None and ema.updates:  # the average is the phase's model
+            state = ema.state
         model.load_state_dict(state)
         final = evaluate(model, self._split("test"), batch_size=cfg.runtime.eval_batch_size,
                          device=self.device)

@@ -79,10 +79,22 @@ def test_wrong_types_are_named(tmp_path, text, match):
     ("runtime.device=tpu", r"runtime.device: 'tpu' is not allowed"),
     ("partition.num-clients=0", r"partition.num-clients: must be >= 1"),
     ("search.epochs", r"expected key=value"),
+    ("federation.ema-decay=1.0", r"federation.ema-decay: must be < 1.0"),
+    ("federation.bn-stats=proxy", r"federation.bn-stats: 'proxy' is not allowed"),
 ])
 def test_bad_values_are_named(override, match):
     with pytest.raises(ConfigError, match=match):
         load_config(None, [override])
+
+
+@pytest.mark.parametrize("extra, match", [
+    ("federation.bn-stats=server", r'federation.bn-stats = "server" recalibrates'),
+    ("privacy.mode=central", r'privacy.mode = "central" .*recalibrates'),
+])
+def test_server_side_bn_needs_calibration_images(extra, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, ["mode=federated", "federation.bn-calibration-samples=0", extra])
+    load_config(None, ["mode=federated", extra])  # the default 500 images
 
 
 def test_overrides_parse_toml_values():

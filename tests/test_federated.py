@@ -34,7 +34,7 @@ def test_two_rounds_four_clients_on_digits(tiny_overrides):
         'phases=["search", "retrain", "random", "compress", "same-size", "baseline", "pruned"]',
         "compression.params=0.9", "compression.epochs=2", "compression.feddf=true",
         "compression.feddf-steps=3", "compression.fine-tune-rounds=1",
-        "compression.casd-every=1"])
+        "compression.casd-every=1", "federation.bn-stats=server"])
     run_dir, summary = run_federated(cfg)
     metrics = read_metrics(run_dir)
     assert [m["phase"] for m in metrics] == (["search"] * 2 + ["retrain"] * 2 + ["random"] * 2
@@ -72,6 +72,21 @@ def test_two_rounds_four_clients_on_digits(tiny_overrides):
     assert summary["models"]["random"]["genotype"]["space"] == "cell"
     assert (run_dir / "random.pt").is_file()
     assert summary["models"]["searched"]["rounds"] == 2
+
+    # bn-stats = "server": the exported BN statistics are the server's recalibration of the
+    # exported weights on its own val images, not the clients' averages
+    from fednas.client import build_fixed_model, dataset
+    from fednas.train import recalibrate_bn
+
+    saved = torch.load(run_dir / "searched.pt")["state_dict"]
+    genotype = json.loads((run_dir / "genotype.json").read_text())
+    model = build_fixed_model(cfg, {"kind": "subnet", "genotype": genotype})
+    model.load_state_dict(saved)
+    proxy = dataset(cfg).val_x[: cfg.federation.bn_calibration_samples]
+    recalibrate_bn(model, proxy, batch_size=cfg.retrain.batch_size, device=torch.device("cpu"))
+    stats = [k for k in saved if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.allclose(model.state_dict()[k], saved[k], atol=1e-5)
+                         for k in stats)
 
 
 def test_half_shards_send_fewer_bytes_than_full(tiny_overrides):

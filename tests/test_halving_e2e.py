@@ -1,5 +1,5 @@
 """Successive halving end to end on digits: paused and resumed candidates (with FedAvgM
-momentum state) end exactly where an uninterrupted run of the winner ends."""
+momentum and model-EMA state) end exactly where an uninterrupted run of the winner ends."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ pytestmark = pytest.mark.slow
 SETS = ["mode=federated", 'phases=["baseline"]', "federation.fraction-evaluate=1.0",
         "federation.min-fit-clients=2", "federation.node-wait=300",
         "federation.checkpoint-every=0",  # pauses checkpoint regardless
-        "federation.server-momentum=0.5"]  # FedAvgM state must survive the pauses
+        "federation.server-momentum=0.5",  # FedAvgM state must survive the pauses
+        "federation.ema-decay=0.5"]  # and so must the model average
 
 
 def strip_time(records: list[dict]) -> list[dict]:
@@ -49,6 +50,10 @@ def test_halving_cli_and_resumed_winner_equals_uninterrupted_run(tiny_overrides,
         f'runtime.out-dir="{tmp_path / "direct"}"'])
     direct, summary = run_federated(cfg)
     assert strip_time(read_metrics(winner)) == strip_time(read_metrics(direct))
+    rounds = read_metrics(direct)
+    assert all("iterate_test_acc" in m for m in rounds)  # the last iterate, beside the EMA
+    assert rounds[-1]["test_acc"] == pytest.approx(  # the exported model is the average
+        summary["models"]["baseline"]["test_acc"], abs=1e-6)
     assert record["best"]["models"]["baseline"]["test_acc"] == pytest.approx(
         summary["models"]["baseline"]["test_acc"], abs=1e-6)
     a = torch.load(winner / "baseline.pt")["state_dict"]
