@@ -5,7 +5,8 @@ Runs ``simulations/dp_fashion.toml`` (federated search + subnet training, Fashio
 without DP and once with the noise multiplier that reaches ε ≈ ``--eps`` (δ = 1e-5) after all
 rounds at the scenario's sampling rate (``fednas.privacy.noise_multiplier_for``). The two
 modes run side by side (two sweeps at the same time, seed by seed), so their round times see
-the same machine load.
+the same machine load. Each seed is its own sweep, so a rerun with more seeds (same
+``--out-dir``) reuses the seeds already finished.
 Prints one JSON line:
 
 ``dp_time_ratio``  mean round time with DP ÷ without (``train_wall_s``: clients + aggregation)
@@ -13,6 +14,7 @@ Prints one JSON line:
                    (clipping, noise, accountant) minus without: the cost DP itself adds
 ``dp_time_ratio_attributed``  1 + that overhead ÷ the mean round time without DP
 ``acc_no_dp_mean``, ``acc_no_dp_std``, ``acc_dp_eps6_mean``, ``acc_dp_eps6_std`` (%)
+``acc_drop_mean``  mean over seeds of (no DP − DP); ``acc_no_dp``, ``acc_dp_eps6`` per seed
 ``eps``            the ε reached (mean over seeds), ``noise_multiplier``, ``seeds``
 
 Usage: ``python bench/privacy.py [--seeds 0,1,2] [--eps 6] [--set KEY=VALUE ...]``
@@ -53,23 +55,27 @@ def main() -> None:
                  f"privacy.noise-multiplier={sigma:.6g}"]
     seeds = parse_seeds(args.seeds)
 
-    def sweep(mode: str) -> Path:
-        return run_sweep(SCENARIO, [*overrides, f"privacy.mode={mode}"], [], seeds,
+    def sweep(mode: str, seed: int) -> Path:
+        return run_sweep(SCENARIO, [*overrides, f"privacy.mode={mode}"], [], [seed],
                          out_dir=args.out_dir, parallel=1)[0]
 
-    # the two modes run at the same time (seed by seed), so both see the same machine load
+    # one sweep per seed and mode (a rerun with more seeds finds the finished ones again);
+    # the two modes of a seed run at the same time, so both see the same machine load
+    roots: dict[str, list[Path]] = {m: [] for m in MODES}
     with ThreadPoolExecutor(2) as pool:
-        roots = dict(zip(MODES, pool.map(sweep, MODES), strict=True))
-    acc: dict[str, list[float]] = {m: [] for m in MODES}
+        for seed in seeds:
+            for mode, root in zip(MODES, pool.map(sweep, MODES, [seed, seed]), strict=True):
+                roots[mode].append(root)
+    acc: dict[str, dict[int, float]] = {m: {} for m in MODES}
     wall: dict[str, list[float]] = {m: [] for m in MODES}
     agg: dict[str, list[float]] = {m: [] for m in MODES}
     eps = []
-    for mode, root in roots.items():
-        runs, failed = collect([root])
+    for mode, dirs in roots.items():
+        runs, failed = collect(dirs)
         if failed:
             sys.exit(f"bench/privacy: failed runs ({mode}): {failed}")
         for run in runs:
-            acc[mode].append(100 * run["summary"]["models"]["searched"]["test_acc"])
+            acc[mode][run["seed"]] = 100 * run["summary"]["models"]["searched"]["test_acc"]
             rounds_ = [m for m in run["metrics"] if "train_wall_s" in m]
             wall[mode] += [m["train_wall_s"] for m in rounds_]
             agg[mode] += [m["agg_wall_s"] for m in rounds_ if "agg_wall_s" in m]
@@ -86,12 +92,18 @@ def main() -> None:
         "dp_agg_overhead_s": round(overhead, 4),
         "dp_time_ratio_attributed": round(1 + overhead / statistics.fmean(wall["off"]), 4),
         "round_s_no_dp": round(statistics.fmean(wall["off"]), 2),
-        "acc_no_dp_mean": round(statistics.fmean(acc["off"]), 2), "acc_no_dp_std": sd(acc["off"]),
-        "acc_dp_eps6_mean": round(statistics.fmean(acc["central"]), 2),
-        "acc_dp_eps6_std": sd(acc["central"]), "eps": round(statistics.fmean(eps), 3),
+        "acc_no_dp_mean": round(statistics.fmean(acc["off"].values()), 2),
+        "acc_no_dp_std": sd(list(acc["off"].values())),
+        "acc_dp_eps6_mean": round(statistics.fmean(acc["central"].values()), 2),
+        "acc_dp_eps6_std": sd(list(acc["central"].values())),
+        "acc_drop_mean": round(statistics.fmean(acc["off"][s] - acc["central"][s]
+                                                for s in seeds), 2),
+        "acc_no_dp": [round(acc["off"][s], 2) for s in seeds],
+        "acc_dp_eps6": [round(acc["central"][s], 2) for s in seeds],
+        "eps": round(statistics.fmean(eps), 3),
         "noise_multiplier": round(sigma, 4), "delta": cfg.privacy.delta,
         "sample_rate": per_round / n, "rounds": rounds, "seeds": args.seeds,
-        "sweep_dirs": {m: str(r) for m, r in roots.items()}}))
+        "sweep_dirs": {m: [str(r) for r in dirs] for m, dirs in roots.items()}}))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 ``fednas sweep SCENARIO --seeds 0,1,2 [--grid KEY=V1,V2 ...] [--set KEY=VALUE ...]`` lays
 out::
 
-    <out-dir>/<name>-sweep-<hash>/      (hash of scenario + overrides + grid + seeds)
+    <out-dir>/<name>-sweep-<hash>/      (hash of resolved config + grid + seeds)
         sweep.json                      the plan and every run's state
         p00-s0/<name>-<time>/           one fednas run dir per (grid point, seed)
         p00-s0/status.json              {"state": "done" | "failed" | "running", ...}
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fednas.config import load_config
+from fednas.configtools import to_dict
 from fednas.errors import ConfigError
 from fednas.grid import candidates, parse_grid
 
@@ -92,7 +93,11 @@ def plan(scenario: Path | None, overrides: list[str], grid_specs: list[str], see
     base = load_config(scenario, overrides)
     spec = {"scenario": str(scenario) if scenario else None, "overrides": list(overrides),
             "grid": grid, "seeds": seeds}
-    digest = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+    # keyed by what runs (the resolved config), not by how it was spelled: an edited scenario
+    # file gets a fresh sweep dir instead of stale results, and the same config reached
+    # through the file or through --set finds the same one
+    key = {"config": to_dict(base), "grid": grid, "seeds": seeds}
+    digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
     root = Path(out_dir or base.runtime.out_dir) / f"{base.name}-sweep-{digest}"
     runs = []
     for p, values in enumerate(points):

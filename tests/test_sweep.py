@@ -48,6 +48,15 @@ def test_plan_is_deterministic_and_validates_every_point(tiny_overrides, tmp_pat
     b, _, _ = plan(None, tiny_overrides, ["search.epochs=1,2"], [0, 1], str(tmp_path))
     c, _, _ = plan(None, tiny_overrides, ["search.epochs=1,2"], [0, 2], str(tmp_path))
     assert a == b != c
+    # keyed by the resolved config: the same config via a file or --set is one sweep, and
+    # editing the scenario file gives a fresh one (never the old file's results)
+    scenario = tmp_path / "s.toml"
+    scenario.write_text("[search]\nlr = 0.03\n")
+    via_file, _, _ = plan(scenario, tiny_overrides, [], [0], str(tmp_path))
+    via_set, _, _ = plan(None, [*tiny_overrides, "search.lr=0.03"], [], [0], str(tmp_path))
+    scenario.write_text("[search]\nlr = 0.04\n")
+    edited, _, _ = plan(scenario, tiny_overrides, [], [0], str(tmp_path))
+    assert via_file == via_set != edited
     assert [r.key for r in runs] == ["p00-s0", "p00-s1", "p01-s0", "p01-s1"]
     with pytest.raises(ConfigError, match="sweep point .*search.epochs"):
         plan(None, tiny_overrides, ["search.epochs=1,-2"], [0], str(tmp_path))
