@@ -230,12 +230,12 @@ class RunConfig:
                               'set mode = "federated"')
         if self.privacy.secure_aggregation:
             check_secagg(self)
-        if (f.bn_stats == "server" or self.privacy.mode == "central") and \
-                self.mode == "federated" and f.bn_calibration_samples == 0:
-            why = ("federation.bn-stats = \"server\"" if f.bn_stats == "server"
-                   else "privacy.mode = \"central\" (client BN statistics are not noised)")
-            raise ConfigError(f"federation.bn-calibration-samples: {why} recalibrates BN on "
-                              "the server's val images; set it > 0")
+        server_bn = ('federation.bn-stats = "server"' if f.bn_stats == "server" else
+                     'privacy.mode = "central" (client BN statistics are not noised)'
+                     if self.privacy.mode == "central" else "")
+        if server_bn and self.mode == "federated" and f.bn_calibration_samples == 0:
+            raise ConfigError(f"federation.bn-calibration-samples: {server_bn} recalibrates "
+                              "BN on the server's val images; set it > 0")
         if "retrain" in self.phases and "search" not in self.phases:
             raise ConfigError("phases: 'retrain' needs 'search' (it retrains the searched subnet)")
         if "random" in self.phases and "search" not in self.phases:
