@@ -1,7 +1,7 @@
 """Cost and utility of central DP: round time and test accuracy at ε ≈ 6 vs no DP.
 
 Runs ``simulations/dp_fashion.toml`` (federated search + subnet training, Fashion-MNIST,
-2000 clients, Dirichlet(1.0), 200 per round) through the sweep runner for every seed, once
+2000 clients, Dirichlet(1.0), 400 per round) through the sweep runner for every seed, once
 without DP and once with the noise multiplier that reaches ε ≈ ``--eps`` (δ = 1e-5) after all
 rounds at the scenario's sampling rate (``fednas.privacy.noise_multiplier_for``). The two
 modes run side by side (two sweeps at the same time, seed by seed), so their round times see
