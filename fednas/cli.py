@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-verify", action="store_true", help="skip the re-evaluation")
 
     sub.add_parser("datasets", help="list the dataset names fednas can load",
-                   description="List registered datasets and the npz:/folder: forms.")
+                   description="List the names data.dataset and meta.dataset accept.")
     return parser
 
 
@@ -256,9 +256,17 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_datasets(_: argparse.Namespace) -> int:
     from fednas.data import available_datasets
+    from fednas.fewshot_data import OFFICIAL_DATASETS
+    from fednas.run_data import META_TRAIN
 
-    for name in available_datasets():
-        print(name)
+    data = available_datasets()
+    print("data.dataset (federated search and training):")
+    for name in [*data, META_TRAIN]:
+        note = "  # the meta phase's training classes" if name == META_TRAIN else ""
+        print(f"  {name}{note}")
+    print("meta.dataset (few-shot tasks, on class-disjoint train/val/test parts):")
+    for name in dict.fromkeys(["glyphs", *OFFICIAL_DATASETS, *data]):
+        print(f"  {name}")
     return 0
 
 

@@ -1,8 +1,9 @@
 """The federated pipeline on a Flower Grid: FedNAS search → derived subnet FedAvg → baseline.
 
 Runs inside a ServerApp (``simulations/server_app.py``). It owns the round loop (instead of
-``Strategy.start``) so that it can log every round, evaluate server-side, checkpoint, and
-resume from a checkpoint to exactly the result of an uninterrupted run.
+``Strategy.start``; :mod:`fednas.round_loop`) so that it can log every round, evaluate
+server-side, checkpoint, and resume from a checkpoint to exactly the result of an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -12,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 
 from fednas import client
-from fednas.checkpoint import load_checkpoint, save_checkpoint
+from fednas.checkpoint import load_checkpoint
 from fednas.ema import ModelEMA
 from fednas.federated_compress import CompressionPhases
 from fednas.fedmeta_flow import MetaRounds
@@ -31,10 +31,11 @@ from fednas.pipeline import (
     random_genotype,
 )
 from fednas.plots import plot_alpha_evolution, plot_fedex_theta
+from fednas.round_loop import RoundLoop, RunPaused
 from fednas.runs import RunDir
 from fednas.search_space import Genotype, save_genotype
 from fednas.server_opt import STAT_SUFFIXES
-from fednas.train import cosine, evaluate, recalibrate_bn
+from fednas.train import evaluate, recalibrate_bn
 
 PHASE_SEED = {"baseline": 1, "retrain": 2, "random": 3, "compress": 4, "same-size": 5,
               "pruned": 6}
@@ -42,11 +43,7 @@ MODEL_NAME = {"retrain": "searched", "random": "random", "baseline": "baseline",
               "compress": "distilled", "same-size": "same_size", "pruned": "pruned"}
 
 
-class RunPaused(Exception):  # noqa: N818 - a control-flow signal, not an error
-    """Raised inside the round loop when the run reaches its ``stop_after`` round."""
-
-
-class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
+class FederatedPipeline(RoundLoop, MetaRounds, CompressionPhases, Pipeline):
     """Federated run of a :class:`RunConfig` (``mode = "federated"``).
 
     ``stop_after = (phase, k)`` pauses the run after round ``k`` of ``phase``: it writes a
@@ -174,93 +171,6 @@ class FederatedPipeline(MetaRounds, CompressionPhases, Pipeline):
         plot_curves(self.rundir.metrics, self.rundir.path / "plots", unit="round")
         plot_fedex_theta(self.rundir.metrics, self.rundir.path / "plots")
         return summary
-
-    def _rounds(self, grid: Grid, phase: str, strategy: Any, state: dict[str, torch.Tensor],
-                total: int, lr: tuple[float, float], extra: dict[str, Any], server_eval,
-                done: list[str], ema: ModelEMA | None = None) -> dict[str, torch.Tensor]:
-        """The round loop of one phase (resumable).
-
-        With ``ema``, the average of the global models is folded in after every round and is
-        what ``server_eval`` scores (``iterate_test_*``: the last iterate); it is checkpointed.
-        """
-        start, entered = 1, time.perf_counter()
-        ck = self.checkpoint
-        if ck is not None and ck["phase"] == phase:
-            state, start = ck["state"], ck["round"] + 1
-            strategy.set_state(ck["strategy"])
-            if ema is not None and ck.get("ema") is not None:
-                ema.load_state_dict(ck["ema"])
-            self.prior_elapsed[phase] = ck.get("phase_elapsed", 0.0)  # before the resume
-            self.checkpoint = None
-        f = self.cfg.federation
-        for rnd in range(start, total + 1):
-            if self.privacy_stop is not None or getattr(strategy, "privacy_exhausted",
-                                                        lambda: False)():
-                self.privacy_stop = self.privacy_stop or {"phase": phase, "round": rnd - 1}
-                self.console.print(f"\\[{phase}] stopped before round {rnd}: it would exceed "
-                                   f"privacy.epsilon-budget = {self.cfg.privacy.epsilon_budget}")
-                break
-            t0 = time.perf_counter()
-            config = ConfigRecord({"lr": cosine(rnd - 1, total, lr[0], lr[1]), **extra})
-            if hasattr(strategy, "secure_round"):  # privacy.secure-aggregation
-                arrays, train_metrics = strategy.secure_round(rnd, ArrayRecord(state), config,
-                                                              grid, f.round_timeout)
-            else:
-                messages = strategy.configure_train(rnd, ArrayRecord(state), config, grid)
-                replies = grid.send_and_receive(messages, timeout=f.round_timeout)
-                arrays, train_metrics = strategy.aggregate_train(rnd, replies)
-            if arrays is not None:
-                state = arrays.to_torch_state_dict()
-            if ema is not None:
-                ema.update(state)
-            record: dict[str, Any] = {**strategy.round_stats, "lr": float(config["lr"])}
-            if train_metrics is not None:
-                record.update({k.replace("-", "_"): v for k, v in train_metrics.items()
-                               if k != "steps"})
-            evaluates = getattr(strategy, "fraction_evaluate", 1.0) > 0  # FedReptile: 0
-            if f.fraction_evaluate > 0 and phase != "search" and evaluates:
-                replies = grid.send_and_receive(
-                    strategy.configure_evaluate(rnd, ArrayRecord(state), ConfigRecord(extra),
-                                                grid), timeout=f.round_timeout)
-                client_eval = strategy.aggregate_evaluate(rnd, replies)
-                if client_eval is not None:
-                    record["client_val_loss"] = client_eval["eval_loss"]
-                    record["client_val_acc"] = client_eval["eval_acc"]
-            if hasattr(strategy, "fedex_record"):
-                record.update(strategy.fedex_record())
-            record["clients_on_cuda"] = sum(p.get("cuda", 0) for p in strategy.placements)
-            self.rundir.append_jsonl("clients.jsonl", [{"phase": phase, **p}
-                                                       for p in strategy.placements])
-            t_eval = time.perf_counter()
-            scores = server_eval(state)
-            if ema is not None:
-                record.update({f"iterate_{k}": v for k, v in scores.items()})
-                scores = server_eval(ema.state)
-            record.update(scores)
-            now = time.perf_counter()
-            record.update(wall_s=now - t0, eval_wall_s=now - t_eval,
-                          train_wall_s=t_eval - t0)
-            self.rundir.log(phase, rnd, **record)
-            self.console.print(f"\\[{phase}] round {rnd}/{total}: " + ", ".join(
-                f"{k} {record[k]:.4g}" for k in ("train_loss", "test_acc", "wall_s")
-                if isinstance(record.get(k), float)))
-            pause = self.stop_after == (phase, rnd) and rnd < total
-            if pause or (f.checkpoint_every and (rnd % f.checkpoint_every == 0 or rnd == total)):
-                save_checkpoint(self.rundir.path, {
-                    "phase": phase, "round": rnd, "state": state,
-                    "strategy": strategy.get_state(), "models": self.models,
-                    "timings": self.timings, "genotype": getattr(self, "genotype", None),
-                    "phase_elapsed": self.prior_elapsed.get(phase, 0.0)
-                    + time.perf_counter() - entered,
-                    "phases_done": done, "privacy_stop": self.privacy_stop,
-                    "meta_done": getattr(self, "meta_done", None),
-                    "accountant": self.accountant.state_dict() if self.accountant else None,
-                    "ema": ema.state_dict() if ema is not None else None,
-                    "metrics_count": len(self.rundir.metrics)})
-            if pause:
-                self.console.print(f"\\[{phase}] paused after round {rnd}/{total}")
-                raise RunPaused(phase, rnd)
-        return state
 
     def elapsed(self, phase: str, t0: float) -> float:
         """Seconds of ``phase`` since ``t0``, plus those it ran before a resume."""

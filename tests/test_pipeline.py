@@ -121,7 +121,10 @@ def test_cli_help_and_config(capsys):
     assert main(["config", str(Path(__file__).parents[1] / "simulations/quickstart.toml")]) == 0
     assert 'name = "quickstart"' in capsys.readouterr().out
     assert main(["datasets"]) == 0
-    assert "fashion-mnist" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    data, meta = out.split("meta.dataset")
+    assert "fashion-mnist" in data and "meta-train" in data and "omniglot" not in data
+    assert "omniglot" in meta and "glyphs" in meta and "meta-train" not in meta
     proc = run_cli("--help")
     assert proc.returncode == 0 and "run" in proc.stdout and "examples" in proc.stdout
     proc = run_cli("run", "--help")
