@@ -230,6 +230,13 @@ class RunConfig:
                               'set mode = "federated"')
         if self.privacy.secure_aggregation:
             check_secagg(self)
+        if self.privacy.alpha_clip_norm and self.privacy.mode != "central":
+            raise ConfigError("privacy.alpha-clip-norm: clips α apart from the weights in "
+                              "central DP; set privacy.mode = \"central\" (got "
+                              f"{self.privacy.mode!r})")
+        if self.privacy.alpha_clip_norm and "search" not in self.phases:
+            raise ConfigError("privacy.alpha-clip-norm: only the search trains α, and phases "
+                              f"= {list(self.phases)} has no 'search'")
         server_bn = ('federation.bn-stats = "server"' if f.bn_stats == "server" else
                      'privacy.mode = "central" (client BN statistics are not noised)'
                      if self.privacy.mode == "central" else "")

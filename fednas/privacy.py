@@ -107,6 +107,21 @@ def sensitivity(max_norm: float | Mapping[str, float]) -> float:
     return float(max_norm)
 
 
+def split_noise(noise_multiplier: float, shares: Mapping[str, float]) -> dict[str, float]:
+    """Per-group noise multipliers σ_g = σ/√s_g that compose to exactly σ.
+
+    Clipping group g to C_g and adding N(0, (σ_g C_g)²) to its sum releases
+    ``[Σ Δ_g / (σ_g C_g)]_g`` plus unit noise: one Gaussian mechanism of L2 sensitivity
+    √Σ_g 1/σ_g² = 1/σ, i.e. multiplier σ (the RDP of the subsampled Gaussian depends only on
+    that ratio), so the accountant steps with σ as for joint clipping. ``shares`` (s_g > 0)
+    must sum to 1: a group's share is the part of the round's privacy (1/σ²) it spends.
+    """
+    if not math.isclose(sum(shares.values()), 1.0, rel_tol=1e-9, abs_tol=1e-12) or not all(
+            s > 0 for s in shares.values()):
+        raise ValueError(f"noise shares must be > 0 and sum to 1 (got {dict(shares)})")
+    return {g: float(noise_multiplier) / math.sqrt(s) for g, s in shares.items()}
+
+
 def contribution_delta(global_state: Mapping[str, torch.Tensor], contribution: Contribution
                        ) -> Contribution:
     """The contribution with each region replaced by ``region − global region`` (float64).
@@ -131,8 +146,8 @@ def contribution_delta(global_state: Mapping[str, torch.Tensor], contribution: C
 
 def noisy_masked_mean(global_state: Mapping[str, torch.Tensor],
                       contributions: Iterable[Contribution], noise_multiplier: float,
-                      clip_norm: float, generator: torch.Generator, reclip: bool = True
-                      ) -> dict[str, torch.Tensor]:
+                      clip_norm: float, generator: torch.Generator, reclip: bool = True,
+                      noise_std: Mapping[str, float] | None = None) -> dict[str, torch.Tensor]:
     """New global state: global + per-entry noisy mean of the clients' clipped deltas.
 
     Each entry gets ``(Σ_k Δ_k + N(0, (σC)²)) / n_e``, the sum over the n_e clients whose shard
@@ -162,6 +177,9 @@ def noisy_masked_mean(global_state: Mapping[str, torch.Tensor],
     reclip
         Clip each contribution to ``clip_norm`` here too (server-side clipping; a no-op for
         honestly clipped deltas), so that the guarantee never rests on the clients alone.
+    noise_std
+        key -> std of the noise on that key's sum, replacing σC for the keys it lists
+        (per-group clipping with :func:`split_noise`: σ_g C_g for the keys of group g).
     """
     if not clip_norm > 0 or not noise_multiplier >= 0:
         raise ValueError(f"need clip_norm > 0 and noise_multiplier >= 0 "
@@ -196,10 +214,10 @@ def noisy_masked_mean(global_state: Mapping[str, torch.Tensor],
     for key in global_state:
         if key not in acc:
             continue
-        total = acc[key]
-        if std > 0:
-            total = total + std * torch.randn(total.shape, generator=generator,
-                                              dtype=torch.float64)
+        total, key_std = acc[key], std if noise_std is None else noise_std.get(key, std)
+        if key_std > 0:
+            total = total + key_std * torch.randn(total.shape, generator=generator,
+                                                  dtype=torch.float64)
         seen = count[key] > 0
         mean = torch.where(seen, total / count[key].clamp_min(1.0), 0.0)
         base = global_state[key]

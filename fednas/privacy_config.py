@@ -22,9 +22,19 @@ class PrivacyConfig:
     noise_multiplier: float = option(1.0, ge=0.0, doc="σ: noise std = σ · clip-norm on the "
                                      "per-entry sum of clipped client updates")
     clip_norm: float = option(1.0, gt=0.0, doc="C: L2 bound of each client's update (weights "
-                              "and α jointly; the initial C with adaptive clipping)")
+                              "and α jointly unless alpha-clip-norm; the initial C with "
+                              "adaptive clipping)")
+    alpha_clip_norm: float = option(0.0, ge=0.0, doc="C_α: a bound of its own on each "
+                                    "client's α update (search phase; clip-norm then bounds "
+                                    "the weights alone); 0 = α clipped jointly with the "
+                                    "weights")
+    alpha_noise_share: float = option(0.5, gt=0.0, lt=1.0, doc="with alpha-clip-norm: the "
+                                      "share s of the round's privacy (1/σ²) spent on α; α gets "
+                                      "noise multiplier σ/√s and the weights σ/√(1-s), which "
+                                      "compose to exactly σ")
     adaptive: bool = option(False, doc="adaptive clipping (Andrew et al. 2021): C tracks the "
-                            "target quantile of the update norms")
+                            "target quantile of the update norms (of the weights' with "
+                            "alpha-clip-norm)")
     target_quantile: float = option(0.5, ge=0.0, le=1.0)
     clip_lr: float = option(0.2, gt=0.0, doc="adaptive clipping step size")
     count_noise: float = option(0.0, ge=0.0, doc="σ_b, noise on the unclipped count "

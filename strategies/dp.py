@@ -5,6 +5,8 @@ supernet shards every client returns different regions, so fednas uses its own m
 version (:mod:`fednas.privacy`): every client's update (weights and α together) is clipped
 to L2 norm C on the server, the per-entry sum over the clients that trained an entry gets
 N(0, (σC)²) and is divided by that count (one vote per client: sample weights are dropped).
+With ``privacy.alpha-clip-norm`` α is clipped to C_α on its own and the noise multiplier is
+split between α and the weights so that the round still costs exactly σ.
 BatchNorm running statistics are data too; under DP they are not taken from clients at all
 (they keep the global value; the server recalibrates BN on its own proxy split).
 
@@ -14,19 +16,25 @@ rate = clients per round ÷ total clients), so every phase of a run adds to the 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from fednas.aggregation import Contribution
 from fednas.privacy import (
+    JOINT,
+    REST,
     AdaptiveClipping,
     PrivacyAccountant,
     clip_update,
     contribution_delta,
     noisy_masked_mean,
+    split_noise,
 )
 from fednas.server_opt import STAT_SUFFIXES
+
+ALPHA = "alpha"  # the clip group of the architecture parameters
 
 
 class CentralDP:
@@ -80,21 +88,44 @@ class CentralDP:
             budget, self.cfg.delta, self.cfg.noise_multiplier, sample_rate)
 
     def aggregate(self, state: dict[str, torch.Tensor], contributions: list[Contribution],
-                  sample_rate: float) -> dict[str, torch.Tensor]:
-        """The new global state from this round's (sorted) contributions; steps the accountant."""
+                  sample_rate: float, alpha_keys: Sequence[str] = ()
+                  ) -> dict[str, torch.Tensor]:
+        """The new global state from this round's (sorted) contributions; steps the accountant.
+
+        With ``privacy.alpha-clip-norm`` > 0, ``alpha_keys`` (the search's architecture
+        parameters) are clipped to C_α apart from the weights (clipped to C) and the round's
+        noise is split between the two (:func:`fednas.privacy.split_noise`). In dp_fashion a
+        client's α update is ~25× shorter than its weights', so joint noise drowns α.
+        """
+        alpha = [k for k in alpha_keys if k in state] if self.cfg.alpha_clip_norm else []
+        bound: float | dict[str, float] = self.clip_norm
+        if alpha:
+            bound = {ALPHA: float(self.cfg.alpha_clip_norm), REST: self.clip_norm}
         private = []
-        norms = []
+        norms, alpha_norms = [], []
         for c in contributions:
             kept = Contribution({k: v for k, v in c.regions.items()
                                  if not k.endswith(STAT_SUFFIXES)}, c.slices, c.weight,
                                 c.entry_masks)
             delta = contribution_delta(state, kept)
-            clipped, norm = clip_update(delta.regions, self.clip_norm)
-            norms.append(norm["all"])
+            clipped, norm = clip_update(delta.regions, bound, {ALPHA: alpha} if alpha else None)
+            norms.append(norm.get(REST, 0.0) if alpha else norm[JOINT])
+            alpha_norms.append(norm.get(ALPHA, 0.0))
             private.append(Contribution(clipped, delta.slices, 1.0, delta.entry_masks))
         sigma = self.update_noise(len(contributions))
-        new = noisy_masked_mean(state, private, sigma, self.clip_norm, self.generator,
-                                reclip=False)  # clipped just above
+        sigma_w, noise_std, stats = sigma, None, {}
+        if alpha:
+            share = self.cfg.alpha_noise_share
+            split = split_noise(sigma, {ALPHA: share, REST: 1.0 - share})
+            sigma_w, c_alpha = split[REST], bound[ALPHA]
+            noise_std = dict.fromkeys(alpha, split[ALPHA] * c_alpha)
+            stats = {"dp_alpha_clip_norm": c_alpha, "dp_alpha_noise_std": split[ALPHA] * c_alpha,
+                     "dp_alpha_clipped_fraction": sum(n > c_alpha for n in alpha_norms)
+                     / max(len(alpha_norms), 1),
+                     "dp_alpha_update_norm_median": float(torch.tensor(alpha_norms).median())
+                     if alpha_norms else 0.0}
+        new = noisy_masked_mean(state, private, sigma_w, self.clip_norm, self.generator,
+                                reclip=False, noise_std=noise_std)  # clipped just above
         clip_used = self.clip_norm
         if self.adaptive is not None:
             self.clip_norm = self.adaptive.update(norms, self.generator)
@@ -103,7 +134,7 @@ class CentralDP:
         eps = (self.accountant.epsilon(self.cfg.delta) if self.accountant.steps
                else float("inf"))
         self.last = {"dp_epsilon": eps, "dp_clip_norm": clip_used,
-                     "dp_noise_std": sigma * clip_used,
+                     "dp_noise_std": sigma_w * clip_used, **stats,
                      "dp_clipped_fraction": sum(n > clip_used for n in norms) / max(len(norms), 1),
                      "dp_update_norm_median": float(torch.tensor(norms).median()) if norms
                      else 0.0}

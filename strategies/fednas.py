@@ -221,7 +221,8 @@ class FedNAS(FedAvg):
         t0 = time.perf_counter()
         if self.dp is not None:
             average = self.dp.aggregate(self._state, contributions,
-                                        len(self._plan) / max(len(self.node_partitions), 1))
+                                        len(self._plan) / max(len(self.node_partitions), 1),
+                                        alpha_keys=self.alpha_keys)
             self.round_stats.update(self.dp.last)
         else:
             average = masked_weighted_mean(self._state, contributions)

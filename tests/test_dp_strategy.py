@@ -104,3 +104,85 @@ def test_summary_printout_states_epsilon_and_the_budget_stop():
     text = console.export_text()
     assert "ε = 5.99 at δ = 1e-05 after 16 rounds" in text
     assert "stopped by the ε budget after retrain round 1" in text
+
+
+def _one_round(cfg, deltas, alpha_keys=("alpha",), seed=0, accountant=None):
+    from fednas.aggregation import Contribution
+
+    state = {"w": torch.zeros(20_000, dtype=torch.float64),
+             "alpha": torch.zeros(20_000, dtype=torch.float64)}
+    contribs = [Contribution({k: state[k] + d[k] for k in state}, dict.fromkeys(state), 1.0, {})
+                for d in deltas]
+    dp = CentralDP(cfg, accountant or PrivacyAccountant(), seed=seed)
+    return dp, dp.aggregate(state, contribs, 0.5, alpha_keys=alpha_keys)
+
+
+def test_separate_alpha_clip_bounds_each_part_on_its_own():
+    cfg = privacy(noise_multiplier=0.0, clip_norm=1.0, alpha_clip_norm=0.05)
+    n = 20_000
+    # client 0: long weights, short α; client 1: long α, short weights
+    deltas = [{"w": torch.full((n,), 1.0, dtype=torch.float64),
+               "alpha": torch.full((n,), 1e-6, dtype=torch.float64)},
+              {"w": torch.full((n,), 1e-6, dtype=torch.float64),
+               "alpha": torch.full((n,), 1.0, dtype=torch.float64)}]
+    dp, new = _one_round(cfg, deltas)
+    root = math.sqrt(n)
+    # each part clipped to its own bound; joint clipping (C = 1) would have shrunk the α of
+    # client 0 and the weights of client 1 by the other part's length
+    torch.testing.assert_close(new["w"], torch.full((n,), (1.0 / root + 1e-6) / 2,
+                                                    dtype=torch.float64))
+    torch.testing.assert_close(new["alpha"], torch.full((n,), (1e-6 + 0.05 / root) / 2,
+                                                        dtype=torch.float64))
+    assert dp.last["dp_alpha_clipped_fraction"] == 0.5 and dp.last["dp_clipped_fraction"] == 0.5
+    assert dp.last["dp_alpha_clip_norm"] == 0.05
+
+
+@pytest.mark.parametrize("share", [0.2, 0.5])
+def test_split_noise_std_per_part_and_accounting_at_sigma(share):
+    sigma, c, c_alpha, clients = 1.2, 1.0, 0.05, 4
+    cfg = privacy(noise_multiplier=sigma, clip_norm=c, alpha_clip_norm=c_alpha,
+                  alpha_noise_share=share)
+    zero = {"w": torch.zeros(20_000, dtype=torch.float64),
+            "alpha": torch.zeros(20_000, dtype=torch.float64)}
+    acc = PrivacyAccountant()
+    dp, new = _one_round(cfg, [zero] * clients, seed=5, accountant=acc)
+    std_alpha = sigma / math.sqrt(share) * c_alpha / clients
+    std_w = sigma / math.sqrt(1 - share) * c / clients
+    assert new["alpha"].std().item() == pytest.approx(std_alpha, rel=0.03)
+    assert new["w"].std().item() == pytest.approx(std_w, rel=0.03)
+    assert dp.last["dp_noise_std"] == pytest.approx(std_w * clients)
+    assert dp.last["dp_alpha_noise_std"] == pytest.approx(std_alpha * clients)
+    # the two releases compose to one Gaussian mechanism of multiplier σ: 1/σ² = Σ 1/σ_g²
+    assert (share + (1 - share)) / sigma**2 == pytest.approx(
+        (std_alpha * clients / c_alpha) ** -2 + (std_w * clients / c) ** -2)
+    ref = PrivacyAccountant()
+    ref.step(sigma, 0.5)
+    assert acc.steps == 1 and dp.last["dp_epsilon"] == ref.epsilon(1e-5)
+
+
+def test_joint_clipping_ignores_alpha_keys_without_alpha_clip_norm():
+    sigma, clients = 1.2, 4
+    cfg = privacy(noise_multiplier=sigma, clip_norm=1.0)
+    zero = {"w": torch.zeros(20_000, dtype=torch.float64),
+            "alpha": torch.zeros(20_000, dtype=torch.float64)}
+    dp, new = _one_round(cfg, [zero] * clients)
+    for key in ("w", "alpha"):
+        assert new[key].std().item() == pytest.approx(sigma / clients, rel=0.03)
+    assert "dp_alpha_noise_std" not in dp.last
+
+
+def test_split_noise_rejects_bad_shares_and_alpha_clip_needs_central_search():
+    from fednas.errors import ConfigError
+    from fednas.privacy import split_noise
+
+    assert split_noise(2.0, {"a": 0.25, "b": 0.75}) == pytest.approx(
+        {"a": 4.0, "b": 2.0 / math.sqrt(0.75)})
+    with pytest.raises(ValueError, match="sum to 1"):
+        split_noise(1.0, {"a": 0.5, "b": 0.6})
+    with pytest.raises(ConfigError, match="privacy.alpha-clip-norm"):
+        load_config(None, ["mode=federated", "privacy.mode=local", "privacy.alpha-clip-norm=0.1"])
+    with pytest.raises(ConfigError, match="privacy.alpha-clip-norm.*search"):
+        load_config(None, ["mode=federated", "privacy.mode=central", "phases=['baseline']",
+                           "privacy.alpha-clip-norm=0.1"])
+    with pytest.raises(ConfigError, match="privacy.alpha-noise-share"):
+        privacy(alpha_noise_share=1.0)

@@ -32,12 +32,19 @@ def test_dp_budget_stop_and_exact_resume(tiny_overrides, tmp_path):
         "federation.subnet-rounds=2", "federation.local-steps=2", "federation.shard-size=2",
         "federation.min-fit-clients=2", "federation.fraction-evaluate=0.0",
         "federation.node-wait=300", "privacy.mode=central", "privacy.noise-multiplier=1.0",
-        "privacy.clip-norm=2.0", f"privacy.epsilon-budget={budget}"]
+        "privacy.clip-norm=2.0", "privacy.alpha-clip-norm=0.05",
+        f"privacy.epsilon-budget={budget}"]
     full_dir, summary = run_federated(load_config(None, sets + [
         f'runtime.out-dir="{tmp_path / "full"}"']))
     metrics = read_metrics(full_dir)
     assert [m["phase"] for m in metrics] == ["search", "search", "retrain"]
     assert [m["dp_epsilon"] for m in metrics] == pytest.approx(eps[:3], rel=1e-6)
+    # α clipped and noised apart in the search (same ε: the split composes to σ); the
+    # retrained subnet has no α
+    assert [m.get("dp_alpha_clip_norm") for m in metrics] == [0.05, 0.05, None]
+    assert metrics[0]["dp_alpha_noise_std"] == pytest.approx(0.05 * 2**0.5, rel=1e-5)
+    assert metrics[0]["dp_noise_std"] == pytest.approx(2.0 * 2**0.5, rel=1e-5)
+    assert metrics[2]["dp_noise_std"] == pytest.approx(2.0, rel=1e-5)
     assert summary["privacy"]["epsilon"] <= budget
     assert summary["privacy"]["stopped_by_budget"] == {"phase": "retrain", "round": 1}
     assert summary["models"]["searched"]["test_acc"] > 0
