@@ -230,11 +230,12 @@ class RunConfig:
                               'set mode = "federated"')
         if self.privacy.secure_aggregation:
             check_secagg(self)
-        if self.privacy.alpha_clip_norm and self.privacy.mode != "central":
+        if self.privacy.alpha_clip_norm and self.privacy.mode == "local":
             raise ConfigError("privacy.alpha-clip-norm: clips α apart from the weights in "
-                              "central DP; set privacy.mode = \"central\" (got "
-                              f"{self.privacy.mode!r})")
-        if self.privacy.alpha_clip_norm and "search" not in self.phases:
+                              "central DP (the server clips); local DP (LocalDpMod) clips "
+                              "the whole update on the client")
+        if self.privacy.alpha_clip_norm and self.privacy.mode == "central" \
+                and "search" not in self.phases:
             raise ConfigError("privacy.alpha-clip-norm: only the search trains α, and phases "
                               f"= {list(self.phases)} has no 'search'")
         server_bn = ('federation.bn-stats = "server"' if f.bn_stats == "server" else

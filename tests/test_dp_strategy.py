@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -181,6 +182,8 @@ def test_split_noise_rejects_bad_shares_and_alpha_clip_needs_central_search():
         split_noise(1.0, {"a": 0.5, "b": 0.6})
     with pytest.raises(ConfigError, match="privacy.alpha-clip-norm"):
         load_config(None, ["mode=federated", "privacy.mode=local", "privacy.alpha-clip-norm=0.1"])
+    # DP off: the scenario's privacy keys wait unused (bench/privacy.py runs dp_fashion so)
+    load_config(Path(__file__).parents[1] / "simulations/dp_fashion.toml", ["privacy.mode=off"])
     with pytest.raises(ConfigError, match="privacy.alpha-clip-norm.*search"):
         load_config(None, ["mode=federated", "privacy.mode=central", "phases=['baseline']",
                            "privacy.alpha-clip-norm=0.1"])
