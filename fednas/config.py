@@ -18,7 +18,7 @@ from fednas.errors import ConfigError
 from fednas.fedex_config import FedExConfig
 from fednas.meta_config import MetaConfig
 from fednas.ops import DARTS_OPS, OPS
-from fednas.privacy_config import PrivacyConfig, check_secagg
+from fednas.privacy_config import PrivacyConfig, check_alpha_clip, check_secagg
 
 PHASES = ("search", "retrain", "random", "compress", "same-size", "baseline", "pruned", "meta")
 DEFAULT_PHASES = ("search", "retrain", "baseline")
@@ -230,14 +230,8 @@ class RunConfig:
                               'set mode = "federated"')
         if self.privacy.secure_aggregation:
             check_secagg(self)
-        if self.privacy.alpha_clip_norm and self.privacy.mode == "local":
-            raise ConfigError("privacy.alpha-clip-norm: clips α apart from the weights in "
-                              "central DP (the server clips); local DP (LocalDpMod) clips "
-                              "the whole update on the client")
-        if self.privacy.alpha_clip_norm and self.privacy.mode == "central" \
-                and "search" not in self.phases:
-            raise ConfigError("privacy.alpha-clip-norm: only the search trains α, and phases "
-                              f"= {list(self.phases)} has no 'search'")
+        if self.privacy.alpha_clip_norm:
+            check_alpha_clip(self)
         server_bn = ('federation.bn-stats = "server"' if f.bn_stats == "server" else
                      'privacy.mode = "central" (client BN statistics are not noised)'
                      if self.privacy.mode == "central" else "")

@@ -53,6 +53,17 @@ class PrivacyConfig:
                                 "bound only costs fixed-point precision")
 
 
+def check_alpha_clip(cfg: Any) -> None:
+    """``privacy.alpha-clip-norm``'s constraints on the rest of the run config (``cfg``)."""
+    key = "privacy.alpha-clip-norm"
+    if cfg.privacy.mode == "local":
+        raise ConfigError(f"{key}: clips α apart from the weights in central DP (the server "
+                          "clips); local DP (LocalDpMod) clips the whole update on the client")
+    if cfg.privacy.mode == "central" and "search" not in cfg.phases:
+        raise ConfigError(f"{key}: only the search trains α, and phases = {list(cfg.phases)} "
+                          "has no 'search'")
+
+
 def check_secagg(cfg: Any) -> None:
     """Secure aggregation's constraints on the rest of the run config (``cfg``)."""
     f, key = cfg.federation, "privacy.secure-aggregation"

@@ -119,11 +119,8 @@ class CentralDP:
             split = split_noise(sigma, {ALPHA: share, REST: 1.0 - share})
             sigma_w, c_alpha = split[REST], bound[ALPHA]
             noise_std = dict.fromkeys(alpha, split[ALPHA] * c_alpha)
-            stats = {"dp_alpha_clip_norm": c_alpha, "dp_alpha_noise_std": split[ALPHA] * c_alpha,
-                     "dp_alpha_clipped_fraction": sum(n > c_alpha for n in alpha_norms)
-                     / max(len(alpha_norms), 1),
-                     "dp_alpha_update_norm_median": float(torch.tensor(alpha_norms).median())
-                     if alpha_norms else 0.0}
+            stats = {"dp_alpha_clip_norm": c_alpha, "dp_alpha_noise_std": noise_std[alpha[0]],
+                     **_norm_stats("dp_alpha", alpha_norms, c_alpha)}
         new = noisy_masked_mean(state, private, sigma_w, self.clip_norm, self.generator,
                                 reclip=False, noise_std=noise_std)  # clipped just above
         clip_used = self.clip_norm
@@ -135,10 +132,15 @@ class CentralDP:
                else float("inf"))
         self.last = {"dp_epsilon": eps, "dp_clip_norm": clip_used,
                      "dp_noise_std": sigma_w * clip_used, **stats,
-                     "dp_clipped_fraction": sum(n > clip_used for n in norms) / max(len(norms), 1),
-                     "dp_update_norm_median": float(torch.tensor(norms).median()) if norms
-                     else 0.0}
+                     **_norm_stats("dp", norms, clip_used)}
         return new
+
+
+def _norm_stats(prefix: str, norms: list[float], bound: float) -> dict[str, float]:
+    """Share of the round's updates longer than ``bound`` (clipped) and their median norm."""
+    return {f"{prefix}_clipped_fraction": sum(n > bound for n in norms) / max(len(norms), 1),
+            f"{prefix}_update_norm_median": float(torch.tensor(norms).median()) if norms
+            else 0.0}
 
 
 def privacy_summary(cfg: Any, accountant: PrivacyAccountant | None, rounds: int,
