@@ -213,6 +213,17 @@ class RunConfig:
     compression: CompressionConfig = section(CompressionConfig)
     runtime: RuntimeConfig = section(RuntimeConfig)
 
+    def server_bn_reason(self) -> str:
+        """Why the server recalibrates BN statistics on its val images ('' when clients' do).
+
+        Central DP always does: the clients' running statistics are not clipped or noised.
+        """
+        if self.federation.bn_stats == "server":
+            return 'federation.bn-stats = "server"'
+        if self.privacy.mode == "central":
+            return 'privacy.mode = "central" (client BN statistics are not noised)'
+        return ""
+
     def check(self) -> None:
         f = self.federation
         if self.fedex.enabled and self.mode != "federated":
@@ -232,9 +243,7 @@ class RunConfig:
             check_secagg(self)
         if self.privacy.alpha_clip_norm:
             check_alpha_clip(self)
-        server_bn = ('federation.bn-stats = "server"' if f.bn_stats == "server" else
-                     'privacy.mode = "central" (client BN statistics are not noised)'
-                     if self.privacy.mode == "central" else "")
+        server_bn = self.server_bn_reason()
         if server_bn and self.mode == "federated" and f.bn_calibration_samples == 0:
             raise ConfigError(f"federation.bn-calibration-samples: {server_bn} recalibrates "
                               "BN on the server's val images; set it > 0")

@@ -247,8 +247,7 @@ class FederatedPipeline(RoundLoop, MetaRounds, CompressionPhases, Pipeline):
 
         proxy = self.data.val_x[: f.bn_calibration_samples]
 
-        # DP: BN statistics from the server's proxy only (clients' are not private)
-        server_bn = self.accountant is not None or f.bn_stats == "server"
+        server_bn = bool(cfg.server_bn_reason())  # central DP: clients' BN stats are not private
 
         def server_eval(state: dict[str, torch.Tensor]) -> dict[str, Any]:
             model.load_state_dict(state)
