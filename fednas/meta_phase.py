@@ -158,15 +158,18 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
             report = run_atnas(cfg, run, train_pool, tasks, shots, device, searched,
                                metanas_states.get(shots))
             result["atnas"][f"{shots}shot"] = report
-            n = report["tasks"]
-            for name, values in accs.items():  # the MAML models on AT-NAS's task subset
+            console.print(f"\\[meta] AT-NAS {m.ways}-way {shots}-shot: {100 * report['acc']:.2f}"
+                          f" ± {100 * report['ci95']:.2f} % over {report['tasks']} tasks (mean "
+                          f"{report['params_mean']:.0f} params, search "
+                          f"{report['search_s_mean']:.1f}s per task)")
+        if m.atnas.enabled or m.atnas.eval_tasks:
+            # the MAML models on AT-NAS's tasks (the first N of the same seeded test tasks),
+            # also where AT-NAS is off (bench/fewshot's reruns at another inner lr)
+            n = min(m.atnas.eval_tasks or m.eval_tasks, len(tasks))
+            for name, values in accs.items():
                 sub = metalib.mean_ci95(values[:n])
                 result["models"][name][f"{shots}shot"]["atnas_tasks"] = {
                     "acc": sub[0], "ci95": sub[1]}
-            console.print(f"\\[meta] AT-NAS {m.ways}-way {shots}-shot: {100 * report['acc']:.2f}"
-                          f" ± {100 * report['ci95']:.2f} % over {n} tasks (mean "
-                          f"{report['params_mean']:.0f} params, search "
-                          f"{report['search_s_mean']:.1f}s per task)")
     run.write_json("meta.json", result)
     return {**result, "atnas": {k: {f: v for f, v in r.items() if f != "per_task"}
                                 for k, r in result["atnas"].items()}}
