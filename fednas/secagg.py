@@ -18,8 +18,10 @@ clients drop out, with the protocol's real cryptography (``cryptography`` packag
    never strip a survivor's self-mask without also having its y: y_i stays uniformly random.
    With ≥ t shares it rebuilds b_i (i ∈ U) and s_i (i ∈ D) and decodes ``Σ_U y_i − masks``.
 
-:func:`secure_sum` runs all parties in one process; ``strategies/secagg.py`` (server) and
-``fednas/secagg_flow.py`` (clients) run them over Flower messages; the secret sharing is
+This module holds the primitives and the client; :mod:`fednas.secagg_server` the server and
+:func:`~fednas.secagg_server.secure_sum`, which runs all parties in one process.
+``strategies/secagg.py`` (server) and ``fednas/secagg_flow.py`` (clients) run them over
+Flower messages; the secret sharing is
 :mod:`fednas.shamir`. Shortcuts: there is no consistency-check round and no signatures
 (honest-but-curious server). Pass ``rng`` for deterministic keys and shares (tests, seeded
 runs); ``rng=None`` draws them from the OS.
@@ -30,7 +32,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -40,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from fednas.shamir import FIELD_BYTES, Share, shamir_combine, shamir_split
+from fednas.shamir import FIELD_BYTES, Share, shamir_split
 
 
 class SecAggError(RuntimeError):
@@ -90,22 +92,25 @@ class Quantizer:
         return signed.astype(np.float64) / self.scale
 
 
-def _kdf(material: bytes, info: bytes) -> bytes:
+def kdf(material: bytes, info: bytes) -> bytes:
+    """A 32-byte key from ``material`` (HKDF-SHA256), separated by the label ``info``."""
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(material)
 
 
-def _prg(seed: bytes, size: int, mask: np.uint64) -> np.ndarray:
+def prg(seed: bytes, size: int, mask: np.uint64) -> np.ndarray:
     """``size`` uniform elements of Z_{2^k}: the ChaCha20 keystream under key ``seed``."""
     stream = Cipher(algorithms.ChaCha20(seed, bytes(16)), mode=None).encryptor()
     return np.frombuffer(stream.update(bytes(8 * size)), dtype="<u8").astype(np.uint64) & mask
 
 
-def _public(key: X25519PrivateKey) -> bytes:
+def public_bytes(key: X25519PrivateKey) -> bytes:
+    """The raw 32-byte public key of ``key`` (what the server broadcasts)."""
     return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
-def _pair_seed(private: X25519PrivateKey, public: bytes) -> bytes:
-    return _kdf(private.exchange(X25519PublicKey.from_public_bytes(public)), b"secagg mask")
+def pair_seed(private: X25519PrivateKey, public: bytes) -> bytes:
+    """The seed of the pairwise mask s_ij: HKDF of the X25519 agreement of i and j."""
+    return kdf(private.exchange(X25519PublicKey.from_public_bytes(public)), b"secagg mask")
 
 
 # -- the parties ------------------------------------------------------------------------------
@@ -129,11 +134,11 @@ class SecAggClient:
     @property
     def public_keys(self) -> tuple[bytes, bytes]:
         """(c_pk, s_pk), 32 raw bytes each: round 0's message."""
-        return _public(self._c_key), _public(self._s_key)
+        return public_bytes(self._c_key), public_bytes(self._s_key)
 
     def _channel(self, peer: int) -> AESGCM:
         shared = self._c_key.exchange(X25519PublicKey.from_public_bytes(self._roster[peer][0]))
-        return AESGCM(_kdf(shared, b"secagg shares"))
+        return AESGCM(kdf(shared, b"secagg shares"))
 
     def share_keys(self, roster: Mapping[int, tuple[bytes, bytes]], threshold: int
                    ) -> dict[int, bytes]:
@@ -177,10 +182,10 @@ class SecAggClient:
         """Round 2: ``q(x) + PRG(b_i) + Σ_{j>i} PRG(s_ij) − Σ_{j<i} PRG(s_ij)`` mod 2^k."""
         m = self.quantizer.mask
         flat = np.asarray(vector, np.float64).ravel()
-        y = self.quantizer.encode(flat) + _prg(_kdf(self._b_seed, b"secagg self"), flat.size, m)
+        y = self.quantizer.encode(flat) + prg(kdf(self._b_seed, b"secagg self"), flat.size, m)
         for j, (_, s_pk) in sorted(self._roster.items()):
             if j != self.cid:
-                p = _prg(_pair_seed(self._s_key, s_pk), flat.size, m)
+                p = prg(pair_seed(self._s_key, s_pk), flat.size, m)
                 y = y + p if j > self.cid else y - p
         return y & m
 
@@ -239,113 +244,3 @@ class SecAggClient:
 
 def _nonce(sender: int, recipient: int) -> bytes:
     return sender.to_bytes(6, "big") + recipient.to_bytes(6, "big")
-
-
-@dataclass
-class Transcript:
-    """Everything the server saw, round by round."""
-
-    public_keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
-    ciphertexts: dict[tuple[int, int], bytes] = field(default_factory=dict)  # (from, to)
-    masked: dict[int, np.ndarray] = field(default_factory=dict)
-    survivors: list[int] = field(default_factory=list)
-    dropped: list[int] = field(default_factory=list)
-    reveals: dict[int, dict[str, dict[int, Share]]] = field(default_factory=dict)
-
-
-class SecAggServer:
-    """The server's side: routes keys and shares, sums masked vectors, removes the masks."""
-
-    def __init__(self, threshold: int, quantizer: Quantizer = Quantizer()) -> None:
-        self.threshold = threshold
-        self.quantizer = quantizer
-        self.transcript = Transcript()
-
-    def advertise(self, public_keys: Mapping[int, tuple[bytes, bytes]]
-                  ) -> dict[int, tuple[bytes, bytes]]:
-        """Round 0: collect and broadcast the public keys."""
-        n = len(public_keys)
-        if n < 2 or not 1 <= self.threshold <= n:
-            raise SecAggError(f"need >= 2 clients and 1 <= threshold <= {n}")
-        if n > self.quantizer.max_clients():
-            raise SecAggError(f"{n} clients overflow the {self.quantizer.bits}-bit sum; "
-                              "lower scale or clip_range, or raise bits")
-        self.transcript.public_keys = dict(public_keys)
-        return dict(public_keys)
-
-    def route(self, outgoing: Mapping[int, Mapping[int, bytes]]) -> dict[int, dict[int, bytes]]:
-        """Round 1: sender -> recipient -> ciphertext, regrouped by recipient.
-
-        Clients that sent nothing leave the roster (U2); the survivors of U2 mask only among
-        themselves (:meth:`SecAggClient.receive_shares`).
-        """
-        self.transcript.public_keys = {i: pk for i, pk in self.transcript.public_keys.items()
-                                       if i in outgoing}
-        if len(self.transcript.public_keys) < self.threshold:
-            raise SecAggError(f"{len(self.transcript.public_keys)} clients shared keys < "
-                              f"threshold {self.threshold}: abort")
-        inbox: dict[int, dict[int, bytes]] = {i: {} for i in self.transcript.public_keys}
-        for sender, cts in outgoing.items():
-            for recipient, ct in cts.items():
-                self.transcript.ciphertexts[(sender, recipient)] = ct
-                if recipient in inbox:
-                    inbox[recipient][sender] = ct
-        return inbox
-
-    def collect(self, masked: Mapping[int, np.ndarray]) -> tuple[list[int], list[int]]:
-        """Round 2: the masked vectors that arrived; returns (survivors, dropped)."""
-        self.transcript.masked = {i: np.array(v, copy=True) for i, v in masked.items()}
-        self.transcript.survivors = sorted(masked)
-        self.transcript.dropped = sorted(set(self.transcript.public_keys) - set(masked))
-        if len(masked) < self.threshold:
-            raise SecAggError(f"{len(masked)} survivors < threshold {self.threshold}: abort")
-        return self.transcript.survivors, self.transcript.dropped
-
-    def aggregate(self, reveals: Mapping[int, Mapping[str, Mapping[int, Share]]]) -> np.ndarray:
-        """Round 3: rebuild b_i (survivors) and s_i (dropped); the float sum of the survivors."""
-        t, q = self.transcript, self.quantizer
-        t.reveals = {i: {k: dict(v) for k, v in r.items()} for i, r in reveals.items()}
-        size = next(iter(t.masked.values())).size
-        total = np.zeros(size, np.uint64)
-        for i in t.survivors:
-            total += t.masked[i]
-            total -= _prg(_kdf(self._rebuild("b", i).to_bytes(32, "big"), b"secagg self"),
-                          size, q.mask)
-        for d in t.dropped:
-            key = X25519PrivateKey.from_private_bytes(self._rebuild("s", d).to_bytes(32, "big"))
-            for j in t.survivors:  # j's y holds +PRG(s_jd) if d > j, else −PRG(s_jd)
-                p = _prg(_pair_seed(key, t.public_keys[j][1]), size, q.mask)
-                total = total - p if d > j else total + p
-        return q.decode(total & q.mask)
-
-    def _rebuild(self, kind: str, owner: int) -> int:
-        shares = [r[kind][owner] for r in self.transcript.reveals.values()
-                  if owner in r.get(kind, {})]
-        if len(shares) < self.threshold:
-            raise SecAggError(f"{len(shares)} shares of client {owner}'s {kind} < threshold "
-                              f"{self.threshold}")
-        return shamir_combine(shares[:self.threshold])
-
-
-def secure_sum(vectors: Sequence[np.ndarray], threshold: int, rng: np.random.Generator,
-               dropped: Sequence[int] = (), quantizer: Quantizer = Quantizer()
-               ) -> tuple[np.ndarray, Transcript]:
-    """Run the whole protocol: the sum of ``vectors`` except ``dropped``, and the transcript.
-
-    Client i holds ``vectors[i]``; the clients in ``dropped`` go silent after sharing their
-    keys (their masked input never arrives). Raises :class:`SecAggError` if fewer than
-    ``threshold`` clients survive.
-    """
-    shape = np.shape(vectors[0])
-    clients = [SecAggClient(i, quantizer, rng) for i in range(len(vectors))]
-    server = SecAggServer(threshold, quantizer)
-    roster = server.advertise({c.cid: c.public_keys for c in clients})
-    inbox = server.route({c.cid: c.share_keys(roster, threshold) for c in clients})
-    for c in clients:
-        c.receive_shares(inbox[c.cid])
-    gone = set(dropped)
-    survivors, lost = server.collect({c.cid: c.mask(vectors[c.cid])
-                                      for c in clients if c.cid not in gone})
-    total = server.aggregate({c.cid: c.reveal(survivors, lost)
-                              for c in clients if c.cid not in gone})
-    return total.reshape(shape), server.transcript

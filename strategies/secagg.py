@@ -2,7 +2,8 @@
 
 :meth:`SecAggFedNAS.secure_round` replaces ``configure_train → send_and_receive →
 aggregate_train`` (the round loop calls it when the strategy has it). The clients' side and
-the wire format are in :mod:`fednas.secagg_flow`, the cryptography in :mod:`fednas.secagg`.
+the wire format are in :mod:`fednas.secagg_flow`, the cryptography in :mod:`fednas.secagg`
+and :mod:`fednas.secagg_server`.
 What the server holds: public keys, ciphertexts it cannot open, masked vectors that are
 uniform in Z_{2^64}, Shamir shares of survivors' self-mask seeds and of dropped clients' mask
 keys (never both for one client), and finally Σ w·Δ, Σ w and Σ w·m, from which it takes the
@@ -25,7 +26,8 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from fednas import secagg_flow as flow
-from fednas.secagg import SecAggError, SecAggServer
+from fednas.secagg import SecAggError
+from fednas.secagg_server import SecAggServer
 from strategies.fednas import PLACEMENT_KEYS, FedNAS
 
 

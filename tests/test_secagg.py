@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from fednas.secagg import (  # private helpers: to play the curious server in one test
+from fednas.secagg import (  # the mask primitives: to play the curious server in one test
     Quantizer,
     SecAggClient,
     SecAggError,
-    SecAggServer,
-    _pair_seed,
-    _prg,
-    _public,
-    secure_sum,
+    pair_seed,
+    prg,
+    public_bytes,
 )
+from fednas.secagg_server import SecAggServer, secure_sum
 from fednas.shamir import PRIME, shamir_combine, shamir_split
 
 
@@ -135,10 +134,10 @@ def test_a_lying_server_still_cannot_unmask_a_survivor():
     lies = [c.reveal([1, 2, 3], [0]) for c in clients[1:]]
     s_0 = shamir_combine([r["s"][0] for r in lies])
     key = X25519PrivateKey.from_private_bytes(s_0.to_bytes(32, "big"))
-    assert _public(key) == server.transcript.public_keys[0][1]
+    assert public_bytes(key) == server.transcript.public_keys[0][1]
     y = server.transcript.masked[0].copy()
     for j in (1, 2, 3):  # ... and strips every pairwise mask from y_0 ...
-        y -= _prg(_pair_seed(key, server.transcript.public_keys[j][1]), y.size,
+        y -= prg(pair_seed(key, server.transcript.public_keys[j][1]), y.size,
                   Quantizer().mask)
     seen = Quantizer().decode(y)
     assert np.median(np.abs(seen - vectors[0])) > 1.0  # ... but the self-mask PRG(b_0) stays
