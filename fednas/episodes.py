@@ -7,7 +7,7 @@ script together so that test scripts are unseen; :func:`official_split` follows 
 benchmark ships with (Omniglot, mini-ImageNet, CIFAR-FS: :mod:`fednas.fewshot_data`). An
 :class:`Episode` is one task: ``N·K`` support and ``N·Q`` query samples, class-major, labels
 remapped to ``0..N-1``.
-Task *sampling* (learn2learn) lives in :mod:`fednas.meta`.
+Task *sampling* (learn2learn) lives in :mod:`fednas.task_sampler`.
 """
 
 from __future__ import annotations

@@ -29,9 +29,9 @@ from torch import nn
 
 from fednas.errors import ConfigError
 
-if TYPE_CHECKING:  # fednas.meta imports learn2learn: only the clients' side needs it
+if TYPE_CHECKING:  # fednas.task_sampler imports learn2learn: only the clients' side needs it
     from fednas.episodes import FewShotSet
-    from fednas.meta import TaskSampler
+    from fednas.task_sampler import TaskSampler
 
 Update = Mapping[str, torch.Tensor]  # parameter name -> displacement
 
@@ -54,7 +54,7 @@ def task_seed(seed: int, client: int, rnd: int) -> int:
 def client_samplers(pool: FewShotSet, clients: int, *, ways: int, shots: int, queries: int,
                     seed: int, rnd: int = 1) -> list[TaskSampler]:
     """Round ``rnd``'s task sampler of each client, over its own classes only."""
-    from fednas.meta import TaskSampler
+    from fednas.task_sampler import TaskSampler
 
     return [TaskSampler(pool.subset(p), ways=ways, shots=shots, queries=queries,
                         seed=task_seed(seed, k, rnd))

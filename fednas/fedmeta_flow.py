@@ -82,7 +82,7 @@ def local_update(cfg: RunConfig, pid: int, state: dict[str, torch.Tensor],
                  conf: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Client ``pid``'s Reptile round on its own classes: (Δ per parameter, metrics)."""
     from fednas.fedmeta import client_classes, displacement, task_seed
-    from fednas.meta import TaskSampler
+    from fednas.task_sampler import TaskSampler
 
     m = cfg.meta
     seed, rnd = int(conf["task-seed"]), int(conf["server-round"])
