@@ -8,7 +8,8 @@ test accuracy per round/epoch with a ±1 std band over seeds, one panel per phas
 ``pareto.png`` / ``pareto_flops.png`` (test accuracy vs parameters / FLOPs, error bars
 over seeds) and, for DP runs,
 ``privacy_vs_accuracy.png`` (test accuracy vs ε, e.g. from a sweep over the noise
-multiplier). Failed runs of a sweep are listed with their error.
+multiplier, with the no-DP runs among the inputs as dashed reference lines). Failed runs
+of a sweep are listed with their error.
 """
 
 from __future__ import annotations
@@ -45,34 +46,65 @@ def mean_std_ci(xs: list[float]) -> tuple[float, float, float]:
 
 
 def collect(inputs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(finished runs, failed runs); each finished run: group, seed, run_dir, summary."""
+    """(finished runs, failed runs); each finished run: group, seed, run_dir, summary.
+
+    A sweep's runs are grouped by their grid values (the scenario name without a grid). Sweeps
+    of one scenario whose ``--set`` overrides differ (e.g. bench/privacy.py's one sweep per
+    seed and privacy mode) get the overrides they do not all share appended to the group, so
+    seeds of the same setting pool and different settings do not.
+    """
     runs, failed = [], []
+    manifests = {Path(p): json.loads((Path(p) / "sweep.json").read_text())
+                 for p in inputs if (Path(p) / "sweep.json").is_file()}
+    suffix = _override_suffixes(manifests)
     for path in inputs:
         path = Path(path)
-        if (path / "sweep.json").is_file():
-            manifest = json.loads((path / "sweep.json").read_text())
+        if path in manifests:
+            manifest = manifests[path]
             for r in manifest["runs"]:
                 group = ", ".join(f"{k}={v}" for k, v in r["values"].items()) or manifest["name"]
+                group += suffix[path]
                 run_dir = Path(r["run_dir"]) if r.get("run_dir") else None
                 if run_dir is not None and (run_dir / "summary.json").is_file():
-                    runs.append(_run(run_dir, group))
+                    runs.append(_run(run_dir, group, manifest["name"]))
                 else:
                     failed.append({"group": group, "seed": r["seed"], "key": r["key"],
                                    "state": r.get("state", "pending"),
                                    "error": r.get("error", "")})
         elif (path / "summary.json").is_file():
             summary = json.loads((path / "summary.json").read_text())
-            runs.append(_run(path, summary.get("scenario", path.name)))
+            name = summary.get("scenario", path.name)
+            runs.append(_run(path, name, name))
         else:
             raise FedNASError(f"report: {path} is neither a sweep dir (sweep.json) nor a "
                               "finished run dir (summary.json)")
     return runs, failed
 
 
-def _run(run_dir: Path, group: str) -> dict[str, Any]:
+def _override_suffixes(manifests: dict[Path, dict[str, Any]]) -> dict[Path, str]:
+    """Per sweep dir: `` [overrides not shared by every sweep of its scenario name]`` when
+    that name's sweeps were run with different overrides, else ``""``."""
+    by_name: dict[str, list[Path]] = defaultdict(list)
+    for path, m in manifests.items():
+        by_name[m["name"]].append(path)
+    out = dict.fromkeys(manifests, "")
+    for paths in by_name.values():
+        sets = [manifests[p].get("overrides", []) for p in paths]
+        if len({tuple(sorted(o)) for o in sets}) < 2:
+            continue
+        common = set.intersection(*map(set, sets))
+        for path, overrides in zip(paths, sets, strict=True):
+            own = [o for o in overrides if o not in common]
+            out[path] = f" [{', '.join(own)}]" if own else ""
+    return out
+
+
+def _run(run_dir: Path, group: str, scenario: str) -> dict[str, Any]:
+    """One finished run; ``scenario`` is the sweep's scenario name for a sweep's runs (their
+    own ``summary["scenario"]`` is the run key, ``p00-s0``)."""
     summary = json.loads((run_dir / "summary.json").read_text())
     metrics = read_metrics(run_dir)
-    return {"group": group, "seed": summary.get("seed"), "run_dir": run_dir,
+    return {"group": group, "scenario": scenario, "seed": summary.get("seed"), "run_dir": run_dir,
             "summary": summary, "metrics": metrics,
             "bytes": sum(m.get("bytes_down", 0) + m.get("bytes_up", 0) for m in metrics),
             "wall_s": sum(v for v in summary.get("timings", {}).values()
@@ -179,14 +211,26 @@ def plot_pareto(table: list[dict[str, Any]], path: Path, cost: str = "params") -
                        path)
 
 
-def plot_privacy(runs: list[dict[str, Any]], path: Path) -> Path | None:
-    """Test accuracy against ε (one point per group and model, error bars over seeds)."""
+def privacy_points(runs: list[dict[str, Any]]) -> tuple[
+        dict[tuple[str, str], list[tuple[float, float]]], dict[tuple[str, str], list[float]]]:
+    """(DP points, no-DP accuracies) per (group, model): ``(ε, test acc %)`` for runs with an
+    ε, test acc % for runs without privacy (their reference line in the plot)."""
     points: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    plain: dict[tuple[str, str], list[float]] = defaultdict(list)
     for run in runs:
-        if run["epsilon"] is None:
-            continue
         for model, m in run["summary"].get("models", {}).items():
-            points[(run["group"], model)].append((run["epsilon"], 100 * m["test_acc"]))
+            if run["epsilon"] is not None:
+                points[(run["group"], model)].append((run["epsilon"], 100 * m["test_acc"]))
+            elif not run["summary"].get("privacy"):
+                plain[(run["group"], model)].append(100 * m["test_acc"])
+    return dict(points), dict(plain)
+
+
+def plot_privacy(runs: list[dict[str, Any]], path: Path) -> Path | None:
+    """Test accuracy against ε (one point per group and model, error bars over seeds), and
+    each group's no-DP accuracy as a dashed line (band: ±1 std over seeds); None without a
+    DP run."""
+    points, plain = privacy_points(runs)
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -194,6 +238,11 @@ def plot_privacy(runs: list[dict[str, Any]], path: Path) -> Path | None:
         eps, acc = zip(*pts, strict=True)
         ax.errorbar(np.mean(eps), np.mean(acc), xerr=np.std(eps), yerr=np.std(acc), fmt="o",
                     capsize=3, label=f"{model} ({group})")
+    for (group, model), acc in sorted(plain.items()):
+        mean, sd = float(np.mean(acc)), float(np.std(acc))
+        line = ax.axhline(mean, ls="--", lw=1, label=f"{model}, no DP ({group})")
+        if sd > 0:
+            ax.axhspan(mean - sd, mean + sd, color=line.get_color(), alpha=0.12)
     ax.set_title("privacy vs accuracy")
     return _save_log_x(fig, ax, "ε (δ from the scenario)", path)
 
@@ -221,8 +270,7 @@ def write_report(inputs: list[Path], out: Path | None = None) -> dict[str, Any]:
     out = Path(out) if out else Path(inputs[0]) / "report"
     out.mkdir(parents=True, exist_ok=True)
     table = rows(runs)
-    title = "fednas report: " + ", ".join(sorted({r["summary"].get("scenario", "?")
-                                                   for r in runs}))
+    title = "fednas report: " + ", ".join(sorted({r["scenario"] for r in runs}))
     (out / "report.md").write_text(markdown(table, failed, title))
     with open(out / "report.csv", "w", newline="") as fh:
         keys = sorted({k for r in table for k in r}, key=lambda k: list(table[0]).index(k)

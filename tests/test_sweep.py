@@ -14,7 +14,7 @@ import pytest
 
 from fednas.errors import ConfigError, FedNASError
 from fednas.sweep import failure_reason, parse_seeds, plan
-from fednas.sweep_report import mean_std_ci, write_report
+from fednas.sweep_report import collect, mean_std_ci, plot_privacy, privacy_points, write_report
 
 
 def test_mean_std_ci_matches_hand_computation():
@@ -98,6 +98,7 @@ def test_sweep_interrupted_resumed_with_a_failing_point_then_reported(tiny_overr
 
     report = root / "report"
     text = (report / "report.md").read_text()
+    assert text.startswith(f"# fednas report: {manifest['name']}\n")  # not the run keys
     for model in ("searched", "random", "baseline"):
         assert f"| data.dataset=digits | {model} | 3 |" in text
     assert "Failed or unfinished runs" in text and "missing.npz" in text
@@ -133,3 +134,39 @@ def test_report_of_run_dirs_with_epsilon(tmp_path):
     for name in ("report.md", "report.csv", "accuracy_vs_round.png", "pareto.png",
                  "pareto_flops.png", "privacy_vs_accuracy.png"):
         assert (tmp_path / "out" / name).is_file(), name
+
+
+def test_privacy_plot_has_the_no_dp_reference(tmp_path):
+    dp = [_fake_run(tmp_path / f"dp{s}", s, acc, 6.0) for s, acc in ((0, 0.80), (1, 0.82))]
+    plain = [_fake_run(tmp_path / f"off{s}", s, acc) for s, acc in ((0, 0.83), (1, 0.85))]
+    runs, _ = collect([*dp, *plain])
+    points, reference = privacy_points(runs)
+    assert points == {("dp", "searched"): [(6.0, 80.0), (6.0, 82.0)]}
+    assert reference == {("dp", "searched"): [pytest.approx(83.0), pytest.approx(85.0)]}
+    assert plot_privacy(runs, tmp_path / "p.png") == tmp_path / "p.png"
+    assert plot_privacy(collect(plain)[0], tmp_path / "q.png") is None  # no DP run: no plot
+
+
+def _fake_sweep(root, overrides, seed, acc, eps=None):
+    run_dir = _fake_run(root / f"p00-s{seed}" / "run", seed, acc, eps)
+    manifest = {"name": "dp", "overrides": overrides, "grid": {}, "seeds": [seed], "runs": [
+        {"key": f"p00-s{seed}", "seed": seed, "values": {}, "run_dir": str(run_dir),
+         "state": "done"}]}
+    (root / "sweep.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_report_pools_seed_sweeps_of_one_setting_and_splits_settings(tmp_path):
+    dp = [_fake_sweep(tmp_path / f"c{s}", ["progress=false", "privacy.mode=central"], s,
+                      acc, 6.0) for s, acc in ((0, 0.80), (1, 0.82))]
+    off = [_fake_sweep(tmp_path / f"o{s}", ["privacy.mode=off", "progress=false"], s, acc)
+           for s, acc in ((0, 0.84), (1, 0.86))]
+    result = write_report([*dp, *off], tmp_path / "out")
+    by_group = {r["group"]: r for r in result["rows"]}
+    assert set(by_group) == {"dp [privacy.mode=central]", "dp [privacy.mode=off]"}
+    assert by_group["dp [privacy.mode=central]"]["n"] == 2
+    assert by_group["dp [privacy.mode=off]"]["test_acc_mean"] == pytest.approx(85.0)
+    assert result["markdown"].startswith("# fednas report: dp\n")
+    # the same overrides everywhere: the plain scenario name, all seeds pooled
+    (row,) = write_report(dp, tmp_path / "out2")["rows"]
+    assert row["group"] == "dp" and row["n"] == 2
