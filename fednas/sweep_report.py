@@ -228,23 +228,28 @@ def privacy_points(runs: list[dict[str, Any]]) -> tuple[
 
 def plot_privacy(runs: list[dict[str, Any]], path: Path) -> Path | None:
     """Test accuracy against ε (one point per group and model, error bars over seeds), and
-    each group's no-DP accuracy as a dashed line (band: ±1 std over seeds); None without a
-    DP run."""
+    each group's no-DP accuracy as a dashed line (band: ±1 std over seeds; sample std, as in
+    the tables); None without a DP run."""
     points, plain = privacy_points(runs)
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for (group, model), pts in sorted(points.items()):
+    for i, ((group, model), pts) in enumerate(sorted(points.items())):
         eps, acc = zip(*pts, strict=True)
-        ax.errorbar(np.mean(eps), np.mean(acc), xerr=np.std(eps), yerr=np.std(acc), fmt="o",
-                    capsize=3, label=f"{model} ({group})")
-    for (group, model), acc in sorted(plain.items()):
-        mean, sd = float(np.mean(acc)), float(np.std(acc))
-        line = ax.axhline(mean, ls="--", lw=1, label=f"{model}, no DP ({group})")
+        ax.errorbar(np.mean(eps), np.mean(acc), xerr=_sd(eps), yerr=_sd(acc), fmt="o",
+                    capsize=3, color=f"C{i % 10}", label=f"{model} ({group})")
+    for i, ((group, model), acc) in enumerate(sorted(plain.items()), start=len(points)):
+        mean, sd = float(np.mean(acc)), _sd(acc)
+        ax.axhline(mean, ls="--", lw=1, color=f"C{i % 10}", label=f"{model}, no DP ({group})")
         if sd > 0:
-            ax.axhspan(mean - sd, mean + sd, color=line.get_color(), alpha=0.12)
+            ax.axhspan(mean - sd, mean + sd, color=f"C{i % 10}", alpha=0.12)
     ax.set_title("privacy vs accuracy")
     return _save_log_x(fig, ax, "ε (δ from the scenario)", path)
+
+
+def _sd(xs) -> float:
+    """Sample std over seeds, as in the tables (0 for one value)."""
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
 
 
 def _save_log_x(fig, ax, xlabel: str, path: Path) -> Path:
