@@ -72,9 +72,7 @@ def collect(inputs: list[Path]) -> tuple[list[dict[str, Any]], list[dict[str, An
                                    "state": r.get("state", "pending"),
                                    "error": r.get("error", "")})
         elif (path / "summary.json").is_file():
-            summary = json.loads((path / "summary.json").read_text())
-            name = summary.get("scenario", path.name)
-            runs.append(_run(path, name, name))
+            runs.append(_run(path))
         else:
             raise FedNASError(f"report: {path} is neither a sweep dir (sweep.json) nor a "
                               "finished run dir (summary.json)")
@@ -87,22 +85,24 @@ def _override_suffixes(manifests: dict[Path, dict[str, Any]]) -> dict[Path, str]
     by_name: dict[str, list[Path]] = defaultdict(list)
     for path, m in manifests.items():
         by_name[m["name"]].append(path)
-    out = dict.fromkeys(manifests, "")
+    out = {}
     for paths in by_name.values():
         sets = [manifests[p].get("overrides", []) for p in paths]
-        if len({tuple(sorted(o)) for o in sets}) < 2:
-            continue
-        common = set.intersection(*map(set, sets))
+        common = set.intersection(*map(set, sets))  # all of them when the sweeps agree
         for path, overrides in zip(paths, sets, strict=True):
             own = [o for o in overrides if o not in common]
             out[path] = f" [{', '.join(own)}]" if own else ""
     return out
 
 
-def _run(run_dir: Path, group: str, scenario: str) -> dict[str, Any]:
+def _run(run_dir: Path, group: str | None = None, scenario: str | None = None
+         ) -> dict[str, Any]:
     """One finished run; ``scenario`` is the sweep's scenario name for a sweep's runs (their
-    own ``summary["scenario"]`` is the run key, ``p00-s0``)."""
+    own ``summary["scenario"]`` is the run key, ``p00-s0``); a plain run dir defaults both
+    to its summary's scenario."""
     summary = json.loads((run_dir / "summary.json").read_text())
+    name = summary.get("scenario", run_dir.name)
+    group, scenario = group or name, scenario or name
     metrics = read_metrics(run_dir)
     return {"group": group, "scenario": scenario, "seed": summary.get("seed"), "run_dir": run_dir,
             "summary": summary, "metrics": metrics,
