@@ -14,29 +14,15 @@ Usage: ``python bench/compression.py [--seeds 0,1,2] [--set KEY=VALUE ...]``
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 from pathlib import Path
 
-from fednas.sweep import parse_seeds, run_sweep
-from fednas.sweep_report import collect
-
-SCENARIO = Path(__file__).parents[1] / "simulations" / "compress_fashion.toml"
+from _common import sweep_summaries
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out-dir", default="runs/bench")
-    args = parser.parse_args()
-    root, _ = run_sweep(SCENARIO, ["runtime.progress=false", *args.overrides], [],
-                        parse_seeds(args.seeds), out_dir=args.out_dir)
-    runs, failed = collect([root])
-    if failed:
-        raise SystemExit(f"bench/compression: failed runs: {failed}")
-    results = [r["summary"] for r in runs]
+    root, results = sweep_summaries("compression", "compress_fashion", __doc__, seeds="0,1,2")
     budgets = [json.loads((Path(r["run_dir"]) / "compression.json").read_text())["budget"]
                for r in results]
 

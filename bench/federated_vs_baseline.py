@@ -11,29 +11,15 @@ Usage: ``python bench/federated_vs_baseline.py [--seeds 0,1] [--set KEY=VALUE ..
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-from pathlib import Path
 
-from fednas.sweep import parse_seeds, run_sweep
-from fednas.sweep_report import collect
-
-SCENARIO = Path(__file__).parents[1] / "simulations" / "federated_fashion.toml"
+from _common import sweep_summaries
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out-dir", default="runs/bench")
-    args = parser.parse_args()
-    root, _ = run_sweep(SCENARIO, ["runtime.progress=false", *args.overrides], [],
-                        parse_seeds(args.seeds), out_dir=args.out_dir)
-    runs, failed = collect([root])
-    if failed:
-        raise SystemExit(f"bench/federated_vs_baseline: failed runs: {failed}")
-    results = [r["summary"] for r in runs]
+    root, results = sweep_summaries("federated_vs_baseline", "federated_fashion", __doc__,
+                                    seeds="0,1")
     seeds = [r["seed"] for r in results]
 
     def stat(model: str, key: str) -> list[float]:

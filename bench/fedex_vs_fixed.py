@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fednas.config import load_config
-from fednas.fedex_space import centre_and_perturbations
-from fednas.sweep import run_sweep
-from fednas.sweep_report import collect
+from fednas.config.run_config import load_config
+from fednas.reporting.sweep_report import collect
+from fednas.tuning.fedex_space import centre_and_perturbations
+from simulations.sweep import run_sweep
 
 SCENARIO = Path(__file__).parents[1] / "simulations" / "fedex_fashion.toml"
 BASE = ['phases=["baseline"]', "federation.fraction-evaluate=1.0",

@@ -30,7 +30,7 @@ candidate with the best mean meta-val accuracy over the compared models and shot
 the shared lr (``inner_lr``, AT-NAS's too); each model and shot count is then scored on the
 test tasks at its own best candidate (``inner_lr_per_setting``; ``inner_lr_val`` lists every
 candidate's meta-val accuracy per setting). The test scoring reuses the meta-models the
-selection trained (saved in the copies, :mod:`fednas.meta_store`), so only AT-NAS meta-trains
+selection trained (saved in the copies, :mod:`fednas.meta.store`), so only AT-NAS meta-trains
 after the selection. ``--inner-lr X`` skips the selection.
 
 Usage: ``python bench/fewshot.py [--seeds 0] [--quick] [--inner-lrs 0.03,0.1,0.3]
@@ -52,9 +52,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from fednas.config import load_config
-from fednas.sweep import parse_seeds, run_sweep
-from fednas.sweep_report import collect
+from fednas.config.run_config import load_config
+from fednas.reporting.sweep_report import collect
+from simulations.sweep import parse_seeds, run_sweep
 
 SCENARIO = Path(__file__).parents[1] / "simulations" / "fewshot_glyphs.toml"
 QUICK = ["meta.eval-tasks=200", "meta.atnas.eval-tasks=20"]
@@ -108,7 +108,7 @@ def meta_at(run_dir: Path, lr: float, sets: list[str]) -> dict:
     """``meta.json`` of ``fednas meta`` at inner lr ``lr`` with ``--set`` ``sets``, on the
     copy ``<sweep dir>/inner-lr/<run dir name>-<lr>`` of the run dir (made on first use; not
     beside the run dir, where the sweep would take it for the run). The meta-models
-    trained there are saved in the copy (:mod:`fednas.meta_store`), so a later call at the
+    trained there are saved in the copy (:mod:`fednas.meta.store`), so a later call at the
     same lr (meta-val, then test) only evaluates; each result is kept as
     ``meta-<digest of sets>.json``, so a rerun of the bench reuses it."""
     copy = run_dir.parents[1] / "inner-lr" / f"{run_dir.name}-{lr}"
@@ -119,7 +119,7 @@ def meta_at(run_dir: Path, lr: float, sets: list[str]) -> dict:
     if not (copy / "config.toml").is_file():
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("checkpoints", "meta*"))
-    command = [sys.executable, "-m", "fednas", "meta", str(copy), "--set",
+    command = [sys.executable, "-m", "simulations", "meta", str(copy), "--set",
                f"meta.inner-lr={lr}", "--set", "runtime.progress=false"]
     for item in sets:
         command += ["--set", item]

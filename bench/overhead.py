@@ -11,7 +11,7 @@
     supernet, from real rounds;
 (d) ``pump_round_ratio_1000``: with 1000 virtual clients, 100 per round (one local step
     each), the mean round time (``train_wall_s``) with Flower's own message pump ÷ with
-    fednas's (``runtime.message-pump``, :mod:`fednas.flower_pump`); ``pump_run_ratio_1000``
+    fednas's (``runtime.message-pump``, :mod:`simulations.flower_pump`); ``pump_run_ratio_1000``
     the same for the whole run (node start-up and handshake included); the two runs are
     sequential, each alone on the machine.
 
@@ -32,8 +32,8 @@ from pathlib import Path
 import psutil
 import torch
 
-from fednas.config import load_config
-from fednas.runs import read_metrics
+from fednas.config.run_config import load_config
+from fednas.reporting.rundir import read_metrics
 
 BASE = ["mode=federated", "data.dataset=fashion-mnist", 'phases=["search"]',
         "partition.scheme=iid", "space.cell.channels=8", "space.cell.layers=3",
@@ -47,7 +47,7 @@ BASE = ["mode=federated", "data.dataset=fashion-mnist", 'phases=["search"]',
 def run(overrides: list[str], out: Path) -> tuple[Path, float]:
     """Run a scenario in a subprocess; return its run dir and the tree's peak RSS (bytes)."""
     args = [a for o in BASE + overrides for a in ("--set", o)]
-    proc = subprocess.Popen([sys.executable, "-m", "fednas", "run", "/dev/null", *args,
+    proc = subprocess.Popen([sys.executable, "-m", "simulations", "run", "/dev/null", *args,
                              "--out-dir", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     parent, peak = psutil.Process(proc.pid), 0
@@ -66,7 +66,7 @@ def run(overrides: list[str], out: Path) -> tuple[Path, float]:
 
 def local_loop(cfg_overrides: list[str], rounds: int, threads: int) -> float:
     """Seconds per round of the same client work run in-process, no Flower/Ray."""
-    from fednas import client
+    from fednas.federated import client
     from strategies.fednas import FedNAS
 
     cfg = load_config(None, BASE + cfg_overrides)

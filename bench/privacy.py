@@ -3,7 +3,7 @@
 Runs ``simulations/dp_fashion.toml`` (federated search + subnet training, Fashion-MNIST,
 2000 clients, Dirichlet(1.0), 400 per round) through the sweep runner for every seed, once
 without DP and once with the noise multiplier that reaches ε ≈ ``--eps`` (δ = 1e-5) after all
-rounds at the scenario's sampling rate (``fednas.privacy.noise_multiplier_for``). The two
+rounds at the scenario's sampling rate (``fednas.privacy.mechanism.noise_multiplier_for``). The two
 modes run side by side (two sweeps at the same time, seed by seed), so their round times see
 the same machine load. Each seed is its own sweep, so a rerun with more seeds (same
 ``--out-dir``) reuses the seeds already finished.
@@ -30,10 +30,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from fednas.config import load_config
-from fednas.privacy import noise_multiplier_for
-from fednas.sweep import parse_seeds, run_sweep
-from fednas.sweep_report import collect
+from fednas.config.run_config import load_config
+from fednas.privacy.mechanism import noise_multiplier_for
+from fednas.reporting.sweep_report import collect
+from simulations.sweep import parse_seeds, run_sweep
 
 SCENARIO = Path(__file__).parents[1] / "simulations" / "dp_fashion.toml"
 MODES = ("off", "central")

@@ -18,9 +18,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fednas.config import load_config
-from fednas.search_space import build_space
-from fednas.train import make_optimizer
+from fednas.config.run_config import load_config
+from fednas.spaces.registry import build_space
+from fednas.training.train import make_optimizer
 
 
 def time_steps(step, repeats: int) -> float:

@@ -1,10 +1,13 @@
 """fednas: simulate federated and few-shot neural architecture search."""
 
-__version__ = "0.1.0"
+from fednas.version import __version__
+
+__all__ = ["__version__", "load_model"]
 
 
 def load_model(path, device="cpu"):
-    """Rebuild a model exported by ``fednas export`` (see :func:`fednas.export.load_model`)."""
-    from fednas.export import load_model as _load_model
+    """Rebuild a model exported by ``fednas export`` (see
+    :func:`fednas.models.export.load_model`)."""
+    from fednas.models.export import load_model as _load_model
 
     return _load_model(path, device)

@@ -7,9 +7,9 @@ Routes
 ``train``         local training of a fixed model (derived subnet or baseline): FedAvg
 ``evaluate``      loss/accuracy of a fixed model on the client's val split
 ``train.meta``    a federated Reptile round of the meta phase on the client's own share of the
-                  meta-train classes (``fednas/fedmeta_flow.py``)
+                  meta-train classes (``simulations/meta_rounds.py``)
 ``query.secagg_advertise``, ``query.secagg_share``, ``train.secagg``, ``query.secagg_unmask``
-                  a training round under secure aggregation (``fednas/secagg_flow.py``)
+                  a training round under secure aggregation (``simulations/secagg_client.py``)
 
 The scenario comes from the ``make_client_app(cfg)`` closure (``fednas run``: the app is
 shipped to Ray workers by value) or, under ``flwr run .``, from the run config.
@@ -21,10 +21,11 @@ import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fednas import client, secagg_flow
-from fednas.arrays import to_record, to_state_dict
-from fednas.config import RunConfig
-from fednas.shards import decode_masks
+from fednas.config.run_config import RunConfig
+from fednas.federated import client
+from fednas.federated.codec import to_record, to_state_dict
+from fednas.federated.shards import decode_masks
+from simulations import secagg_client as secagg_flow
 from simulations.local_dp import make_local_dp_mod
 
 
@@ -76,7 +77,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
 
     @app.train("meta")
     def meta(msg: Message, context: Context) -> Message:
-        from fednas.fedmeta_flow import local_update
+        from simulations.meta_rounds import local_update
 
         run_cfg = resolve(context)
         threads(run_cfg)

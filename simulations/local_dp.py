@@ -20,7 +20,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp.mod import LocalDpMod
 
-from fednas.config import RunConfig
+from fednas.config.run_config import RunConfig
 
 
 def _drop_integer_arrays(record: ArrayRecord) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fednas.federated import FederatedPipeline
+from simulations.federated import FederatedPipeline
 
 
 def make_server_app(pipeline: FederatedPipeline | None = None) -> ServerApp:

@@ -2,7 +2,7 @@
 
 Flower's DP strategy wrappers clip and noise whole-model updates of equal shape; with
 supernet shards every client returns different regions, so fednas uses its own masked
-version (:mod:`fednas.privacy`): every client's update (weights and α together) is clipped
+version (:mod:`fednas.privacy.mechanism`): every client's update (weights and α together) is clipped
 to L2 norm C on the server, the per-entry sum over the clients that trained an entry gets
 N(0, (σC)²) and is divided by that count (one vote per client: sample weights are dropped).
 With ``privacy.alpha-clip-norm`` α is clipped to C_α on its own and the noise multiplier is
@@ -10,7 +10,8 @@ split between α and the weights so that the round still costs exactly σ.
 BatchNorm running statistics are data too; under DP they are not taken from clients at all
 (they keep the global value; the server recalibrates BN on its own proxy split).
 
-ε(δ) is tracked by one :class:`fednas.privacy.PrivacyAccountant` per run (Opacus RDP, sampling
+ε(δ) is tracked by one :class:`fednas.privacy.mechanism.PrivacyAccountant` per run (Opacus RDP,
+sampling
 rate = clients per round ÷ total clients), so every phase of a run adds to the same ε.
 """
 
@@ -21,8 +22,9 @@ from typing import Any
 
 import torch
 
-from fednas.aggregation import Contribution
-from fednas.privacy import (
+from fednas.federated.aggregation import Contribution
+from fednas.federated.server_opt import STAT_SUFFIXES
+from fednas.privacy.mechanism import (
     JOINT,
     REST,
     AdaptiveClipping,
@@ -32,7 +34,6 @@ from fednas.privacy import (
     noisy_masked_mean,
     split_noise,
 )
-from fednas.server_opt import STAT_SUFFIXES
 
 ALPHA = "alpha"  # the clip group of the architecture parameters
 
@@ -43,7 +44,7 @@ class CentralDP:
     Parameters
     ----------
     cfg
-        The scenario's ``[privacy]`` section (:class:`fednas.config.PrivacyConfig`).
+        The scenario's ``[privacy]`` section (:class:`fednas.config.run_config.PrivacyConfig`).
     accountant
         The run's accountant (shared by all phases).
     seed
@@ -94,7 +95,8 @@ class CentralDP:
 
         With ``privacy.alpha-clip-norm`` > 0, ``alpha_keys`` (the search's architecture
         parameters) are clipped to C_α apart from the weights (clipped to C) and the round's
-        noise is split between the two (:func:`fednas.privacy.split_noise`). In dp_fashion a
+        noise is split between the two (:func:`fednas.privacy.mechanism.split_noise`). In
+        dp_fashion a
         client's α update is ~25× shorter than its weights', so joint noise drowns α.
         """
         alpha = [k for k in alpha_keys if k in state] if self.cfg.alpha_clip_norm else []

@@ -15,7 +15,7 @@ import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 from torch import nn
 
-from fednas.distill import distill
+from fednas.training.distill import distill
 from strategies.fednas import FedNAS
 
 

@@ -4,7 +4,7 @@ Wraps a :class:`strategies.fednas.FedNAS` (search or fixed-model training): in
 ``configure_train`` every client's message gets its own configuration ``hp.<name>`` drawn
 from the tuner's θ; in ``aggregate_train`` the clients' post-training validation losses
 (weighted by their validation sizes) update θ by exponentiated gradient
-(:class:`fednas.fedex.FedEx`), then the base strategy aggregates the weights as usual.
+(:class:`fednas.tuning.fedex.FedEx`), then the base strategy aggregates the weights as usual.
 Diverged or failed clients score as non-finite losses: penalised, never fatal.
 """
 
@@ -18,7 +18,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fednas.fedex import FedEx
+from fednas.tuning.fedex import FedEx
 from strategies.fednas import FedNAS
 
 
@@ -122,8 +122,8 @@ def build_tuner(cfg: Any, phase: str) -> FedEx:
     The centre configuration is the phase's own local HPs (``[search]`` for the search,
     ``[retrain]`` for fixed-model training); ``arch-lr`` is tuned in the search only.
     """
-    from fednas.client import local_hps
-    from fednas.fedex_space import centre_and_perturbations, product_grid
+    from fednas.federated.client import local_hps
+    from fednas.tuning.fedex_space import centre_and_perturbations, product_grid
 
     fx = cfg.fedex
     names = tuple(n for n in fx.tune if phase == "search" or n != "arch-lr")

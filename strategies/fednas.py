@@ -5,12 +5,13 @@ A thin :class:`flwr.serverapp.strategy.FedAvg` subclass. What it changes:
 * **per-client messages**: each sampled client gets its own shard (Gumbel-top-s over
   softmax(α) per edge/layer) and only the shard's tensor regions;
 * **aggregation**: every entry of every tensor is averaged over the clients that trained it,
-  weighted by ``num-examples`` (:func:`fednas.aggregation.masked_weighted_mean`); full shards
+  weighted by ``num-examples`` (:func:`fednas.federated.aggregation.masked_weighted_mean`); full
+  shards
   are exactly FedNAS (He et al. 2020) / FedAvg;
 * **robustness**: error replies, diverged (NaN) clients and time-outs are dropped and counted;
   a round with fewer than ``min_train_nodes`` successes leaves the global state unchanged;
 * **server optimiser**: ``server_lr``/``server_momentum`` turn the averaging into FedAvgM
-  (:class:`fednas.server_opt.FedAvgM`); the defaults (1, 0) are FedAvg exactly;
+  (:class:`fednas.federated.server_opt.FedAvgM`); the defaults (1, 0) are FedAvg exactly;
 * **determinism**: clients are sampled by partition id from a seeded generator and replies are
   aggregated in partition order, so a seed fixes the run (and a resumed run matches).
 
@@ -19,7 +20,6 @@ With ``space=None`` it trains a fixed model: the same FedAvg, deterministic and 
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
@@ -32,16 +32,23 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 from flwr.supercore import log
 
-from fednas.aggregation import Contribution, masked_weighted_mean
-from fednas.arrays import to_record, to_state_dict
-from fednas.search_space import SearchSpace
-from fednas.server_opt import FedAvgM
-from fednas.shards import Masks, Slices, encode_masks, full_masks, gumbel_top_s, slice_state
+from fednas.federated.aggregation import Contribution, masked_weighted_mean
+from fednas.federated.codec import to_record, to_state_dict
+from fednas.federated.server_opt import FedAvgM
+from fednas.federated.shards import (
+    Masks,
+    Slices,
+    encode_masks,
+    full_masks,
+    gumbel_top_s,
+    slice_state,
+)
+from fednas.spaces.base import SearchSpace
+from strategies.replies import PLACEMENT_KEYS, screen_replies
 
 SEARCH_ROUTE = "train.search"
 TRAIN_ROUTE = "train"
 EVALUATE_ROUTE = "evaluate"
-PLACEMENT_KEYS = ("pid", "gpu-id", "cuda")
 
 
 class FedNAS(FedAvg):
@@ -170,41 +177,15 @@ class FedNAS(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        good: list[tuple[int, RecordDict]] = []
-        tensors: dict[int, dict[str, torch.Tensor]] = {}  # converted once per reply
-        errors = diverged = 0
-        for msg in replies:
-            if msg.has_error():
-                errors += 1
-                log(WARNING, "client error dropped: %s", msg.error.reason)
-                continue
-            metrics = next(iter(msg.content.metric_records.values()))
-            pid = int(metrics["partition-id"])
-            if pid not in self._plan:
-                errors += 1
-                log(WARNING, "reply from unexpected partition %s dropped", pid)
-                continue
-            record = msg.content.array_records.get(self.arrayrecord_key)
-            state = to_state_dict(record) if record is not None else {}
-            if metrics.get("diverged", 0) or not _finite(msg.content, state):
-                diverged += 1
-                log(WARNING, "partition %d diverged (non-finite loss/weights): dropped", pid)
-            else:
-                good.append((pid, msg.content))
-                tensors[pid] = state
-        good.sort(key=lambda t: t[0])
+        screened = screen_replies(replies, self._plan, self.arrayrecord_key)
+        good = screened.good
         if getattr(self, "keep_client_states", False):  # FedDF distils the client models
-            self.client_states = [tensors[pid] for pid, _ in good]
-        self.placements = []
-        for pid, content in good:
-            m = next(iter(content.metric_records.values()))
-            self.placements.append({"round": server_round, "partition": pid,
-                                    **{k.replace("-", "_"): int(m[k])
-                                       for k in PLACEMENT_KEYS if k in m}})
+            self.client_states = [r.state for r in good]
+        self.placements = [r.placement(server_round) for r in good]
         timeouts = max(len(self._plan) - len(replies), 0)
-        bytes_up = sum(c[self.arrayrecord_key].count_bytes() for _, c in good)
-        self.round_stats.update(clients_ok=len(good), client_errors=errors,
-                                clients_diverged=diverged, client_timeouts=timeouts,
+        bytes_up = sum(r.record.count_bytes() for r in good)
+        self.round_stats.update(clients_ok=len(good), client_errors=screened.errors,
+                                clients_diverged=screened.diverged, client_timeouts=timeouts,
                                 bytes_up=bytes_up)
         if len(good) < max(self.min_train_nodes, 1):
             self.round_stats["round_failed"] = 1
@@ -213,11 +194,11 @@ class FedNAS(FedAvg):
             return None, None
         self.round_stats["round_failed"] = 0
         contributions = []
-        for pid, content in good:
-            masks, slices = self._plan[pid]
-            weight = float(next(iter(content.metric_records.values()))[self.weighted_by_key])
+        for r in good:
+            masks, slices = self._plan[r.pid]
+            weight = float(r.metrics[self.weighted_by_key])
             entry = {} if masks is None else dict(zip(self.alpha_keys, masks, strict=True))
-            contributions.append(Contribution(tensors[pid], slices, weight, entry))
+            contributions.append(Contribution(r.state, slices, weight, entry))
         t0 = time.perf_counter()
         if self.dp is not None:
             average = self.dp.aggregate(self._state, contributions,
@@ -229,7 +210,7 @@ class FedNAS(FedAvg):
         new_state = self.server_opt.step(self._state, average)
         # seconds of the server's aggregation (DP: clipping, noise and accounting included)
         self.round_stats["agg_wall_s"] = time.perf_counter() - t0
-        metrics = aggregate_metricrecords([c for _, c in good], self.weighted_by_key)
+        metrics = aggregate_metricrecords([r.content for r in good], self.weighted_by_key)
         for key in ("partition-id", "diverged", "num-val", *PLACEMENT_KEYS):
             metrics.pop(key, None)
         return to_record(new_state), metrics
@@ -263,12 +244,3 @@ class FedNAS(FedAvg):
         metrics.pop("partition-id", None)
         return metrics
 
-
-def _finite(content: RecordDict, state: dict[str, torch.Tensor]) -> bool:
-    """True when every metric of a reply and every tensor of its state is finite."""
-    for record in content.metric_records.values():
-        for value in record.values():
-            values = value if isinstance(value, list) else [value]
-            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
-                return False
-    return all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())

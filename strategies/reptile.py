@@ -2,10 +2,10 @@
 
 Each round every meta client (partition ids ``0 .. meta.clients - 1``, all of them, no
 sampling) gets the global meta-model and the task config on route ``train.meta``, runs its
-Reptile update on tasks of its own classes (:func:`fednas.fedmeta_flow.local_update`) and
+Reptile update on tasks of its own classes (:func:`simulations.meta_rounds.local_update`) and
 replies with its displacement Δ (one tensor per parameter) and its mean loss. The server
 steps θ ← θ + ε · mean Δ over the successful replies in partition order
-(:func:`fednas.fedmeta.reptile_step`, the in-process path's step: a plain mean, since every
+(:func:`fednas.meta.fedmeta.reptile_step`, the in-process path's step: a plain mean, since every
 client runs ``meta-batch`` tasks of the same size). Error replies, replies from unexpected
 partitions, malformed updates (not one tensor of the right shape per parameter) and
 diverged (non-finite) clients are dropped and counted; a round with fewer
@@ -25,9 +25,9 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from fednas.arrays import to_record, to_state_dict
-from fednas.fedmeta import mean_loss, reptile_step
-from strategies.fednas import PLACEMENT_KEYS, _finite
+from fednas.federated.codec import to_record, to_state_dict
+from fednas.meta.fedmeta import mean_loss, reptile_step
+from strategies.replies import screen_replies
 
 META_ROUTE = "train.meta"
 
@@ -96,46 +96,22 @@ class FedReptile(FedAvg):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        good: list[tuple[int, dict[str, torch.Tensor], MetricRecord, int]] = []
-        errors = diverged = 0
-        for msg in replies:
-            if msg.has_error():
-                errors += 1
-                log(WARNING, "meta client error dropped: %s", msg.error.reason)
-                continue
-            metrics = next(iter(msg.content.metric_records.values()))
-            pid = int(metrics["partition-id"])
-            record = msg.content.array_records.get(self.arrayrecord_key)
-            if pid not in self._sent or record is None:
-                errors += 1
-                log(WARNING, "reply from partition %s dropped (unexpected or no arrays)", pid)
-                continue
-            update = to_state_dict(record)
-            if not self._well_formed(update):
-                errors += 1
-                log(WARNING, "partition %d sent a malformed update: dropped", pid)
-                continue
-            if not _finite(msg.content, update):
-                diverged += 1
-                log(WARNING, "partition %d diverged (non-finite loss/update): dropped", pid)
-                continue
-            good.append((pid, update, metrics, record.count_bytes()))
-        good.sort(key=lambda t: t[0])
-        self.placements = [{"round": server_round, "partition": pid,
-                            **{k.replace("-", "_"): int(m[k]) for k in PLACEMENT_KEYS if k in m}}
-                           for pid, _, m, _ in good]
-        self.round_stats.update(clients_ok=len(good), client_errors=errors,
-                                clients_diverged=diverged,
+        screened = screen_replies(replies, self._sent, self.arrayrecord_key, need_arrays=True,
+                                  well_formed=self._well_formed)
+        good = screened.good
+        self.placements = [r.placement(server_round) for r in good]
+        self.round_stats.update(clients_ok=len(good), client_errors=screened.errors,
+                                clients_diverged=screened.diverged,
                                 client_timeouts=max(len(self._sent) - len(replies), 0),
-                                bytes_up=sum(b for *_, b in good))
+                                bytes_up=sum(r.record.count_bytes() for r in good))
         if len(good) < max(self.min_train_nodes, 1):
             self.round_stats["round_failed"] = 1
             log(WARNING, "meta round %d failed: %d successful clients < min %d; global state "
                 "kept", server_round, len(good), self.min_train_nodes)
             return None, None
         self.round_stats["round_failed"] = 0
-        state = reptile_step(self._state, [u for _, u, _, _ in good], self.server_lr)
-        loss = mean_loss([float(m["meta-loss"]) for _, _, m, _ in good])
+        state = reptile_step(self._state, [r.state for r in good], self.server_lr)
+        loss = mean_loss([float(r.metrics["meta-loss"]) for r in good])
         return to_record(state), MetricRecord({"meta-loss": loss})
 
     def _well_formed(self, update: dict[str, torch.Tensor]) -> bool:

@@ -1,9 +1,9 @@
 """FedNAS with secure aggregation: a training round as four Flower message stages.
 
 :meth:`SecAggFedNAS.secure_round` replaces ``configure_train → send_and_receive →
-aggregate_train`` (the round loop calls it when the strategy has it). The clients' side and
-the wire format are in :mod:`fednas.secagg_flow`, the cryptography in :mod:`fednas.secagg`
-and :mod:`fednas.secagg_server`.
+aggregate_train`` (the round loop calls it when the strategy has it). The clients' side is
+:mod:`simulations.secagg_client`, the wire format :mod:`fednas.privacy.secagg_wire`, the
+cryptography :mod:`fednas.privacy.secagg` and :mod:`fednas.privacy.secagg_server`.
 What the server holds: public keys, ciphertexts it cannot open, masked vectors that are
 uniform in Z_{2^64}, Shamir shares of survivors' self-mask seeds and of dropped clients' mask
 keys (never both for one client), and finally Σ w·Δ, Σ w and Σ w·m, from which it takes the
@@ -25,10 +25,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from fednas import secagg_flow as flow
-from fednas.secagg import SecAggError
-from fednas.secagg_server import SecAggServer
-from strategies.fednas import PLACEMENT_KEYS, FedNAS
+from fednas.privacy import secagg_wire as flow
+from fednas.privacy.secagg import SecAggError
+from fednas.privacy.secagg_server import SecAggServer
+from strategies.fednas import FedNAS
+from strategies.replies import PLACEMENT_KEYS
 
 
 class SecAggFedNAS(FedNAS):

@@ -1,4 +1,8 @@
-"""Shared fixtures: one torch thread (tiny tensors run faster without thread overhead)."""
+"""Shared fixtures: one torch thread (tiny tensors run faster without thread overhead).
+
+The tests mirror the layout: ``unit/<subpackage>/`` (``fednas``'s subpackages, ``strategies``,
+``simulations``) and ``e2e/`` (whole runs through the CLI or the Flower simulation).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from fednas.config import load_config
+from fednas.config.run_config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -1,0 +1,1 @@
+"""Compression: budgets, derivation under them, students, CASD and DARTS-PT."""

@@ -1,0 +1,1 @@
+"""The run configuration: the scenario's sections as frozen dataclasses, strict loading."""

@@ -1,0 +1,300 @@
+"""The run configuration: one frozen dataclass tree loaded from a TOML scenario.
+
+Scenario files use kebab-case keys (``[search] arch-lr = 3e-3``); Python uses snake_case.
+``load_config(path, overrides=["search.epochs=2"])`` validates everything before any work:
+unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fednas.config.compression import CompressionConfig, check_compression
+from fednas.config.fedex import FedExConfig
+from fednas.config.meta import MetaConfig
+from fednas.config.privacy import PrivacyConfig, check_alpha_clip, check_secagg
+from fednas.config.tools import apply_override, from_dict, option, parse_override, section
+from fednas.errors import ConfigError
+from fednas.registry import Registry
+from fednas.spaces.ops import DARTS_OPS, OPS
+from fednas.spaces.registry import SPACES
+
+#: The phase names a scenario may list, in the order a run walks them. The built-in ones are
+#: implemented in ``simulations/phases/``; registering a phase there adds its name here.
+PHASE_NAMES: Registry[str] = Registry("phase", "phases", ordered=True)
+for _name in ("search", "retrain", "random", "compress", "same-size", "baseline", "pruned",
+              "meta"):
+    PHASE_NAMES.register(_name)(_name)
+DEFAULT_PHASES = ("search", "retrain", "baseline")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = option("fashion-mnist", doc="registry name, npz:PATH / folder:PATH, or "
+                          "meta-train (the meta phase's meta-train classes of meta.dataset)")
+    root: str = option("~/.cache/fednas", doc="cache dir for downloads and rendered glyphs")
+    val_fraction: float = option(0.1, gt=0.0, lt=1.0, doc="share of train held out as val")
+    download: bool = option(True, doc="allow torchvision downloads when files are missing")
+    max_train: int = option(0, ge=0, doc="subsample train to this many (0 = all)")
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    num_clients: int = option(10, ge=1, doc="number of simulated clients")
+    scheme: str = option("dirichlet", choices=("iid", "dirichlet", "pathological"))
+    alpha: float = option(0.5, gt=0.0, doc="Dirichlet concentration (smaller = more non-IID)")
+    classes_per_client: int = option(2, ge=1, doc="classes per client for 'pathological'")
+    client_val_fraction: float = option(0.2, gt=0.0, lt=1.0, doc="each client's val split")
+    min_partition_size: int = option(10, ge=1, doc="Dirichlet resamples below this size")
+
+
+@dataclass(frozen=True)
+class CellSpaceConfig:
+    channels: int = option(8, ge=2, doc="channels of the first cell (even)")
+    layers: int = option(4, ge=1, doc="number of cells")
+    nodes: int = option(4, ge=1, doc="intermediate nodes per cell")
+    stem_stride: int = option(2, choices=(1, 2), doc="2: search 28×28 inputs at 14×14")
+    ops: tuple[str, ...] = option(DARTS_OPS, subset_of=tuple(OPS), doc="candidate ops")
+
+    def check(self) -> None:
+        if self.channels % 2:
+            raise ConfigError(f"space.cell.channels: must be even (got {self.channels})")
+
+
+@dataclass(frozen=True)
+class WidthSpaceConfig:
+    depth: int = option(20, ge=8, doc="ResNet depth, 6n+2 (20, 32, 44, 56, 110)")
+    base_channels: int = option(16, ge=1, doc="channels of the first stage")
+    width_choices: tuple[float, ...] = option((0.25, 0.5, 0.75, 1.0), gt=0.0, le=1.0)
+    stem_stride: int = option(1, choices=(1, 2))
+
+    def check(self) -> None:
+        if (self.depth - 2) % 6:
+            raise ConfigError(f"space.width.depth: must be 6n+2, e.g. 20, 32, 56 "
+                              f"(got {self.depth})")
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    name: str = option("cell", choices=SPACES, doc="which search space (a registered name: "
+                       "cell, width or one registered by user code)")
+    cell: CellSpaceConfig = section(CellSpaceConfig)
+    width: WidthSpaceConfig = section(WidthSpaceConfig)
+
+    def options(self) -> dict[str, Any]:
+        """Keyword options for :func:`fednas.spaces.registry.build_space`."""
+        sub = {"cell": self.cell, "width": self.width}.get(self.name)
+        if sub is None:  # a space registered by user code: its constructor's defaults
+            return {}
+        return {k: getattr(sub, k) for k in sub.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    epochs: int = option(1, ge=0, doc="passes over the train split")
+    steps_per_epoch: int = option(0, ge=0, doc="cap on steps per epoch (0 = full pass)")
+    batch_size: int = option(64, ge=1)
+    lr: float = option(0.05, gt=0.0, doc="weight SGD lr (cosine-annealed)")
+    lr_min: float = option(1e-3, ge=0.0)
+    momentum: float = option(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = option(3e-4, ge=0.0)
+    arch_lr: float = option(3e-3, gt=0.0, doc="α Adam lr")
+    arch_weight_decay: float = option(1e-3, ge=0.0)
+    grad_clip: float = option(5.0, gt=0.0)
+    warmup_epochs: float = option(0.0, ge=0.0, doc="weight-only epochs before α updates")
+    sandwich: bool = option(False, doc="width space: sandwich-rule weight steps (largest, "
+                            "smallest and random widths, in-place distillation)")
+    sandwich_samples: int = option(2, ge=0, doc="random widths per sandwich step")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = option(3, ge=0)
+    batch_size: int = option(128, ge=1)
+    optimizer: str = option("sgd", choices=("sgd", "adam"))
+    lr: float = option(0.05, gt=0.0)
+    momentum: float = option(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = option(3e-4, ge=0.0)
+    schedule: str = option("cosine", choices=("cosine", "constant", "onecycle"))
+    grad_clip: float = option(5.0, gt=0.0)
+    label_smoothing: float = option(0.0, ge=0.0, lt=1.0)
+    inherit_weights: bool = option(True, doc="start from the supernet's weights")
+    channels: int = option(0, ge=0, doc="cell space: retrain width (0 = search width)")
+    layers: int = option(0, ge=0, doc="cell space: retrain depth (0 = search depth)")
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    model: str = option("cnn", choices=("cnn", "conv4"),
+                        doc="hand-designed baseline: cnn, or conv4 (MAML's Conv-4; the meta "
+                            "phase's 'conv4-pretrained' starts from it)")
+    width: int = option(32, ge=1, doc="cnn: channels of the first conv (conv w, conv 2w, fc "
+                                      "4w); conv4: channels of every conv")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = option(4, ge=1, doc="federated search rounds")
+    fraction_train: float = option(1.0, gt=0.0, le=1.0, doc="clients sampled per round")
+    min_fit_clients: int = option(2, ge=1, doc="a round fails below this many successes")
+    local_epochs: int = option(1, ge=1, doc="local passes per round (search and training)")
+    local_steps: int = option(0, ge=0, doc="cap on local search steps per epoch (0 = full)")
+    shard_size: int = option(0, ge=0, doc="candidates per edge/layer a client trains "
+                                          "(0 = all: plain FedNAS)")
+    include_argmax: bool = option(True, doc="shards always hold the current best candidate")
+    subnet_rounds: int = option(4, ge=0, doc="FedAvg rounds for the derived subnet and the "
+                                             "hand-designed baseline")
+    server_lr: float = option(1.0, gt=0.0, doc="server step on the averaged update "
+                              "(FedAvgM; 1 with momentum 0 = FedAvg)")
+    server_momentum: float = option(0.0, ge=0.0, lt=1.0, doc="server momentum (FedAvgM)")
+    ema_decay: float = option(0.0, ge=0.0, lt=1.0, doc="fixed-model training reports and "
+                              "exports an exponential moving average of the global model "
+                              "over rounds with this decay (fednas/federated/ema.py; "
+                              "0 = last iterate)")
+    fraction_evaluate: float = option(1.0, ge=0.0, le=1.0, doc="clients evaluating the "
+                                      "trained subnet per round (0 = server-side only)")
+    server_eval_samples: int = option(0, ge=0, doc="test samples for per-round server "
+                                      "evaluation (0 = whole test split)")
+    bn_calibration_samples: int = option(500, ge=0, doc="server-side val images used to "
+                                         "recalibrate BN of the argmax subnet before its "
+                                         "per-round evaluation (0 = off)")
+    bn_stats: str = option("clients", choices=("clients", "server"),
+                           doc="fixed-model training: BN running statistics averaged from the "
+                               "clients, or recalibrated every round on the server's "
+                               "bn-calibration-samples val images (central DP: always server)")
+    client_cpus: float = option(1.0, gt=0.0, doc="Ray CPUs per client")
+    client_gpus: float = option(-1.0, ge=-1.0, doc="Ray GPUs per client (-1 = 0.5 when "
+                                "CUDA is visible, else 0)")
+    ray_address: str = option("", doc="attach to this Ray cluster (empty = local)")
+    round_timeout: float = option(1800.0, gt=0.0, doc="seconds to wait for replies")
+    checkpoint_every: int = option(1, ge=0, doc="checkpoint every N rounds (0 = never)")
+    node_wait: float = option(120.0, gt=0.0, doc="seconds to wait for all nodes to register")
+    fault_partitions: tuple[int, ...] = option((), ge=0, doc="fault injection: these "
+                                               "partitions fail every training round")
+    fault_kind: str = option("raise", choices=("raise", "nan"),
+                             doc="how injected faults fail: raise an error or return NaN")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = option("auto", doc="auto, cpu, cuda or cuda:N")
+    threads: int = option(0, ge=0, doc="torch CPU threads (0 = all cores)")
+    out_dir: str = option("runs", doc="where run directories are created")
+    progress: bool = option(True, doc="rich progress bars")
+    eval_batch_size: int = option(1000, ge=1)
+    message_pump: str = option("fednas", choices=("fednas", "flower"),
+                               doc="federated runs under fednas run/sweep: how Flower's "
+                                   "simulation engine hands the server's messages to the nodes; "
+                                   "fednas: one pass over the stored messages per sweep "
+                                   "(simulations/flower_pump.py); flower: Flower's own, nodes × "
+                                   "messages per sweep (slow with 1000+ nodes; what flwr run "
+                                   "always uses)")
+
+    def check(self) -> None:
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"runtime.device: {self.device!r} is not allowed; allowed "
+                              "values: auto, cpu, cuda, cuda:N")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = option("fednas", doc="run name (prefix of the run dir)")
+    seed: int = option(0, ge=0)
+    mode: str = option("centralised", choices=("centralised", "federated"),
+                       doc="one process, or Flower clients on Ray")
+    phases: tuple[str, ...] = option(DEFAULT_PHASES, subset_of=PHASE_NAMES,
+                                     doc="phases to run (always in the order search, retrain, "
+                                         "random, compress, same-size, baseline, pruned, "
+                                         "meta); random = a random architecture of the "
+                                         "space, trained like the searched one; compress, "
+                                         "same-size, pruned: see [compression]")
+    data: DataConfig = section(DataConfig)
+    partition: PartitionConfig = section(PartitionConfig)
+    space: SpaceConfig = section(SpaceConfig)
+    search: SearchConfig = section(SearchConfig)
+    retrain: TrainConfig = section(TrainConfig)
+    baseline: BaselineConfig = section(BaselineConfig)
+    federation: FederationConfig = section(FederationConfig)
+    fedex: FedExConfig = section(FedExConfig)
+    privacy: PrivacyConfig = section(PrivacyConfig)
+    meta: MetaConfig = section(MetaConfig)
+    compression: CompressionConfig = section(CompressionConfig)
+    runtime: RuntimeConfig = section(RuntimeConfig)
+
+    def server_bn_reason(self) -> str:
+        """Why the server recalibrates BN statistics on its val images ('' when clients' do).
+
+        Central DP always does: the clients' running statistics are not clipped or noised.
+        """
+        if self.federation.bn_stats == "server":
+            return 'federation.bn-stats = "server"'
+        if self.privacy.mode == "central":
+            return 'privacy.mode = "central" (client BN statistics are not noised)'
+        return ""
+
+    def check(self) -> None:
+        f = self.federation
+        if self.fedex.enabled and self.mode != "federated":
+            raise ConfigError("fedex.enabled: FedEx tunes federated clients; set "
+                              'mode = "federated"')
+        bad = [p for p in f.fault_partitions if p >= self.partition.num_clients]
+        if bad:
+            raise ConfigError(f"federation.fault-partitions: {bad} outside 0.."
+                              f"{self.partition.num_clients - 1}")
+        if self.mode == "federated" and f.min_fit_clients > self.partition.num_clients:
+            raise ConfigError(f"federation.min-fit-clients: {f.min_fit_clients} exceeds "
+                              f"partition.num-clients = {self.partition.num_clients}")
+        if self.privacy.mode != "off" and self.mode != "federated":
+            raise ConfigError("privacy.mode: differential privacy protects federated clients; "
+                              'set mode = "federated"')
+        if self.privacy.secure_aggregation:
+            check_secagg(self)
+        if self.privacy.alpha_clip_norm:
+            check_alpha_clip(self)
+        server_bn = self.server_bn_reason()
+        if server_bn and self.mode == "federated" and f.bn_calibration_samples == 0:
+            raise ConfigError(f"federation.bn-calibration-samples: {server_bn} recalibrates "
+                              "BN on the server's val images; set it > 0")
+        if "retrain" in self.phases and "search" not in self.phases:
+            raise ConfigError("phases: 'retrain' needs 'search' (it retrains the searched subnet)")
+        if "random" in self.phases and "search" not in self.phases:
+            raise ConfigError("phases: 'random' needs 'search' (the random architecture gets "
+                              "the searched subnet's treatment: same supernet, same budget)")
+        check_compression(self)
+        if self.search.sandwich and self.space.name != "width":
+            raise ConfigError("search.sandwich: the sandwich rule trains several widths of "
+                              'shared weights; it needs space.name = "width"')
+        self.meta.check_run(self)
+        federated_only = {"compress", "same-size", "pruned"} & set(self.phases)
+        if federated_only and self.mode != "federated":
+            raise ConfigError(f"phases: {sorted(federated_only)} run in federated mode only; "
+                              'set mode = "federated"')
+        if not self.name or "/" in self.name:
+            raise ConfigError(f"name: must be a non-empty name without '/' (got {self.name!r})")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                ) -> RunConfig:
+    """Load a scenario TOML file (or the defaults when ``path`` is None) plus overrides.
+
+    Raises
+    ------
+    ConfigError
+        For a missing/unparsable file, an unknown key, a wrong type or a bad value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"scenario file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    for text in overrides:
+        key, value = parse_override(text)
+        apply_override(data, key, value)
+    return from_dict(RunConfig, data)

@@ -1,0 +1,1 @@
+"""Datasets: loaders and their registry, client partitions, few-shot tasks."""

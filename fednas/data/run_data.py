@@ -1,0 +1,44 @@
+"""The dataset a run's search and training phases use: ``data.dataset``, or ``meta-train``.
+
+``data.dataset = "meta-train"`` means the meta-train classes of the meta phase's few-shot
+split (``meta.dataset`` divided by ``meta.split`` / ``meta.split-by`` under the run's seed,
+exactly the classes :mod:`fednas.meta.tasks` meta-trains on), relabelled ``0..K-1``. The
+federated search and retraining then learn the architecture and its weights on those
+classes, and the meta-val and meta-test classes stay unseen by every phase until the meta
+phase scores them. The samples are split and normalised like any registry dataset's
+(a stratified test share, since the pool has no official test set).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fednas.config.run_config import RunConfig
+from fednas.data.datasets import Dataset, load_dataset
+from fednas.data.io import RawData
+
+META_TRAIN = "meta-train"
+
+
+def meta_train_raw(cfg: RunConfig) -> RawData:
+    """The meta-train classes of ``cfg``'s few-shot split as a :class:`RawData`."""
+    from fednas.meta.tasks import fewshot_data
+
+    data, split = fewshot_data(cfg)
+    index = split.indices(data.y, "train")
+    ids = data.y.numpy()[index]
+    classes = np.unique(ids)  # sorted: class k of the run is the k-th meta-train id
+    x = data.x[index].numpy().transpose(0, 2, 3, 1)  # N×C×H×W in [0, 1] → N×H×W×C
+    names = tuple(str(data.classes[c].get("name", c)) for c in classes)
+    return RawData(np.ascontiguousarray(x), np.searchsorted(classes, ids).astype(np.int64),
+                   names)
+
+
+def run_dataset(cfg: RunConfig) -> Dataset:
+    """``cfg``'s training data, split and normalised (see the module docstring)."""
+    d = cfg.data
+    raw = meta_train_raw(cfg) if d.dataset == META_TRAIN else None
+    return load_dataset(d.dataset, root=Path(d.root).expanduser(), val_fraction=d.val_fraction,
+                        seed=cfg.seed, download=d.download, max_train=d.max_train, raw=raw)

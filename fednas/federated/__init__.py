@@ -1,0 +1,1 @@
+"""Federated maths: shards, masked aggregation, the server optimiser, client-side work."""

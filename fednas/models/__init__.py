@@ -1,0 +1,1 @@
+"""Discrete models: derived cell networks, hand-designed baselines, cost counting, export."""

@@ -1,0 +1,1 @@
+"""Privacy: client-level DP (clipping, noise, accounting) and secure aggregation."""

@@ -1,0 +1,1 @@
+"""Training loops: search steps, plain training, evaluation, distillation."""

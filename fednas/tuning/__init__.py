@@ -1,0 +1,1 @@
+"""Hyperparameter tuning: FedEx and successive halving."""

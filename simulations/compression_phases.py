@@ -1,0 +1,231 @@
+"""The compression phases of a federated run: ``compress``, ``same-size`` and ``pruned``.
+
+* ``compress``: the server derives the student under ``[compression]``'s budget from the
+  aggregated supernet (by α or DARTS-PT), distils the teacher into it on its proxy split
+  (the dataset's val split, which no client holds), then the clients fine-tune it by FedAvg
+  (optionally with FedDF's ensemble distillation after every round).
+* ``same-size``: the same architecture trained by FedAvg from scratch, same round count.
+* ``pruned``: the hand-designed baseline CNN pruned uniformly (L1 filter norms) to the
+  largest width within budget — from the trained baseline when the run has it — then
+  fine-tuned by FedAvg for the same round count.
+
+Mixed into :class:`simulations.federated.FederatedPipeline`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from flwr.serverapp import Grid
+
+from fednas.compression.student import (
+    budget_limits,
+    derive_student,
+    distill_student,
+    measured_cost,
+    prune_cnn,
+    pruned_width,
+    within,
+)
+from fednas.errors import ConfigError
+from fednas.federated import client
+from fednas.spaces.base import Genotype, load_genotype, save_genotype
+from fednas.training.train import evaluate, recalibrate_bn
+
+STUDENT_FILE = "student_genotype.json"
+RECORD_FILE = "compression.json"
+
+
+class CompressionPhases:
+    """``compress`` / ``same-size`` / ``pruned`` for a FederatedPipeline (see module doc)."""
+
+    def compression_phases(self, grid: Grid, done: list[str], which: tuple[str, ...]
+                           ) -> list[str]:
+        """Run the phases of ``which`` that the scenario asks for and that are not done."""
+        runners = {"compress": self.federated_compress, "same-size": self.federated_same_size,
+                   "pruned": self.federated_pruned}
+        for phase in which:
+            if phase in self.cfg.phases and phase not in done:
+                name = {"compress": "distilled", "same-size": "same_size"}.get(phase, phase)
+                self.models[name] = runners[phase](grid, done)
+                done = [*done, phase]
+        return done
+
+    def check_budget(self) -> None:
+        """Fail before the run starts when the budget cannot be met (``prepare`` calls it).
+
+        A budget relative to the searched subnet can only be checked after the search.
+        """
+        cfg = self.cfg
+        phases = {"compress", "same-size", "pruned"} & set(cfg.phases)
+        if not phases or cfg.compression.reference != "baseline":
+            return
+        limits, _ = self._limits()
+        if phases & {"compress", "same-size"}:
+            from fednas.compression.budget import smallest_cost
+
+            small = smallest_cost(client.make_space(cfg))
+            for key, lim, low in zip(("params", "flops"), limits, small, strict=True):
+                if lim is not None and lim < low:
+                    raise ConfigError(
+                        f"compression.{key}: the budget resolves to {lim} {key}, below the "
+                        f"smallest model of the search space ({small[0]} params, {small[1]} "
+                        "FLOPs); raise the budget or shrink the space")
+        if "pruned" in phases:
+            pruned_width(cfg, self.data.input_shape, self.data.num_classes, limits)
+
+    def _casd_hook(self, space: Any, total: int) -> Callable[[dict], dict[str, Any]]:
+        """CASD between search rounds (a no-op unless ``compression.casd-every``)."""
+        every = self.cfg.compression.casd_every
+        if not every:
+            return lambda state: {}
+        from fednas.compression.casd import casd_step
+
+        limits, _ = self._limits()
+
+        def hook(state: dict) -> dict[str, Any]:
+            # server_eval of round r runs before r is logged (also after a resume)
+            rnd = 1 + sum(m["phase"] == "search" for m in self.rundir.metrics)
+            if rnd % every or rnd >= total:
+                return {}
+            return casd_step(client.make_space(self.cfg), state, limits, self.cfg,
+                             self._proxy(), self.device)
+
+        return hook
+
+    # -- shared pieces -------------------------------------------------------------------
+    def _proxy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.cfg.compression.proxy_samples
+        x, y = self._split("val")
+        return (x[:n], y[:n]) if n else (x, y)
+
+    def _limits(self) -> tuple[tuple[int | None, int | None], dict[str, Any]]:
+        cfg = self.cfg
+        if cfg.compression.reference == "baseline":
+            ref_model = client.build_fixed_model(cfg, {"kind": "baseline"})
+            reference = measured_cost(ref_model, self.data.input_shape)
+        else:
+            reference = self.trained_supernet().cost(self.genotype)
+        limits = budget_limits(cfg, reference)
+        return limits, {"reference": cfg.compression.reference,
+                        "reference_params": reference[0], "reference_flops": reference[1],
+                        "limit_params": limits[0], "limit_flops": limits[1]}
+
+    def _record(self) -> dict[str, Any]:
+        path = self.rundir.path / RECORD_FILE
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _save_record(self, **entries: Any) -> None:
+        self.rundir.write_json(RECORD_FILE, {**self._record(), **entries})
+
+    def student_genotype(self) -> Genotype:
+        """The architecture derived under the budget (derived once, then read from the run)."""
+        path = self.rundir.path / STUDENT_FILE
+        if path.exists():
+            return load_genotype(path)
+        t0 = time.perf_counter()
+        limits, budget = self._limits()
+        genotype, derivation = derive_student(self.trained_supernet(), limits, self.cfg,
+                                              self._proxy(), self.device)
+        save_genotype(genotype, path)
+        self._save_record(budget=budget, derivation={
+            **derivation, "wall_s": time.perf_counter() - t0})
+        self.console.print(f"\\[compress] derived under budget: {derivation['params']} params "
+                           f"(limit {limits[0]}), {derivation['flops']} FLOPs "
+                           f"(limit {limits[1]})")
+        return genotype
+
+    def _test(self, model: torch.nn.Module) -> dict[str, float]:
+        result = evaluate(model, self._split("test"), batch_size=self.cfg.runtime.eval_batch_size,
+                          device=self.device)
+        return {"test_acc": result["eval_acc"], "test_loss": result["eval_loss"]}
+
+    def _teacher(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        cfg = self.cfg
+        if cfg.compression.teacher == "searched":
+            model = client.build_fixed_model(cfg, {"kind": "subnet", "genotype": self.genotype})
+            model.load_state_dict(torch.load(self.rundir.path / "searched.pt")["state_dict"])
+            entry = {k: self.models["searched"][k] for k in ("test_acc", "params", "flops")}
+            return model.to(self.device), {"kind": "searched", **entry}
+        supernet = self.trained_supernet().to(self.device)
+        supernet.set_shard(None)
+        x, _ = self._proxy()
+        recalibrate_bn(supernet, x, batch_size=cfg.compression.batch_size, device=self.device)
+        params, flops = measured_cost(supernet, self.data.input_shape)
+        return supernet, {"kind": "supernet", **self._test(supernet), "params": params,
+                          "flops": flops}
+
+    def _budget_entry(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The budget and whether the trained model (its measured cost in ``result``) meets it."""
+        budget = self._record().get("budget") or self._limits()[1]
+        return {"budget": budget, "within_budget": within(
+            (result["params"], result["flops"]), (budget["limit_params"], budget["limit_flops"]))}
+
+    # -- the phases ----------------------------------------------------------------------
+    def federated_compress(self, grid: Grid, done: list[str]) -> dict[str, Any]:
+        cfg, c = self.cfg, self.cfg.compression
+        genotype = self.student_genotype()
+        spec = {"kind": "subnet", "genotype": genotype}
+        resuming = self.checkpoint is not None and self.checkpoint["phase"] == "compress"
+        init = None
+        if not resuming:
+            t0 = time.perf_counter()
+            torch.manual_seed(cfg.seed + 4)
+            init = (self.trained_supernet().subnet(genotype) if c.inherit_weights
+                    else client.build_fixed_model(cfg, spec))
+            init.to(self.device)
+            entry: dict[str, Any] = {"start": self._test(init)}
+            if c.teacher != "none":
+                teacher, entry["teacher"] = self._teacher()
+                entry.update(distill_student(init, teacher, self._proxy(), cfg, self.device))
+                entry["after_distillation"] = self._test(init)
+                self.console.print(f"\\[compress] distilled from the {c.teacher}: test acc "
+                                   f"{entry['start']['test_acc']:.4f} -> "
+                                   f"{entry['after_distillation']['test_acc']:.4f}")
+            entry["wall_s"] = time.perf_counter() - t0
+            self._save_record(distillation=entry)
+        wrap = None
+        if c.feddf:
+            from strategies.feddf import FedDF
+
+            def make_model() -> torch.nn.Module:
+                return client.build_fixed_model(cfg, spec)
+
+            def wrap(base):
+                return FedDF(base, make_model, self._proxy()[0], steps=c.feddf_steps, lr=c.lr,
+                             batch_size=c.batch_size, temperature=c.temperature,
+                             device=self.device, seed=cfg.seed + 43)
+        result = self.federated_train(grid, "compress", spec, done, init=init,
+                                      rounds=c.fine_tune_rounds, wrap=wrap)
+        distillation = self._record().get("distillation", {})
+        return {**result, "genotype": genotype, **self._budget_entry(result),
+                "teacher": distillation.get("teacher"),
+                "after_distillation_acc": distillation.get("after_distillation", {}).get(
+                    "test_acc"), "feddf": c.feddf}
+
+    def federated_same_size(self, grid: Grid, done: list[str]) -> dict[str, Any]:
+        genotype = self.student_genotype()
+        spec = {"kind": "subnet", "genotype": genotype}
+        result = self.federated_train(grid, "same-size", spec, done,
+                                      rounds=self.cfg.compression.fine_tune_rounds)
+        return {**result, "genotype": genotype, **self._budget_entry(result)}
+
+    def federated_pruned(self, grid: Grid, done: list[str]) -> dict[str, Any]:
+        cfg = self.cfg
+        limits, budget = self._limits()
+        width = pruned_width(cfg, self.data.input_shape, self.data.num_classes, limits)
+        spec = {"kind": "baseline", "width": width}
+        trained = self.rundir.path / "baseline.pt"
+        init, source = None, "scratch"
+        if "baseline" in done and trained.exists():
+            full = client.build_fixed_model(cfg, {"kind": "baseline"})
+            full.load_state_dict(torch.load(trained)["state_dict"])
+            init, source = prune_cnn(full, width), "trained baseline"
+        result = self.federated_train(grid, "pruned", spec, done, init=init,
+                                      rounds=cfg.compression.fine_tune_rounds)
+        return {**result, "width": width, "pruned_from": source, "budget": budget,
+                "within_budget": within((result["params"], result["flops"]), limits)}

@@ -1,0 +1,69 @@
+"""The strategy of one federated phase: FedNAS (search or FedAvg training), with the
+scenario's server optimiser, central DP and FedEx wrapper."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from fednas.config.run_config import RunConfig
+from fednas.spaces.base import SearchSpace
+from strategies.fednas import FedNAS
+
+PHASE_OFFSET = {"search": 0, "retrain": 1, "random": 2, "baseline": 3, "compress": 4,
+                "same-size": 5, "pruned": 6}
+
+
+def make_strategy(space: SearchSpace | None, cls: type[FedNAS] = FedNAS, **kwargs: Any
+                  ) -> FedNAS:
+    """A FedNAS strategy (or subclass ``cls``), without FedAvg's warning that
+    fraction_evaluate=0 skips evaluation (server-side evaluation runs every round)."""
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    flwr_log.setLevel(logging.ERROR)
+    try:
+        return cls(space, **kwargs)
+    finally:
+        flwr_log.setLevel(level)
+
+
+def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
+                   node_partitions: dict[int, int], accountant: Any = None,
+                   wrap: Callable[[FedNAS], Any] | None = None) -> Any:
+    """The strategy of ``phase`` (``space`` for the search, None for fixed-model training).
+
+    ``accountant`` (the run's :class:`fednas.privacy.mechanism.PrivacyAccountant`) turns on central
+    DP
+    (:class:`strategies.dp.CentralDP`, noise seeded per phase); ``[fedex] enabled`` wraps
+    the strategy in :class:`strategies.fedex.FedExWrapper`; ``wrap`` (e.g.
+    :class:`strategies.feddf.FedDF`) wraps the FedNAS strategy first;
+    ``privacy.secure-aggregation`` makes it a :class:`strategies.secagg.SecAggFedNAS`.
+    """
+    f = cfg.federation
+    dp = None
+    if accountant is not None:
+        from strategies.dp import CentralDP
+
+        dp = CentralDP(cfg.privacy, accountant, seed=cfg.seed + 31 + PHASE_OFFSET[phase])
+    common = {"fraction_train": f.fraction_train, "min_train_nodes": f.min_fit_clients,
+              "server_lr": f.server_lr, "server_momentum": f.server_momentum, "dp": dp}
+    if cfg.privacy.secure_aggregation:  # config validation rules out shards, DP and FedEx
+        from strategies.secagg import SecAggFedNAS
+
+        common.update(cls=SecAggFedNAS, secagg_threshold=cfg.privacy.secagg_threshold,
+                      secagg_clip=cfg.privacy.secagg_clip)
+    if phase == "search":
+        strategy = make_strategy(space, shard_size=f.shard_size, include_argmax=f.include_argmax,
+                                 seed=cfg.seed, fraction_evaluate=0.0, **common)
+    else:
+        strategy = make_strategy(None, seed=cfg.seed + 7, fraction_evaluate=f.fraction_evaluate,
+                                 min_evaluate_nodes=1, **common)
+    strategy.node_partitions = node_partitions
+    if wrap is not None:
+        strategy = wrap(strategy)
+    if not cfg.fedex.enabled:
+        return strategy
+    from strategies.fedex import FedExWrapper, build_tuner
+
+    return FedExWrapper(strategy, build_tuner(cfg, phase), seed=cfg.seed + 13)

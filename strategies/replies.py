@@ -1,0 +1,91 @@
+"""Screening of training replies, shared by the strategies: which replies count.
+
+A reply is dropped as an *error* when Flower reports one, when it comes from a partition that
+was not sent a message this round, when it lacks arrays that the strategy needs, or when its
+arrays are malformed; it is dropped as *diverged* when it says so (``diverged`` metric) or
+when any metric or tensor is not finite. The good replies come back in partition order, which
+makes aggregation independent of arrival order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Container, Iterable
+from dataclasses import dataclass
+from logging import WARNING
+
+import torch
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.supercore import log
+
+from fednas.federated.codec import to_state_dict
+
+PLACEMENT_KEYS = ("pid", "gpu-id", "cuda")
+
+
+@dataclass
+class Reply:
+    """One good reply: its partition, content, first metric record and decoded arrays."""
+
+    pid: int
+    content: RecordDict
+    metrics: MetricRecord
+    state: dict[str, torch.Tensor]
+    record: ArrayRecord | None
+
+    def placement(self, server_round: int) -> dict[str, int]:
+        """Where the client ran (worker pid, Ray GPU id, CUDA used), for ``clients.jsonl``."""
+        return {"round": server_round, "partition": self.pid,
+                **{k.replace("-", "_"): int(self.metrics[k]) for k in PLACEMENT_KEYS
+                   if k in self.metrics}}
+
+
+@dataclass
+class Screened:
+    """The good replies in partition order and the counts of the dropped ones."""
+
+    good: list[Reply]
+    errors: int = 0
+    diverged: int = 0
+
+
+def screen_replies(replies: Iterable[Message], expected: Container[int], arrays_key: str, *,
+                   need_arrays: bool = False,
+                   well_formed: Callable[[dict[str, torch.Tensor]], bool] | None = None
+                   ) -> Screened:
+    """Sort ``replies`` into good ones (in partition order), errors and diverged clients."""
+    out = Screened([])
+    for msg in replies:
+        if msg.has_error():
+            out.errors += 1
+            log(WARNING, "client error dropped: %s", msg.error.reason)
+            continue
+        metrics = next(iter(msg.content.metric_records.values()))
+        pid = int(metrics["partition-id"])
+        record = msg.content.array_records.get(arrays_key)
+        if pid not in expected or (need_arrays and record is None):
+            out.errors += 1
+            log(WARNING, "reply from partition %s dropped (unexpected or no arrays)", pid)
+            continue
+        state = to_state_dict(record) if record is not None else {}
+        if well_formed is not None and not well_formed(state):
+            out.errors += 1
+            log(WARNING, "partition %d sent a malformed update: dropped", pid)
+            continue
+        if metrics.get("diverged", 0) or not finite(msg.content, state):
+            out.diverged += 1
+            log(WARNING, "partition %d diverged (non-finite loss/weights): dropped", pid)
+            continue
+        out.good.append(Reply(pid, msg.content, metrics, state, record))
+    out.good.sort(key=lambda r: r.pid)
+    return out
+
+
+def finite(content: RecordDict, state: dict[str, torch.Tensor]) -> bool:
+    """True when every metric of a reply and every tensor of its state is finite."""
+    for record in content.metric_records.values():
+        for value in record.values():
+            values = value if isinstance(value, list) else [value]
+            if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+                return False
+    return all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
