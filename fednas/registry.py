@@ -9,6 +9,7 @@ raises :class:`fednas.errors.ConfigError` naming the config key and the register
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
@@ -37,12 +38,17 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator adding its argument under ``name``; a name registers once."""
+        """Decorator adding its argument under ``name``.
+
+        A name registers once; registering the same definition again (the same class or
+        function of the same source file, e.g. a script run as ``__main__`` that a scenario
+        also loads as a plugin) replaces the entry.
+        """
         if not name or not isinstance(name, str):
             raise ValueError(f"{self.kind} names are non-empty strings, not {name!r}")
 
         def add(entry: T) -> T:
-            if name in self._entries:
+            if name in self._entries and not same_definition(self._entries[name], entry):
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = entry
             return entry
@@ -72,3 +78,15 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def same_definition(a: object, b: object) -> bool:
+    """Whether ``a`` and ``b`` are one definition: equal, or the same qualified name in the
+    same source file (one module imported under two names)."""
+    if a is b or (isinstance(a, str) and a == b):
+        return True
+    try:
+        return (inspect.getfile(a) == inspect.getfile(b)  # type: ignore[arg-type]
+                and a.__qualname__ == b.__qualname__)  # type: ignore[attr-defined]
+    except (TypeError, AttributeError, OSError):
+        return False

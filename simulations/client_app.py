@@ -7,7 +7,7 @@ Routes
 ``train``         local training of a fixed model (derived subnet or baseline): FedAvg
 ``evaluate``      loss/accuracy of a fixed model on the client's val split
 ``train.meta``    a federated Reptile round of the meta phase on the client's own share of the
-                  meta-train classes (``simulations/meta_rounds.py``)
+                  meta-train classes (``fednas/meta/fedmeta_client.py``)
 ``query.secagg_advertise``, ``query.secagg_share``, ``train.secagg``, ``query.secagg_unmask``
                   a training round under secure aggregation (``simulations/secagg_client.py``)
 
@@ -25,8 +25,10 @@ from fednas.config.run_config import RunConfig
 from fednas.federated import client
 from fednas.federated.codec import to_record, to_state_dict
 from fednas.federated.shards import decode_masks
+from fednas.plugins import import_plugins
 from simulations import secagg_client as secagg_flow
 from simulations.local_dp import make_local_dp_mod
+from simulations.quiet import quiet_flower
 
 
 def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
@@ -34,17 +36,20 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
     app = ClientApp()
 
     def resolve(context: Context) -> RunConfig:
-        if cfg is not None:
-            return cfg
-        from simulations.runconfig import config_from_run_config
+        if cfg is None:
+            from simulations.runconfig import config_from_run_config
 
-        return config_from_run_config(context.run_config)
+            return config_from_run_config(context.run_config)  # imports its plugins
+        import_plugins(cfg.runtime.plugins)  # this worker's registries learn the plugins'
+        return cfg
 
     def threads(run_cfg: RunConfig) -> None:
         torch.set_num_threads(max(1, int(run_cfg.federation.client_cpus)))
+        quiet_flower()  # in the actor's process: its shutdown notice (simulations/quiet.py)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
+        quiet_flower()
         pid = int(context.node_config.get("partition-id", -1))
         return Message(RecordDict({"metrics": MetricRecord({"partition-id": pid})}),
                        reply_to=msg)
@@ -77,7 +82,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
 
     @app.train("meta")
     def meta(msg: Message, context: Context) -> Message:
-        from simulations.meta_rounds import local_update
+        from fednas.meta.fedmeta_client import local_update
 
         run_cfg = resolve(context)
         threads(run_cfg)

@@ -9,7 +9,8 @@
   largest width within budget — from the trained baseline when the run has it — then
   fine-tuned by FedAvg for the same round count.
 
-Mixed into :class:`simulations.federated.FederatedPipeline`.
+Used by :class:`simulations.federated.FederatedPipeline` as its ``compression``; the phases
+are :mod:`simulations.phases.compression`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from flwr.serverapp import Grid
 
 from fednas.compression.student import (
     budget_limits,
@@ -40,27 +40,23 @@ STUDENT_FILE = "student_genotype.json"
 RECORD_FILE = "compression.json"
 
 
-class CompressionPhases:
-    """``compress`` / ``same-size`` / ``pruned`` for a FederatedPipeline (see module doc)."""
+class Compression:
+    """The work of ``compress`` / ``same-size`` / ``pruned`` on a federated runner ``run``
+    (see the module docstring): budget checks, the student, the teacher, CASD between search
+    rounds, and each phase's training through ``run.train_fixed``."""
 
-    def compression_phases(self, grid: Grid, done: list[str], which: tuple[str, ...]
-                           ) -> list[str]:
-        """Run the phases of ``which`` that the scenario asks for and that are not done."""
-        runners = {"compress": self.federated_compress, "same-size": self.federated_same_size,
-                   "pruned": self.federated_pruned}
-        for phase in which:
-            if phase in self.cfg.phases and phase not in done:
-                name = {"compress": "distilled", "same-size": "same_size"}.get(phase, phase)
-                self.models[name] = runners[phase](grid, done)
-                done = [*done, phase]
-        return done
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self._checked = False
 
     def check_budget(self) -> None:
-        """Fail before the run starts when the budget cannot be met (``prepare`` calls it).
-
-        A budget relative to the searched subnet can only be checked after the search.
+        """Fail before the run starts when the budget cannot be met (the phases' ``check``;
+        once per run). A budget relative to the searched subnet is checked after the search.
         """
-        cfg = self.cfg
+        if self._checked:
+            return
+        self._checked = True
+        cfg = self.run.cfg
         phases = {"compress", "same-size", "pruned"} & set(cfg.phases)
         if not phases or cfg.compression.reference != "baseline":
             return
@@ -76,11 +72,11 @@ class CompressionPhases:
                         f"smallest model of the search space ({small[0]} params, {small[1]} "
                         "FLOPs); raise the budget or shrink the space")
         if "pruned" in phases:
-            pruned_width(cfg, self.data.input_shape, self.data.num_classes, limits)
+            pruned_width(cfg, self.run.data.input_shape, self.run.data.num_classes, limits)
 
-    def _casd_hook(self, space: Any, total: int) -> Callable[[dict], dict[str, Any]]:
+    def casd_hook(self, space: Any, total: int) -> Callable[[dict], dict[str, Any]]:
         """CASD between search rounds (a no-op unless ``compression.casd-every``)."""
-        every = self.cfg.compression.casd_every
+        every = self.run.cfg.compression.casd_every
         if not every:
             return lambda state: {}
         from fednas.compression.casd import casd_step
@@ -89,73 +85,73 @@ class CompressionPhases:
 
         def hook(state: dict) -> dict[str, Any]:
             # server_eval of round r runs before r is logged (also after a resume)
-            rnd = 1 + sum(m["phase"] == "search" for m in self.rundir.metrics)
+            rnd = 1 + sum(m["phase"] == "search" for m in self.run.rundir.metrics)
             if rnd % every or rnd >= total:
                 return {}
-            return casd_step(client.make_space(self.cfg), state, limits, self.cfg,
-                             self._proxy(), self.device)
+            return casd_step(client.make_space(self.run.cfg), state, limits, self.run.cfg,
+                             self._proxy(), self.run.device)
 
         return hook
 
     # -- shared pieces -------------------------------------------------------------------
     def _proxy(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n = self.cfg.compression.proxy_samples
-        x, y = self._split("val")
+        n = self.run.cfg.compression.proxy_samples
+        x, y = self.run._split("val")
         return (x[:n], y[:n]) if n else (x, y)
 
     def _limits(self) -> tuple[tuple[int | None, int | None], dict[str, Any]]:
-        cfg = self.cfg
+        cfg = self.run.cfg
         if cfg.compression.reference == "baseline":
             ref_model = client.build_fixed_model(cfg, {"kind": "baseline"})
-            reference = measured_cost(ref_model, self.data.input_shape)
+            reference = measured_cost(ref_model, self.run.data.input_shape)
         else:
-            reference = self.trained_supernet().cost(self.genotype)
+            reference = self.run.trained_supernet().cost(self.run.genotype)
         limits = budget_limits(cfg, reference)
         return limits, {"reference": cfg.compression.reference,
                         "reference_params": reference[0], "reference_flops": reference[1],
                         "limit_params": limits[0], "limit_flops": limits[1]}
 
     def _record(self) -> dict[str, Any]:
-        path = self.rundir.path / RECORD_FILE
+        path = self.run.rundir.path / RECORD_FILE
         return json.loads(path.read_text()) if path.exists() else {}
 
     def _save_record(self, **entries: Any) -> None:
-        self.rundir.write_json(RECORD_FILE, {**self._record(), **entries})
+        self.run.rundir.write_json(RECORD_FILE, {**self._record(), **entries})
 
     def student_genotype(self) -> Genotype:
         """The architecture derived under the budget (derived once, then read from the run)."""
-        path = self.rundir.path / STUDENT_FILE
+        path = self.run.rundir.path / STUDENT_FILE
         if path.exists():
             return load_genotype(path)
         t0 = time.perf_counter()
         limits, budget = self._limits()
-        genotype, derivation = derive_student(self.trained_supernet(), limits, self.cfg,
-                                              self._proxy(), self.device)
+        genotype, derivation = derive_student(self.run.trained_supernet(), limits, self.run.cfg,
+                                              self._proxy(), self.run.device)
         save_genotype(genotype, path)
         self._save_record(budget=budget, derivation={
             **derivation, "wall_s": time.perf_counter() - t0})
-        self.console.print(f"\\[compress] derived under budget: {derivation['params']} params "
+        self.run.console.print(f"\\[compress] derived under budget: {derivation['params']} params "
                            f"(limit {limits[0]}), {derivation['flops']} FLOPs "
                            f"(limit {limits[1]})")
         return genotype
 
     def _test(self, model: torch.nn.Module) -> dict[str, float]:
-        result = evaluate(model, self._split("test"), batch_size=self.cfg.runtime.eval_batch_size,
-                          device=self.device)
+        result = evaluate(model, self.run._split("test"),
+                          batch_size=self.run.cfg.runtime.eval_batch_size, device=self.run.device)
         return {"test_acc": result["eval_acc"], "test_loss": result["eval_loss"]}
 
     def _teacher(self) -> tuple[torch.nn.Module, dict[str, Any]]:
-        cfg = self.cfg
+        cfg = self.run.cfg
         if cfg.compression.teacher == "searched":
-            model = client.build_fixed_model(cfg, {"kind": "subnet", "genotype": self.genotype})
-            model.load_state_dict(torch.load(self.rundir.path / "searched.pt")["state_dict"])
-            entry = {k: self.models["searched"][k] for k in ("test_acc", "params", "flops")}
-            return model.to(self.device), {"kind": "searched", **entry}
-        supernet = self.trained_supernet().to(self.device)
+            model = client.build_fixed_model(cfg, {"kind": "subnet", "genotype": self.run.genotype})
+            model.load_state_dict(torch.load(self.run.rundir.path / "searched.pt")["state_dict"])
+            entry = {k: self.run.models["searched"][k] for k in ("test_acc", "params", "flops")}
+            return model.to(self.run.device), {"kind": "searched", **entry}
+        supernet = self.run.trained_supernet().to(self.run.device)
         supernet.set_shard(None)
         x, _ = self._proxy()
-        recalibrate_bn(supernet, x, batch_size=cfg.compression.batch_size, device=self.device)
-        params, flops = measured_cost(supernet, self.data.input_shape)
+        recalibrate_bn(supernet, x, batch_size=cfg.compression.batch_size, device=self.run.device)
+        params, flops = measured_cost(supernet, self.run.data.input_shape)
         return supernet, {"kind": "supernet", **self._test(supernet), "params": params,
                           "flops": flops}
 
@@ -166,24 +162,25 @@ class CompressionPhases:
             (result["params"], result["flops"]), (budget["limit_params"], budget["limit_flops"]))}
 
     # -- the phases ----------------------------------------------------------------------
-    def federated_compress(self, grid: Grid, done: list[str]) -> dict[str, Any]:
-        cfg, c = self.cfg, self.cfg.compression
+    def compress(self) -> dict[str, Any]:
+        cfg, c = self.run.cfg, self.run.cfg.compression
         genotype = self.student_genotype()
         spec = {"kind": "subnet", "genotype": genotype}
-        resuming = self.checkpoint is not None and self.checkpoint["phase"] == "compress"
+        checkpoint = self.run.state.checkpoint
+        resuming = checkpoint is not None and checkpoint["phase"] == "compress"
         init = None
         if not resuming:
             t0 = time.perf_counter()
             torch.manual_seed(cfg.seed + 4)
-            init = (self.trained_supernet().subnet(genotype) if c.inherit_weights
+            init = (self.run.trained_supernet().subnet(genotype) if c.inherit_weights
                     else client.build_fixed_model(cfg, spec))
-            init.to(self.device)
+            init.to(self.run.device)
             entry: dict[str, Any] = {"start": self._test(init)}
             if c.teacher != "none":
                 teacher, entry["teacher"] = self._teacher()
-                entry.update(distill_student(init, teacher, self._proxy(), cfg, self.device))
+                entry.update(distill_student(init, teacher, self._proxy(), cfg, self.run.device))
                 entry["after_distillation"] = self._test(init)
-                self.console.print(f"\\[compress] distilled from the {c.teacher}: test acc "
+                self.run.console.print(f"\\[compress] distilled from the {c.teacher}: test acc "
                                    f"{entry['start']['test_acc']:.4f} -> "
                                    f"{entry['after_distillation']['test_acc']:.4f}")
             entry["wall_s"] = time.perf_counter() - t0
@@ -198,8 +195,8 @@ class CompressionPhases:
             def wrap(base):
                 return FedDF(base, make_model, self._proxy()[0], steps=c.feddf_steps, lr=c.lr,
                              batch_size=c.batch_size, temperature=c.temperature,
-                             device=self.device, seed=cfg.seed + 43)
-        result = self.federated_train(grid, "compress", spec, done, init=init,
+                             device=self.run.device, seed=cfg.seed + 43)
+        result = self.run.train_fixed("compress", spec, init=init,
                                       rounds=c.fine_tune_rounds, wrap=wrap)
         distillation = self._record().get("distillation", {})
         return {**result, "genotype": genotype, **self._budget_entry(result),
@@ -207,25 +204,25 @@ class CompressionPhases:
                 "after_distillation_acc": distillation.get("after_distillation", {}).get(
                     "test_acc"), "feddf": c.feddf}
 
-    def federated_same_size(self, grid: Grid, done: list[str]) -> dict[str, Any]:
+    def same_size(self) -> dict[str, Any]:
         genotype = self.student_genotype()
         spec = {"kind": "subnet", "genotype": genotype}
-        result = self.federated_train(grid, "same-size", spec, done,
-                                      rounds=self.cfg.compression.fine_tune_rounds)
+        result = self.run.train_fixed("same-size", spec,
+                                      rounds=self.run.cfg.compression.fine_tune_rounds)
         return {**result, "genotype": genotype, **self._budget_entry(result)}
 
-    def federated_pruned(self, grid: Grid, done: list[str]) -> dict[str, Any]:
-        cfg = self.cfg
+    def pruned(self) -> dict[str, Any]:
+        cfg = self.run.cfg
         limits, budget = self._limits()
-        width = pruned_width(cfg, self.data.input_shape, self.data.num_classes, limits)
+        width = pruned_width(cfg, self.run.data.input_shape, self.run.data.num_classes, limits)
         spec = {"kind": "baseline", "width": width}
-        trained = self.rundir.path / "baseline.pt"
+        trained = self.run.rundir.path / "baseline.pt"
         init, source = None, "scratch"
-        if "baseline" in done and trained.exists():
+        if "baseline" in self.run.state.done and trained.exists():
             full = client.build_fixed_model(cfg, {"kind": "baseline"})
             full.load_state_dict(torch.load(trained)["state_dict"])
             init, source = prune_cnn(full, width), "trained baseline"
-        result = self.federated_train(grid, "pruned", spec, done, init=init,
+        result = self.run.train_fixed("pruned", spec, init=init,
                                       rounds=cfg.compression.fine_tune_rounds)
         return {**result, "width": width, "pruned_from": source, "budget": budget,
                 "within_budget": within((result["params"], result["flops"]), limits)}

@@ -1,9 +1,13 @@
-"""The federated pipeline on a Flower Grid: FedNAS search → derived subnet FedAvg → baseline.
+"""The federated runner on a Flower Grid: the scenario's phases as Flower rounds.
 
 Runs inside a ServerApp (``simulations/server_app.py``). It owns the round loop (instead of
-``Strategy.start``; :mod:`simulations.round_loop`) so that it can log every round, evaluate
-server-side, checkpoint, and resume from a checkpoint to exactly the result of an
-uninterrupted run.
+``Strategy.start``; :class:`simulations.round_loop.RoundLoop`) so that it can log every
+round, evaluate server-side, checkpoint, and resume from a checkpoint to exactly the result
+of an uninterrupted run. The phases (:mod:`simulations.phases`) call its primitives:
+:meth:`FederatedPipeline.search` (FedNAS rounds) and :meth:`FederatedPipeline.train_fixed`
+(FedAvg rounds of a fixed model); the compression phases work through
+:attr:`FederatedPipeline.compression`, the meta phase's Flower rounds through
+:attr:`FederatedPipeline.meta`.
 """
 
 from __future__ import annotations
@@ -15,157 +19,115 @@ from typing import Any
 import torch
 from flwr.serverapp import Grid
 
+from fednas.data.partition import partition_stats
 from fednas.federated import client
 from fednas.federated.ema import ModelEMA
 from fednas.federated.server_opt import STAT_SUFFIXES
 from fednas.models.flops import count_flops, count_params
 from fednas.reporting.checkpoint import load_checkpoint
-from fednas.reporting.plots import plot_alpha_evolution, plot_fedex_theta
+from fednas.reporting.plots import plot_alpha_evolution, plot_curves, plot_fedex_theta
 from fednas.reporting.rundir import RunDir
 from fednas.spaces.base import Genotype, save_genotype
+from fednas.spaces.stats import alpha_columns, alpha_entropy, alpha_snapshot, random_genotype
 from fednas.training.train import evaluate, recalibrate_bn
-from simulations.compression_phases import CompressionPhases
+from fednas.version import __version__
+from simulations.compression_phases import Compression
 from simulations.handshake import wait_for_nodes
 from simulations.meta_rounds import MetaRounds
-from simulations.phase_strategy import phase_strategy
-from simulations.pipeline import (
-    Pipeline,
-    alpha_columns,
-    alpha_entropy,
-    alpha_snapshot,
-    random_genotype,
-)
+from simulations.phase_strategy import check_strategy, phase_strategy
 from simulations.round_loop import RoundLoop, RunPaused
+from simulations.runner import MODEL_NAME, Runner
+from strategies.dp import privacy_summary
 
 PHASE_SEED = {"baseline": 1, "retrain": 2, "random": 3, "compress": 4, "same-size": 5,
               "pruned": 6}
-MODEL_NAME = {"retrain": "searched", "random": "random", "baseline": "baseline",
-              "compress": "distilled", "same-size": "same_size", "pruned": "pruned"}
 
 
-class FederatedPipeline(RoundLoop, MetaRounds, CompressionPhases, Pipeline):
+class FederatedPipeline(Runner):
     """Federated run of a :class:`RunConfig` (``mode = "federated"``).
 
     ``stop_after = (phase, k)`` pauses the run after round ``k`` of ``phase``: it writes a
-    checkpoint and returns without a summary; :func:`simulations.simulation.run_federated` with
-    ``resume_dir`` continues it (successive halving advances runs this way).
+    checkpoint and returns without a summary; :func:`simulations.simulation.run_federated`
+    with ``resume_dir`` continues it (successive halving advances runs this way).
     """
 
     def __init__(self, cfg, console=None, resume_dir: Path | None = None,
                  stop_after: tuple[str, int] | None = None) -> None:
         super().__init__(cfg, console)
         self.resume_dir = resume_dir
-        self.stop_after = stop_after
-        self.accountant = None
+        self.state.stop_after = stop_after
         if cfg.privacy.mode == "central":
             from fednas.privacy.mechanism import PrivacyAccountant
 
-            self.accountant = PrivacyAccountant()
-        self.privacy_stop: dict[str, Any] | None = None
-        self.checkpoint: dict[str, Any] | None = None
-        self.prior_elapsed: dict[str, float] = {}  # phase seconds run before a resume
+            self.state.accountant = PrivacyAccountant()
         self.result: tuple[Path, dict[str, Any]] | None = None
         self.error: BaseException | None = None
-        self.progress = None
+        self.compression = Compression(self)
+        self.meta = MetaRounds(self)
+        self.loop = RoundLoop(cfg.federation, cfg.privacy.epsilon_budget, self.console,
+                              self.state)
 
     # -- server-side setup ---------------------------------------------------------------
     def prepare(self) -> None:
+        check_strategy(self.cfg)  # federation.strategy names a registered FedNAS strategy
         super().prepare()
-        self.check_budget()
 
     def open_run_dir(self) -> None:
+        state = self.state
         if self.resume_dir is None:
-            self.rundir = RunDir(self.cfg.runtime.out_dir, self.cfg.name)
+            state.rundir = RunDir(self.cfg.runtime.out_dir, self.cfg.name)
             self.rundir.write_config(self.cfg)
-            from fednas.data.partition import partition_stats
-
             self.rundir.write_json("partitions.json", partition_stats(
                 self.parts, self.data.train_y.numpy(), self.data.num_classes))
         else:
-            self.rundir = RunDir.reopen(self.resume_dir)
-            self.checkpoint = load_checkpoint(self.resume_dir)
-            self.rundir.truncate_metrics(self.checkpoint["metrics_count"])
-            self.models = self.checkpoint["models"]
-            self.timings = self.checkpoint["timings"]
-            if self.accountant is not None:
-                self.accountant.load_state_dict(self.checkpoint["accountant"])
-            self.privacy_stop = self.checkpoint.get("privacy_stop")
+            state.rundir = RunDir.reopen(self.resume_dir)
+            ck = state.checkpoint = load_checkpoint(self.resume_dir)
+            self.rundir.truncate_metrics(ck["metrics_count"])
+            state.models, state.timings = ck["models"], ck["timings"]
+            if state.accountant is not None:
+                state.accountant.load_state_dict(ck["accountant"])
+            state.privacy_stop = ck.get("privacy_stop")
+            state.done = list(ck.get("phases_done", []))
+            state.genotype = ck.get("genotype")
         self.console.print(f"[bold]fednas[/] run dir: {self.rundir.path}")
 
     def wait_for_nodes(self, grid: Grid) -> dict[int, int]:
         """Wait until every client node registered; map node id -> partition id."""
-        f = self.cfg.federation
-        return wait_for_nodes(grid, self.cfg.partition.num_clients, f.node_wait)
+        return wait_for_nodes(grid, self.cfg.partition.num_clients, self.cfg.federation.node_wait)
 
     # -- the run ---------------------------------------------------------------------------
     def run_on_grid(self, grid: Grid) -> tuple[Path, dict[str, Any]]:
         """Every phase of the scenario, on ``grid``; returns the run dir and summary."""
+        self.grid = grid
         self.open_run_dir()
         self.node_partitions = self.wait_for_nodes(grid)
         try:
-            return self._phases(grid)
+            self.walk()
         except RunPaused as paused:
             phase, rnd = paused.args
             self.result = (self.rundir.path, {"paused": {"phase": phase, "round": rnd},
                                               "run_dir": str(self.rundir.path)})
             return self.result
-
-    def _phases(self, grid: Grid) -> tuple[Path, dict[str, Any]]:
-        cfg = self.cfg
-        ck = self.checkpoint or {}
-        done = ck.get("phases_done", [])
-        self.genotype: Genotype | None = ck.get("genotype")
-        if "search" in cfg.phases:
-            if "search" not in done:
-                self.genotype = self.federated_search(grid)
-                done = [*done, "search"]
-            if "retrain" in cfg.phases and "retrain" not in done:
-                spec = {"kind": "subnet", "genotype": self.genotype}
-                self.models["searched"] = self.federated_train(grid, "retrain", spec, done)
-                done = [*done, "retrain"]
-            if "random" in cfg.phases and "random" not in done:
-                genotype = random_genotype(client.make_space(cfg), cfg.seed)
-                spec = {"kind": "subnet", "genotype": genotype}
-                self.models["random"] = self.federated_train(grid, "random", spec, done)
-                self.models["random"]["genotype"] = genotype
-                done = [*done, "random"]
-            done = self.compression_phases(grid, done, ("compress", "same-size"))
-        if "baseline" in cfg.phases and "baseline" not in done:
-            self.models["baseline"] = self.federated_train(grid, "baseline",
-                                                           {"kind": "baseline"}, done)
-            done = [*done, "baseline"]
-        done = self.compression_phases(grid, done, ("pruned",))
-        if "meta" in cfg.phases and "meta" not in done:
-            from fednas.meta.phase import pipeline_meta
-
-            train = (lambda: self.federated_meta(grid, done)) if cfg.meta.clients else None
-            self.meta_result = pipeline_meta(self, train)  # meta.clients: Flower rounds
-            done = [*done, "meta"]
-        summary = self.write_summary(self.genotype)
-        self.result = (self.rundir.path, summary)
+        self.result = (self.rundir.path, self.write_summary())
         return self.result
 
-    def write_summary(self, genotype: Genotype | None) -> dict[str, Any]:
-        from fednas.reporting.plots import plot_curves
-        from fednas.version import __version__
-
+    def write_summary(self) -> dict[str, Any]:
+        cfg, f = self.cfg, self.cfg.federation
         summary = {
-            "scenario": self.cfg.name, "seed": self.cfg.seed, "mode": "federated",
+            "scenario": cfg.name, "seed": cfg.seed, "mode": "federated",
             "dataset": self.data.describe(), "device": str(self.device), "models": self.models,
-            "genotype": genotype, "timings": self.timings, "run_dir": str(self.rundir.path),
-            "rounds": {"search": self.cfg.federation.rounds,
-                       "train": self.cfg.federation.subnet_rounds,
-                       "fine_tune": self.cfg.compression.fine_tune_rounds
-                       or self.cfg.federation.subnet_rounds},
+            "genotype": self.genotype, "timings": self.timings,
+            "run_dir": str(self.rundir.path),
+            "rounds": {"search": f.rounds, "train": f.subnet_rounds,
+                       "fine_tune": cfg.compression.fine_tune_rounds or f.subnet_rounds},
             "versions": {"fednas": __version__, "torch": torch.__version__},
         }
-        from strategies.dp import privacy_summary
-
         rounds = sum(1 for m in self.rundir.metrics if "clients_ok" in m)
-        privacy = privacy_summary(self.cfg, self.accountant, rounds, self.privacy_stop)
+        privacy = privacy_summary(cfg.privacy, self.state.accountant, rounds,
+                                  self.state.privacy_stop)
         if privacy is not None:
             summary["privacy"] = privacy
-        if getattr(self, "meta_result", None) is not None:
+        if self.meta_result is not None:
             summary["meta"] = self.meta_result
         self.rundir.write_json("summary.json", summary)
         plot_curves(self.rundir.metrics, self.rundir.path / "plots", unit="round")
@@ -174,22 +136,25 @@ class FederatedPipeline(RoundLoop, MetaRounds, CompressionPhases, Pipeline):
 
     def elapsed(self, phase: str, t0: float) -> float:
         """Seconds of ``phase`` since ``t0``, plus those it ran before a resume."""
-        return self.prior_elapsed.get(phase, 0.0) + time.perf_counter() - t0
+        return self.state.prior_elapsed.get(phase, 0.0) + time.perf_counter() - t0
 
     def _server_test(self) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.cfg.federation.server_eval_samples
         x, y = self._split("test")
         return (x[:n], y[:n]) if n else (x, y)
 
-    def federated_search(self, grid: Grid) -> Genotype:
+    # -- the primitives of the phases
+    def search(self) -> Genotype:
+        """FedNAS rounds over supernet shards; the aggregated supernet's genotype."""
         cfg, f, s = self.cfg, self.cfg.federation, self.cfg.search
         t0 = time.perf_counter()
         space = client.make_space(cfg)
-        strategy = phase_strategy(cfg, "search", space, self.node_partitions, self.accountant)
+        strategy = phase_strategy(cfg, "search", space, self.node_partitions,
+                                  self.state.accountant)
         test = self._server_test()
         proxy = self.data.val_x[: f.bn_calibration_samples]  # server-side split, no client's
 
-        casd = self._casd_hook(space, f.rounds)
+        casd = self.compression.casd_hook(space, f.rounds)
 
         def server_eval(state: dict[str, torch.Tensor]) -> dict[str, Any]:
             record = casd(state)  # CASD (compression.casd-every) updates α in place
@@ -203,8 +168,8 @@ class FederatedPipeline(RoundLoop, MetaRounds, CompressionPhases, Pipeline):
                     "genotype": genotype, "alpha_entropy": alpha_entropy(space),
                     "alpha": alpha_snapshot(space), **record}
 
-        state = self._rounds(grid, "search", strategy, space.state_dict(), f.rounds,
-                             (s.lr, s.lr_min), {}, server_eval, [])
+        state = self.loop.run(self.grid, "search", strategy, space.state_dict(), f.rounds,
+                              (s.lr, s.lr_min), {}, server_eval)
         space.load_state_dict(state)
         genotype = space.genotype()
         save_genotype(genotype, self.rundir.path / "genotype.json")
@@ -216,6 +181,13 @@ class FederatedPipeline(RoundLoop, MetaRounds, CompressionPhases, Pipeline):
         self.search_state = state
         return genotype
 
+    def random_genotype(self) -> Genotype:
+        return random_genotype(client.make_space(self.cfg), self.cfg.seed)
+
+    def meta_rounds(self) -> Any:
+        """With ``meta.clients``, the meta models are meta-trained by Flower rounds."""
+        return self.meta.train if self.cfg.meta.clients else None
+
     def trained_supernet(self) -> Any:
         """The aggregated supernet of this run's search (from memory or supernet.pt)."""
         space = client.make_space(self.cfg)
@@ -223,9 +195,9 @@ class FederatedPipeline(RoundLoop, MetaRounds, CompressionPhases, Pipeline):
                               or torch.load(self.rundir.path / "supernet.pt")["state_dict"])
         return space
 
-    def federated_train(self, grid: Grid, phase: str, spec: dict[str, Any],
-                        done: list[str], init: torch.nn.Module | None = None,
-                        rounds: int = 0, wrap: Any = None) -> dict[str, Any]:
+    def train_fixed(self, phase: str, spec: dict[str, Any], *,
+                    init: torch.nn.Module | None = None, rounds: int = 0,
+                    wrap: Any = None) -> dict[str, Any]:
         """FedAvg of a fixed model (derived subnet or baseline) for ``subnet-rounds``.
 
         ``init`` gives the initial weights (a model built from ``spec``), ``rounds`` overrides
@@ -240,8 +212,8 @@ class FederatedPipeline(RoundLoop, MetaRounds, CompressionPhases, Pipeline):
         elif phase in ("retrain", "random") and r.inherit_weights and not (r.channels
                                                                            or r.layers):
             model = self.trained_supernet().subnet(spec["genotype"])
-        strategy = phase_strategy(cfg, phase, None, self.node_partitions, self.accountant,
-                                  wrap=wrap)
+        strategy = phase_strategy(cfg, phase, None, self.node_partitions,
+                                  self.state.accountant, wrap=wrap)
         test = self._server_test()
         extra = {"model": client.encode_spec(spec)}
 
@@ -262,9 +234,9 @@ class FederatedPipeline(RoundLoop, MetaRounds, CompressionPhases, Pipeline):
 
         lr_end = 0.0 if r.schedule == "cosine" else r.lr
         ema = ModelEMA(f.ema_decay) if f.ema_decay > 0 else None
-        state = self._rounds(grid, phase, strategy, model.state_dict(),
-                             rounds or f.subnet_rounds, (r.lr, lr_end), extra, server_eval, done,
-                             ema=ema)
+        state = self.loop.run(self.grid, phase, strategy, model.state_dict(),
+                              rounds or f.subnet_rounds, (r.lr, lr_end), extra, server_eval,
+                              ema=ema)
         if ema is not None and ema.updates:  # the average is the phase's model
             state = ema.state
         model.load_state_dict(state)

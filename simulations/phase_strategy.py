@@ -1,5 +1,5 @@
-"""The strategy of one federated phase: FedNAS (search or FedAvg training), with the
-scenario's server optimiser, central DP and FedEx wrapper."""
+"""The strategy of one federated phase: ``federation.strategy`` (FedNAS by default; search or
+FedAvg training), with the scenario's server optimiser, central DP and FedEx wrapper."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from collections.abc import Callable
 from typing import Any
 
 from fednas.config.run_config import RunConfig
+from fednas.errors import ConfigError
 from fednas.spaces.base import SearchSpace
 from strategies.fednas import FedNAS
+from strategies.registry import strategy_class
 
 PHASE_OFFSET = {"search": 0, "retrain": 1, "random": 2, "baseline": 3, "compress": 4,
                 "same-size": 5, "pruned": 6}
@@ -26,6 +28,21 @@ def make_strategy(space: SearchSpace | None, cls: type[FedNAS] = FedNAS, **kwarg
         return cls(space, **kwargs)
     finally:
         flwr_log.setLevel(level)
+
+
+def check_strategy(cfg: RunConfig) -> type[FedNAS]:
+    """The class of ``federation.strategy``; :class:`ConfigError` naming the key when it is
+    unknown, not a FedNAS strategy, or combined with secure aggregation (whose rounds are
+    FedNAS's own)."""
+    name = cfg.federation.strategy
+    cls = strategy_class(name)
+    if not (isinstance(cls, type) and issubclass(cls, FedNAS)):
+        raise ConfigError(f"federation.strategy: {name!r} is registered as {cls!r}, not a "
+                          "subclass of strategies.fednas.FedNAS")
+    if cfg.privacy.secure_aggregation and cls is not FedNAS:
+        raise ConfigError(f"federation.strategy: {name!r} with privacy.secure-aggregation; "
+                          "secure aggregation runs FedNAS's own masked rounds (use fednas)")
+    return cls
 
 
 def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
@@ -47,7 +64,8 @@ def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
 
         dp = CentralDP(cfg.privacy, accountant, seed=cfg.seed + 31 + PHASE_OFFSET[phase])
     common = {"fraction_train": f.fraction_train, "min_train_nodes": f.min_fit_clients,
-              "server_lr": f.server_lr, "server_momentum": f.server_momentum, "dp": dp}
+              "server_lr": f.server_lr, "server_momentum": f.server_momentum, "dp": dp,
+              "cls": check_strategy(cfg)}
     if cfg.privacy.secure_aggregation:  # config validation rules out shards, DP and FedEx
         from strategies.secagg import SecAggFedNAS
 

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from fednas.config.run_config import RunConfig
 from fednas.errors import FedNASError
+from simulations.quiet import quiet_flower
 
 
 def backend_config(cfg: RunConfig) -> dict[str, Any]:
@@ -36,17 +37,6 @@ def backend_config(cfg: RunConfig) -> dict[str, Any]:
             "init_args": init}
 
 
-class QuietRunSimulationNotice(logging.Filter):
-    """Drops Flower's notice that ``run_simulation`` is deprecated in favour of ``flwr run``.
-
-    fednas runs in-process on purpose (its ServerApp holds the already validated pipeline);
-    ``flwr run .`` is supported as well (docs/flwr_run.md). Every other record passes.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "`run_simulation` function is deprecated" not in record.getMessage()
-
-
 def run_federated(cfg: RunConfig, console: Console | None = None,
                   resume_dir: Path | None = None,
                   backend: dict[str, Any] | None = None,
@@ -68,9 +58,7 @@ def run_federated(cfg: RunConfig, console: Console | None = None,
     pipeline.prepare()
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    flwr_log = logging.getLogger("flwr")
-    if not any(isinstance(f, QuietRunSimulationNotice) for f in flwr_log.filters):
-        flwr_log.addFilter(QuietRunSimulationNotice())
+    quiet_flower()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Ray's notice about a future default; fednas relies on today's (num_gpus=0 hides GPUs).
     warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")

@@ -145,15 +145,14 @@ def _norm_stats(prefix: str, norms: list[float], bound: float) -> dict[str, floa
             else 0.0}
 
 
-def privacy_summary(cfg: Any, accountant: PrivacyAccountant | None, rounds: int,
+def privacy_summary(p: Any, accountant: PrivacyAccountant | None, rounds: int,
                     stopped: dict[str, Any] | None) -> dict[str, Any] | None:
     """The ``privacy`` entry of summary.json (None without DP).
 
     Central: ε(δ) of the run's RDP accountant. Local: each client's per-round (ε, δ) release
     and the basic-composition bound over all ``rounds`` (R·ε, R·δ; a client that skipped
-    rounds released less).
+    rounds released less). ``p`` is the scenario's ``[privacy]`` section.
     """
-    p = cfg.privacy
     if p.mode == "central" and accountant is not None:
         return {"mode": "central",
                 "epsilon": accountant.epsilon(p.delta) if accountant.steps else None,

@@ -16,10 +16,11 @@ from flwr.app import ArrayRecord, Message, MetricRecord
 from torch import nn
 
 from fednas.training.distill import distill
+from strategies.base import StrategyWrapper
 from strategies.fednas import FedNAS
 
 
-class FedDF:
+class FedDF(StrategyWrapper):
     """Wrap a fixed-model :class:`FedNAS` strategy with FedDF's server-side distillation.
 
     Parameters
@@ -42,7 +43,7 @@ class FedDF:
     def __init__(self, base: FedNAS, make_model: Callable[[], nn.Module], proxy_x: torch.Tensor,
                  *, steps: int, lr: float, batch_size: int, temperature: float,
                  device: torch.device, seed: int) -> None:
-        self.base = base
+        super().__init__(base)
         base.keep_client_states = True
         self.make_model = make_model
         self.proxy_x = proxy_x
@@ -51,8 +52,11 @@ class FedDF:
         self.device = device
         self.seed = seed
 
-    def __getattr__(self, name: str) -> Any:  # everything else is the base strategy's
-        return getattr(self.base, name)
+    def get_state(self) -> dict[str, Any]:  # nothing of its own: seeded per round
+        return self.base.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.base.set_state(state)
 
     def _model(self, state: dict[str, torch.Tensor]) -> nn.Module:
         model = self.make_model()

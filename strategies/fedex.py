@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 
 from fednas.tuning.fedex import FedEx
+from strategies.base import StrategyWrapper
 from strategies.fednas import FedNAS
 
 
-class FedExWrapper(Strategy):
+class FedExWrapper(StrategyWrapper):
     """Tune clients' local HPs with FedEx while ``base`` does the federated learning.
 
     Parameters
@@ -36,7 +36,7 @@ class FedExWrapper(Strategy):
     """
 
     def __init__(self, base: FedNAS, tuner: FedEx, seed: int = 0) -> None:
-        self.base = base
+        super().__init__(base)
         self.tuner = tuner
         self.rng = np.random.default_rng(seed)
         self._choices: dict[int, tuple[int, ...]] = {}
@@ -51,21 +51,7 @@ class FedExWrapper(Strategy):
         self.tuner.load_state_dict(state["tuner"])
         self.rng.bit_generator.state = state["rng"]
 
-    @property
-    def round_stats(self) -> dict[str, Any]:
-        return self.base.round_stats
-
-    @property
-    def placements(self) -> list[dict[str, int]]:
-        return self.base.placements
-
-    def summary(self) -> None:
-        self.base.summary()
-
-    def privacy_exhausted(self) -> bool:
-        return self.base.privacy_exhausted()
-
-    def fedex_record(self) -> dict[str, Any]:
+    def addon_record(self) -> dict[str, Any]:
         """θ per factor, its entropy and the current best config (for metrics.jsonl)."""
         return {"fedex_theta": [t.tolist() for t in self.tuner.theta()],
                 "fedex_entropy": self.tuner.entropy(), "fedex_best": self.tuner.best()}
@@ -105,15 +91,6 @@ class FedExWrapper(Strategy):
             self.tuner.update([self._choices[r[0]] for r in rows], [r[1] for r in rows],
                               [r[3] for r in rows], pre)
         return self.base.aggregate_train(server_round, replies)
-
-    # -- evaluation: the base strategy's ----------------------------------------------
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        return self.base.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
-                           ) -> MetricRecord | None:
-        return self.base.aggregate_evaluate(server_round, replies)
 
 
 def build_tuner(cfg: Any, phase: str) -> FedEx:

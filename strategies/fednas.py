@@ -1,6 +1,7 @@
 """FedNAS strategy: per-client supernet shards, masked sample-weighted aggregation of w and α.
 
-A thin :class:`flwr.serverapp.strategy.FedAvg` subclass. What it changes:
+A thin :class:`flwr.serverapp.strategy.FedAvg` subclass that implements the round loop's
+protocol (:class:`strategies.base.RoundStrategy`). What it changes:
 
 * **per-client messages**: each sampled client gets its own shard (Gumbel-top-s over
   softmax(α) per edge/layer) and only the shard's tensor regions;
@@ -44,6 +45,8 @@ from fednas.federated.shards import (
     slice_state,
 )
 from fednas.spaces.base import SearchSpace
+from strategies.base import RoundStrategy
+from strategies.registry import register_strategy
 from strategies.replies import PLACEMENT_KEYS, screen_replies
 
 SEARCH_ROUTE = "train.search"
@@ -51,7 +54,8 @@ TRAIN_ROUTE = "train"
 EVALUATE_ROUTE = "evaluate"
 
 
-class FedNAS(FedAvg):
+@register_strategy("fednas")
+class FedNAS(FedAvg, RoundStrategy):
     """Federated NAS over supernet shards (see the module docstring).
 
     Parameters
@@ -206,7 +210,7 @@ class FedNAS(FedAvg):
                                         alpha_keys=self.alpha_keys)
             self.round_stats.update(self.dp.last)
         else:
-            average = masked_weighted_mean(self._state, contributions)
+            average = self.average(self._state, contributions)
         new_state = self.server_opt.step(self._state, average)
         # seconds of the server's aggregation (DP: clipping, noise and accounting included)
         self.round_stats["agg_wall_s"] = time.perf_counter() - t0
@@ -214,6 +218,13 @@ class FedNAS(FedAvg):
         for key in ("partition-id", "diverged", "num-val", *PLACEMENT_KEYS):
             metrics.pop(key, None)
         return to_record(new_state), metrics
+
+    def average(self, state: dict[str, torch.Tensor], contributions: list[Contribution]
+                ) -> dict[str, torch.Tensor]:
+        """The aggregation rule without DP: every entry averaged over the clients that
+        trained it, weighted by their example counts. Subclasses change the rule here (the
+        server optimiser step and the bookkeeping around it stay)."""
+        return masked_weighted_mean(state, contributions)
 
     # -- evaluation --------------------------------------------------------------------
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

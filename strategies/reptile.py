@@ -2,7 +2,7 @@
 
 Each round every meta client (partition ids ``0 .. meta.clients - 1``, all of them, no
 sampling) gets the global meta-model and the task config on route ``train.meta``, runs its
-Reptile update on tasks of its own classes (:func:`simulations.meta_rounds.local_update`) and
+Reptile update on tasks of its own classes (:func:`fednas.meta.fedmeta_client.local_update`) and
 replies with its displacement Δ (one tensor per parameter) and its mean loss. The server
 steps θ ← θ + ε · mean Δ over the successful replies in partition order
 (:func:`fednas.meta.fedmeta.reptile_step`, the in-process path's step: a plain mean, since every
@@ -27,12 +27,13 @@ from flwr.supercore import log
 
 from fednas.federated.codec import to_record, to_state_dict
 from fednas.meta.fedmeta import mean_loss, reptile_step
+from strategies.base import RoundStrategy
 from strategies.replies import screen_replies
 
 META_ROUTE = "train.meta"
 
 
-class FedReptile(FedAvg):
+class FedReptile(FedAvg, RoundStrategy):
     """Federated Reptile (see the module docstring).
 
     Parameters

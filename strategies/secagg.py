@@ -1,7 +1,7 @@
 """FedNAS with secure aggregation: a training round as four Flower message stages.
 
-:meth:`SecAggFedNAS.secure_round` replaces ``configure_train → send_and_receive →
-aggregate_train`` (the round loop calls it when the strategy has it). The clients' side is
+:meth:`SecAggFedNAS.train_round` replaces the protocol's ``configure_train →
+send_and_receive → aggregate_train`` (:class:`strategies.base.RoundStrategy`). The clients' side is
 :mod:`simulations.secagg_client`, the wire format :mod:`fednas.privacy.secagg_wire`, the
 cryptography :mod:`fednas.privacy.secagg` and :mod:`fednas.privacy.secagg_server`.
 What the server holds: public keys, ciphertexts it cannot open, masked vectors that are
@@ -55,10 +55,10 @@ class SecAggFedNAS(FedNAS):
         self.secagg_clip = secagg_clip
 
     def aggregate_train(self, server_round: int, replies: Any) -> Any:
-        raise TypeError("SecAggFedNAS aggregates only masked updates: call secure_round")
+        raise TypeError("SecAggFedNAS aggregates only masked updates: call train_round")
 
     # -- the round -----------------------------------------------------------------------
-    def secure_round(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+    def train_round(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                      grid: Grid, timeout: float | None = None
                      ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """One training round under secure aggregation; (None, None) when it fails."""

@@ -18,6 +18,8 @@ from fednas.config.meta import MetaConfig
 from fednas.config.privacy import PrivacyConfig, check_alpha_clip, check_secagg
 from fednas.config.tools import apply_override, from_dict, option, parse_override, section
 from fednas.errors import ConfigError
+from fednas.plugins import import_plugins
+from fednas.plugins import resolve as resolve_plugin
 from fednas.registry import Registry
 from fednas.spaces.ops import DARTS_OPS, OPS
 from fednas.spaces.registry import SPACES
@@ -147,6 +149,8 @@ class FederationConfig:
     include_argmax: bool = option(True, doc="shards always hold the current best candidate")
     subnet_rounds: int = option(4, ge=0, doc="FedAvg rounds for the derived subnet and the "
                                              "hand-designed baseline")
+    strategy: str = option("fednas", doc="the server strategy by its registered name "
+                           "(strategies/registry.py): fednas, or one registered by a plugin")
     server_lr: float = option(1.0, gt=0.0, doc="server step on the averaged update "
                               "(FedAvgM; 1 with momentum 0 = FedAvg)")
     server_momentum: float = option(0.0, ge=0.0, lt=1.0, doc="server momentum (FedAvgM)")
@@ -185,6 +189,10 @@ class RuntimeConfig:
     out_dir: str = option("runs", doc="where run directories are created")
     progress: bool = option(True, doc="rich progress bars")
     eval_batch_size: int = option(1000, ge=1)
+    plugins: tuple[str, ...] = option((), doc="Python files (.py) or modules imported before "
+                                      "the scenario is checked and on every client: they "
+                                      "register search spaces, datasets, strategies or phases "
+                                      "(docs/extending.md)")
     message_pump: str = option("fednas", choices=("fednas", "flower"),
                                doc="federated runs under fednas run/sweep: how Flower's "
                                    "simulation engine hands the server's messages to the nodes; "
@@ -280,6 +288,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
                 ) -> RunConfig:
     """Load a scenario TOML file (or the defaults when ``path`` is None) plus overrides.
 
+    ``runtime.plugins`` are imported first (:mod:`fednas.plugins`): a relative ``.py`` path
+    is relative to the scenario file when the file names it, to the working directory when
+    an override does.
+
     Raises
     ------
     ConfigError
@@ -294,7 +306,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise ConfigError(f"scenario file not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        plugins = data.get("runtime", {}).get("plugins") if isinstance(
+            data.get("runtime"), dict) else None
+        if isinstance(plugins, list):  # a scenario's plugin files: relative to the scenario
+            data["runtime"]["plugins"] = [
+                str(path.parent / p) if isinstance(p, str) and p.endswith(".py")
+                and not Path(p).expanduser().is_absolute() else p for p in plugins]
     for text in overrides:
         key, value = parse_override(text)
         apply_override(data, key, value)
+    runtime = data.get("runtime")
+    plugins = runtime.get("plugins") if isinstance(runtime, dict) else None
+    if plugins is not None:  # imported first: they register names the checks below accept
+        if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+            raise ConfigError(f"runtime.plugins: a list of .py files or module names, not "
+                              f"{plugins!r}")
+        runtime["plugins"] = [resolve_plugin(p) for p in plugins]
+        import_plugins(runtime["plugins"])
     return from_dict(RunConfig, data)

@@ -7,7 +7,7 @@ the server's aggregation time and a fifth of a client's. :func:`to_state_dict` r
 header fields directly (``descr`` and ``fortran_order`` from the header, the shape from the
 Array) and falls back to Flower's own decoding for anything else; :func:`to_record` writes the
 same bytes ``np.save`` writes (format 1.0, header padded to 64 bytes). Both are checked
-against NumPy's own on many dtypes and shapes (``tests/test_arrays.py``).
+against NumPy's own on many dtypes and shapes (``tests/unit/federated/test_codec.py``).
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ phase with the same training settings (:mod:`fednas.meta.store`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,14 +173,3 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
     return {**result, "atnas": {k: {f: v for f, v in r.items() if f != "per_task"}
                                 for k, r in result["atnas"].items()}}
 
-
-def pipeline_meta(pipeline: Any, train: Callable[[], dict[str, Any]] | None = None
-                  ) -> dict[str, Any]:
-    """The meta phase at the end of a pipeline, timed; ``train()`` gives :func:`run_meta`'s
-    ``trained`` (a federated run's Flower rounds)."""
-    t0 = time.perf_counter()
-    trained = train() if train is not None else None
-    result = run_meta(pipeline.cfg, pipeline.rundir, pipeline.device, pipeline.console,
-                      trained)
-    pipeline.timings["meta"] = time.perf_counter() - t0
-    return result

@@ -79,6 +79,11 @@ class SearchSpace(nn.Module, ABC):
         """
         return dict.fromkeys(self.state_dict())
 
+    def candidate_names(self) -> list[str]:
+        """Names of the candidates along the last axis of every α tensor (plots, reports);
+        by default their indices. The cell space names its ops, the width space its widths."""
+        return [str(i) for i in range(self.arch_parameters()[0].shape[-1])]
+
     def weights(self) -> list[nn.Parameter]:
         """All trainable parameters that are not architecture parameters."""
         arch = {id(p) for p in self.arch_parameters()}

@@ -166,6 +166,9 @@ class CellSupernet(SearchSpace):
             offset += 2 + i
         return gene
 
+    def candidate_names(self) -> list[str]:
+        return list(self.op_names)
+
     def genotype(self) -> Genotype:
         w_normal, w_reduce = (w.detach().cpu() for w in self.edge_weights())
         concat = list(range(2, 2 + self.nodes))

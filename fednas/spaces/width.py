@@ -173,6 +173,9 @@ class SlimmableResNet(SearchSpace):
             "widths": widths,
         }
 
+    def candidate_names(self) -> list[str]:
+        return [str(c) for c in self.width_choices]
+
     def genotype(self) -> Genotype:
         """The argmax-α width fraction of every prunable layer."""
         return self._genotype([self.width_choices[int(a.argmax())] for a in self.alphas])

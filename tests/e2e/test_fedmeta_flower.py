@@ -135,7 +135,7 @@ class LocalGrid:
         return list(self.nodes)
 
     def send_and_receive(self, messages, *, timeout=None) -> list[Message]:
-        from simulations.meta_rounds import local_update
+        from fednas.meta.fedmeta_client import local_update
 
         replies = []
         for msg in messages:
@@ -204,9 +204,9 @@ def test_flower_simulation_matches_in_process(tmp_path):
 
 @pytest.mark.parametrize("space", ["cell", "width"])
 def test_clients_rebuild_the_searched_model_from_its_spec(tiny_overrides, tmp_path, space):
+    from fednas.meta.fedmeta_client import build_from_spec, model_spec
     from fednas.meta.models import initial_model, meta_space
     from fednas.spaces.base import load_genotype, save_genotype
-    from simulations.meta_rounds import build_from_spec, model_spec
 
     cfg = load_config(None, [*tiny_overrides, *meta_overrides(tmp_path), f'space.name="{space}"',
                              'phases=["search", "meta"]', 'meta.models=["searched"]'])

@@ -65,7 +65,7 @@ def test_import_prints_no_gym_notice():
 
 @pytest.mark.slow
 def test_meta_model_builders_leave_learn2learn_unimported():
-    code = ("import sys; from fednas.meta import fedmeta, models, phase; "
+    code = ("import sys; from fednas.meta import fedmeta, fedmeta_client, models, phase; "
             "from simulations import meta_rounds; "
             "from fednas.models.conv4 import Conv4; Conv4(input_shape=(1, 8, 8), num_classes=3); "
             "assert 'learn2learn' not in sys.modules, 'learn2learn imported'")

@@ -46,16 +46,18 @@ def test_logical_gpu_shares_set_concurrency_and_ids(tiny_overrides, gpus_per_cli
         assert all(r["cuda"] == 0 for r in rows)  # no CUDA: the device falls back to CPU
 
 
-def test_only_the_run_simulation_deprecation_notice_is_dropped():
+def test_only_flowers_deprecation_and_actor_shutdown_notices_are_dropped():
     import logging
 
-    from simulations.simulation import QuietRunSimulationNotice
+    from simulations.quiet import QuietFlowerNotices
 
     def record(message: str, *args) -> logging.LogRecord:
         return logging.LogRecord("flwr", logging.WARNING, __file__, 1, message, args, None)
 
-    quiet = QuietRunSimulationNotice()
+    quiet = QuietFlowerNotices()
     assert not quiet.filter(record("DEPRECATED FEATURE: %s", "The `run_simulation` function "
                                    "is deprecated and will be removed"))
     assert quiet.filter(record("DEPRECATED FEATURE: %s", "something else"))
     assert quiet.filter(record("client error dropped: %s", "boom"))
+    assert not quiet.filter(record("Manually terminating %s", "ClientAppActor"))
+    assert quiet.filter(record("Terminating the simulation: %s", "manually"))

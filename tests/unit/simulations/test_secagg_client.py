@@ -114,7 +114,7 @@ def test_server_holds_only_masked_vectors_and_decodes_fedavg_exactly():
     state, config = global_state(), ConfigRecord({"lr": 0.1})
     secure, plain = strategies(4, min_train_nodes=2)
     grid = LoopbackGrid()
-    arrays, metrics = secure.secure_round(1, ArrayRecord(state), config, grid, timeout=5.0)
+    arrays, metrics = secure.train_round(1, ArrayRecord(state), config, grid, timeout=5.0)
     expected, plain_metrics = plain_round(plain, state, config, set(range(4)))
     stats = secure.round_stats
     bound = stats["secagg_error_bound"]
@@ -154,7 +154,7 @@ def test_dropouts_after_sharing_and_after_masking_still_give_the_survivors_mean(
     state, config = global_state(), ConfigRecord({"lr": 0.1})
     secure, plain = strategies(5, threshold=0.55, min_train_nodes=2)
     grid = LoopbackGrid({wire.SHARE: {4}, wire.MASKED: {1}})  # U2 without 4, U3 without 1
-    arrays, _ = secure.secure_round(1, ArrayRecord(state), config, grid, timeout=5.0)
+    arrays, _ = secure.train_round(1, ArrayRecord(state), config, grid, timeout=5.0)
     expected, _ = plain_round(plain, state, config, {0, 2, 3})
     assert_close_within(arrays.to_torch_state_dict(), expected,
                         secure.round_stats["secagg_error_bound"])
@@ -168,13 +168,13 @@ def test_fewer_survivors_than_the_threshold_fail_the_round():
     secure, _ = strategies(3, min_train_nodes=1)
     config = ConfigRecord({"lr": 0.1, "diverge": [0]})  # partition 0 reports a NaN loss
     grid = LoopbackGrid({wire.MASKED: {1}})
-    arrays, metrics = secure.secure_round(1, ArrayRecord(state), config, grid)
+    arrays, metrics = secure.train_round(1, ArrayRecord(state), config, grid)
     assert arrays is None and metrics is None
     stats = secure.round_stats
     assert (stats["round_failed"], stats["clients_diverged"], stats["secagg_survivors"],
             stats["clients_ok"]) == (1, 1, 1, 1)
     assert not any(r.metadata.message_type == wire.UNMASK for r in grid.received)
-    with pytest.raises(TypeError, match="secure_round"):
+    with pytest.raises(TypeError, match="train_round"):
         secure.aggregate_train(1, [])
 
 
@@ -273,9 +273,9 @@ def no_plots(monkeypatch):
     def skip(*args, **kwargs):
         return None
 
-    for name in ("fednas.reporting.plots.plot_curves", "simulations.federated.plot_alpha_evolution",
-                 "simulations.federated.plot_fedex_theta", "simulations.pipeline.plot_alpha"):
-        monkeypatch.setattr(name, skip, raising=False)
+    for name in ("simulations.federated.plot_curves", "simulations.federated.plot_alpha_evolution",
+                 "simulations.federated.plot_fedex_theta", "simulations.runner.plot_alpha"):
+        monkeypatch.setattr(name, skip)
 
 
 def test_pipeline_with_secure_aggregation_matches_plain(tiny_overrides, tmp_path, no_plots):

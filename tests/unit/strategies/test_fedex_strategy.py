@@ -64,7 +64,7 @@ def test_low_validation_loss_configs_gain_probability_and_weights_still_aggregat
     theta = strategy.tuner.theta()[0]
     assert theta[1] > theta[0] > theta[2]
     np.testing.assert_allclose(theta.sum(), 1.0)
-    record = strategy.fedex_record()
+    record = strategy.addon_record()
     assert record["fedex_best"] == {"lr": 0.1}
 
 

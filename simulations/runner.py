@@ -1,0 +1,166 @@
+"""What both runners share: the run's state, its data and partitions, and the walk over
+its phases.
+
+:class:`simulations.pipeline.Pipeline` runs a scenario in one process,
+:class:`simulations.federated.FederatedPipeline` on a Flower grid; both are a
+:class:`Runner`: they load and check everything that can fail on bad input before the run
+dir exists (:meth:`Runner.prepare`), then walk the scenario's phases
+(:func:`simulations.phases.base.plan`), each of which calls the runner's primitives
+(``search``, ``train_fixed``, ``random_genotype``, ``meta_rounds``).
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from fednas.config.run_config import RunConfig
+from fednas.data.datasets import Dataset
+from fednas.data.partition import partition_indices
+from fednas.data.run_data import run_dataset
+from fednas.errors import ConfigError
+from fednas.reporting.plots import plot_alpha
+from fednas.reporting.rundir import RunDir
+from fednas.spaces.base import Genotype, SearchSpace
+from fednas.spaces.stats import alpha_columns, alpha_snapshot
+from fednas.training.train import resolve_device, seed_everything
+from simulations.phases import base as phases
+
+#: The file each fixed-model phase saves its model to (``<name>.pt``) and its summary entry.
+MODEL_NAME = {"retrain": "searched", "random": "random", "baseline": "baseline",
+              "compress": "distilled", "same-size": "same_size", "pruned": "pruned"}
+
+
+@dataclass
+class RunState:
+    """Everything a run knows besides its config and data: what phases add, and what a
+    federated checkpoint saves and a resume restores.
+
+    ``checkpoint`` is the checkpoint being resumed (consumed by the first phase it matches),
+    ``prior_elapsed`` the seconds each phase ran before a resume, ``stop_after`` the
+    ``(phase, round)`` to pause after.
+    """
+
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    done: list[str] = field(default_factory=list)
+    genotype: Genotype | None = None
+    meta_result: dict[str, Any] | None = None
+    rundir: RunDir | None = None
+    accountant: Any = None
+    privacy_stop: dict[str, Any] | None = None
+    meta_done: dict[str, Any] | None = None
+    checkpoint: dict[str, Any] | None = None
+    prior_elapsed: dict[str, float] = field(default_factory=dict)
+    stop_after: tuple[str, int] | None = None
+
+
+def make_progress(enabled: bool, console: Console) -> Any:
+    """A rich progress display, or a no-op context when disabled."""
+    if not enabled:
+        return nullcontext(None)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
+class Runner:
+    """A run of ``cfg``: its state (:class:`RunState`), data and phases (module docstring)."""
+
+    def __init__(self, cfg: RunConfig, console: Console | None = None) -> None:
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
+        self.state = RunState()
+        self.phases = phases.plan(cfg)
+        self.progress = None
+
+    # the parts of the state that phases read and write
+    @property
+    def models(self) -> dict[str, dict[str, Any]]:
+        return self.state.models
+
+    @property
+    def timings(self) -> dict[str, float]:
+        return self.state.timings
+
+    @property
+    def genotype(self) -> Genotype | None:
+        return self.state.genotype
+
+    @genotype.setter
+    def genotype(self, value: Genotype | None) -> None:
+        self.state.genotype = value
+
+    @property
+    def rundir(self) -> RunDir:
+        return self.state.rundir
+
+    @property
+    def meta_result(self) -> dict[str, Any] | None:
+        return self.state.meta_result
+
+    @meta_result.setter
+    def meta_result(self, value: dict[str, Any] | None) -> None:
+        self.state.meta_result = value
+
+    # -- preparation: everything that can fail on bad input happens before the run dir exists
+    def prepare(self) -> None:
+        """Load the data, partition it and run every phase's checks."""
+        cfg = self.cfg
+        if cfg.runtime.threads:
+            torch.set_num_threads(cfg.runtime.threads)
+        self.device = resolve_device(cfg.runtime.device)
+        self.generator = seed_everything(cfg.seed)
+        t0 = time.perf_counter()
+        self.data: Dataset = run_dataset(cfg)
+        n_train = len(self.data.train_y)
+        if cfg.partition.num_clients > n_train:
+            raise ConfigError(f"partition.num-clients: {cfg.partition.num_clients} clients but "
+                              f"only {n_train} training samples; allowed: 1..{n_train}")
+        if "search" in cfg.phases and len(self.data.val_y) < cfg.search.batch_size:
+            raise ConfigError(f"search.batch-size: {cfg.search.batch_size} exceeds the "
+                              f"{len(self.data.val_y)} validation samples; lower it or raise "
+                              "data.val-fraction")
+        labels = self.data.train_y.numpy()
+        p = cfg.partition
+        self.parts = partition_indices(labels, p.num_clients, p.scheme, alpha=p.alpha,
+                                       classes_per_client=p.classes_per_client, seed=cfg.seed,
+                                       min_size=p.min_partition_size)
+        for phase in self.phases:
+            phase.check(self)
+        self.timings["data"] = time.perf_counter() - t0
+
+    def walk(self) -> None:
+        """Run every phase of the plan not done yet (a resumed run skips the done ones)."""
+        for phase in self.phases:
+            if phase.name not in self.state.done:
+                phase.run(self)
+                self.state.done.append(phase.name)
+
+    def _split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self.data, f"{name}_x"), getattr(self.data, f"{name}_y")
+
+    def _plot_alpha(self, space: SearchSpace) -> None:
+        alphas = {k: np.asarray(v) for k, v in alpha_snapshot(space).items()}
+        plot_alpha(alphas, alpha_columns(space), self.rundir.path / "plots",
+                   row_label="edge" if space.space_name == "cell" else "prunable layer")
+
+    # -- primitives the phases call (each runner implements them its way)
+    def search(self) -> Genotype:
+        raise NotImplementedError
+
+    def train_fixed(self, phase: str, spec: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def random_genotype(self) -> Genotype:
+        raise NotImplementedError
+
+    def meta_rounds(self) -> Any:
+        """A callable giving the Flower-trained meta models, or None (meta-train in-process)."""
+        return None
