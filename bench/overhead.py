@@ -66,15 +66,16 @@ def run(overrides: list[str], out: Path) -> tuple[Path, float]:
 
 def local_loop(cfg_overrides: list[str], rounds: int, threads: int) -> float:
     """Seconds per round of the same client work run in-process, no Flower/Ray."""
-    from fednas.federated import client
+    from simulations.client_app import local_clients
     from strategies.fednas import FedNAS
 
     cfg = load_config(None, BASE + cfg_overrides)
     torch.set_num_threads(threads)
-    space = client.make_space(cfg)
+    clients = local_clients(cfg)
+    space = clients.make_space()
     strategy = FedNAS(space, shard_size=cfg.federation.shard_size, seed=cfg.seed)
     state = space.state_dict()
-    client.client_splits(cfg, 0)  # load data outside the timing, as the actors do in round 1
+    clients.splits(0)  # load data outside the timing, as the actors do in round 1
     times = []
     for rnd in range(1, rounds + 1):
         strategy._state = state
@@ -82,7 +83,7 @@ def local_loop(cfg_overrides: list[str], rounds: int, threads: int) -> float:
         for pid in range(cfg.partition.num_clients):
             masks, slices = strategy._shard()
             regions = {k: state[k] if s is None else state[k][s] for k, s in slices.items()}
-            client.search(cfg, pid, rnd, regions, masks, {"lr": cfg.search.lr})
+            clients.search(pid, rnd, regions, masks, {"lr": cfg.search.lr})
         times.append(time.perf_counter() - t0)
     return sum(times[1:]) / max(len(times) - 1, 1)
 

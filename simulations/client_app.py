@@ -17,11 +17,14 @@ shipped to Ray workers by value) or, under ``flwr run .``, from the run config.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from flwr.app import Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fednas.config.run_config import RunConfig
+from fednas.data.run_data import run_dataset
 from fednas.federated import client
 from fednas.federated.codec import to_record, to_state_dict
 from fednas.federated.shards import decode_masks
@@ -29,6 +32,20 @@ from fednas.plugins import import_plugins
 from simulations import secagg_client as secagg_flow
 from simulations.local_dp import make_local_dp_mod
 from simulations.quiet import quiet_flower
+
+
+def client_setup(cfg: RunConfig) -> client.ClientSetup:
+    """The sections of ``cfg`` that client work reads."""
+    return client.ClientSetup(seed=cfg.seed, partition=cfg.partition, space=cfg.space,
+                              search=cfg.search, retrain=cfg.retrain, baseline=cfg.baseline,
+                              federation=cfg.federation,
+                              eval_batch_size=cfg.runtime.eval_batch_size)
+
+
+@lru_cache(maxsize=2)
+def local_clients(cfg: RunConfig) -> client.LocalClients:
+    """This process's clients of scenario ``cfg`` (dataset and partitions loaded once)."""
+    return client.LocalClients(client_setup(cfg), lambda: run_dataset(cfg))
 
 
 def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
@@ -62,9 +79,10 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         threads(run_cfg)
         conf = msg.content["config"]
         regions = to_state_dict(msg.content["arrays"])
-        masks = decode_masks(list(conf["shard"]), list(client.arch_shapes(run_cfg)))
-        out, metrics = client.search(run_cfg, int(conf["partition-id"]),
-                                     int(conf["server-round"]), regions, masks, dict(conf))
+        clients = local_clients(run_cfg)
+        masks = decode_masks(list(conf["shard"]), list(clients.arch_shapes))
+        out, metrics = clients.search(int(conf["partition-id"]), int(conf["server-round"]),
+                                      regions, masks, dict(conf))
         return Message(RecordDict({"arrays": to_record(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
 
@@ -73,10 +91,10 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         run_cfg = resolve(context)
         threads(run_cfg)
         conf = msg.content["config"]
-        out, metrics = client.train(run_cfg, int(conf["partition-id"]),
-                                    int(conf["server-round"]),
-                                    to_state_dict(msg.content["arrays"]),
-                                    client.decode_spec(str(conf["model"])), dict(conf))
+        out, metrics = local_clients(run_cfg).train(
+            int(conf["partition-id"]), int(conf["server-round"]),
+            to_state_dict(msg.content["arrays"]), client.decode_spec(str(conf["model"])),
+            dict(conf))
         return Message(RecordDict({"arrays": to_record(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
 
@@ -108,12 +126,12 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         def local(regions: dict[str, torch.Tensor], conf: dict) -> tuple[dict, dict]:
             pid, rnd = int(conf["partition-id"]), int(conf["server-round"])
             if conf["secagg-route"] == "train.search":
-                masks = decode_masks(list(conf["shard"]), list(client.arch_shapes(run_cfg)))
-                return client.search(run_cfg, pid, rnd, regions, masks, conf)
-            return client.train(run_cfg, pid, rnd, regions,
-                                client.decode_spec(str(conf["model"])), conf)
+                masks = decode_masks(list(conf["shard"]), list(clients.arch_shapes))
+                return clients.search(pid, rnd, regions, masks, conf)
+            return clients.train(pid, rnd, regions, client.decode_spec(str(conf["model"])), conf)
 
-        norm = len(client.dataset(run_cfg).train_y)  # public: every client knows N
+        clients = local_clients(run_cfg)
+        norm = len(clients.data.train_y)  # public: every client knows N
         return Message(secagg_flow.masked_input(msg.content, context.state, local, norm),
                        reply_to=msg)
 
@@ -126,7 +144,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         run_cfg = resolve(context)
         threads(run_cfg)
         conf = msg.content["config"]
-        metrics = client.evaluate_local(run_cfg, int(conf["partition-id"]),
+        metrics = local_clients(run_cfg).evaluate(int(conf["partition-id"]),
                                         to_state_dict(msg.content["arrays"]),
                                         client.decode_spec(str(conf["model"])))
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

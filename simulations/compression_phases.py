@@ -32,7 +32,6 @@ from fednas.compression.student import (
     within,
 )
 from fednas.errors import ConfigError
-from fednas.federated import client
 from fednas.spaces.base import Genotype, load_genotype, save_genotype
 from fednas.training.train import evaluate, recalibrate_bn
 
@@ -64,7 +63,7 @@ class Compression:
         if phases & {"compress", "same-size"}:
             from fednas.compression.budget import smallest_cost
 
-            small = smallest_cost(client.make_space(cfg))
+            small = smallest_cost(self.run.make_space())
             for key, lim, low in zip(("params", "flops"), limits, small, strict=True):
                 if lim is not None and lim < low:
                     raise ConfigError(
@@ -72,7 +71,8 @@ class Compression:
                         f"smallest model of the search space ({small[0]} params, {small[1]} "
                         "FLOPs); raise the budget or shrink the space")
         if "pruned" in phases:
-            pruned_width(cfg, self.run.data.input_shape, self.run.data.num_classes, limits)
+            data = self.run.data
+            pruned_width(cfg.baseline.width, data.input_shape, data.num_classes, limits)
 
     def casd_hook(self, space: Any, total: int) -> Callable[[dict], dict[str, Any]]:
         """CASD between search rounds (a no-op unless ``compression.casd-every``)."""
@@ -88,8 +88,10 @@ class Compression:
             rnd = 1 + sum(m["phase"] == "search" for m in self.run.rundir.metrics)
             if rnd % every or rnd >= total:
                 return {}
-            return casd_step(client.make_space(self.run.cfg), state, limits, self.run.cfg,
-                             self._proxy(), self.run.device)
+            cfg = self.run.cfg
+            return casd_step(self.run.make_space(), state, limits, cfg.compression, cfg.retrain,
+                             cfg.seed, self._proxy(), self.run.device,
+                             cfg.runtime.eval_batch_size)
 
         return hook
 
@@ -102,11 +104,11 @@ class Compression:
     def _limits(self) -> tuple[tuple[int | None, int | None], dict[str, Any]]:
         cfg = self.run.cfg
         if cfg.compression.reference == "baseline":
-            ref_model = client.build_fixed_model(cfg, {"kind": "baseline"})
+            ref_model = self.run.fixed_model({"kind": "baseline"})
             reference = measured_cost(ref_model, self.run.data.input_shape)
         else:
             reference = self.run.trained_supernet().cost(self.run.genotype)
-        limits = budget_limits(cfg, reference)
+        limits = budget_limits(cfg.compression, reference)
         return limits, {"reference": cfg.compression.reference,
                         "reference_params": reference[0], "reference_flops": reference[1],
                         "limit_params": limits[0], "limit_flops": limits[1]}
@@ -125,8 +127,10 @@ class Compression:
             return load_genotype(path)
         t0 = time.perf_counter()
         limits, budget = self._limits()
-        genotype, derivation = derive_student(self.run.trained_supernet(), limits, self.run.cfg,
-                                              self._proxy(), self.run.device)
+        cfg = self.run.cfg
+        genotype, derivation = derive_student(self.run.trained_supernet(), limits,
+                                              cfg.compression, self._proxy(), self.run.device,
+                                              cfg.runtime.eval_batch_size)
         save_genotype(genotype, path)
         self._save_record(budget=budget, derivation={
             **derivation, "wall_s": time.perf_counter() - t0})
@@ -143,7 +147,7 @@ class Compression:
     def _teacher(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         cfg = self.run.cfg
         if cfg.compression.teacher == "searched":
-            model = client.build_fixed_model(cfg, {"kind": "subnet", "genotype": self.run.genotype})
+            model = self.run.fixed_model({"kind": "subnet", "genotype": self.run.genotype})
             model.load_state_dict(torch.load(self.run.rundir.path / "searched.pt")["state_dict"])
             entry = {k: self.run.models["searched"][k] for k in ("test_acc", "params", "flops")}
             return model.to(self.run.device), {"kind": "searched", **entry}
@@ -173,12 +177,13 @@ class Compression:
             t0 = time.perf_counter()
             torch.manual_seed(cfg.seed + 4)
             init = (self.run.trained_supernet().subnet(genotype) if c.inherit_weights
-                    else client.build_fixed_model(cfg, spec))
+                    else self.run.fixed_model(spec))
             init.to(self.run.device)
             entry: dict[str, Any] = {"start": self._test(init)}
             if c.teacher != "none":
                 teacher, entry["teacher"] = self._teacher()
-                entry.update(distill_student(init, teacher, self._proxy(), cfg, self.run.device))
+                entry.update(distill_student(init, teacher, self._proxy(), c, cfg.retrain,
+                                             cfg.seed, self.run.device))
                 entry["after_distillation"] = self._test(init)
                 self.run.console.print(f"\\[compress] distilled from the {c.teacher}: test acc "
                                    f"{entry['start']['test_acc']:.4f} -> "
@@ -190,7 +195,7 @@ class Compression:
             from strategies.feddf import FedDF
 
             def make_model() -> torch.nn.Module:
-                return client.build_fixed_model(cfg, spec)
+                return self.run.fixed_model(spec)
 
             def wrap(base):
                 return FedDF(base, make_model, self._proxy()[0], steps=c.feddf_steps, lr=c.lr,
@@ -214,12 +219,13 @@ class Compression:
     def pruned(self) -> dict[str, Any]:
         cfg = self.run.cfg
         limits, budget = self._limits()
-        width = pruned_width(cfg, self.run.data.input_shape, self.run.data.num_classes, limits)
+        data = self.run.data
+        width = pruned_width(cfg.baseline.width, data.input_shape, data.num_classes, limits)
         spec = {"kind": "baseline", "width": width}
         trained = self.run.rundir.path / "baseline.pt"
         init, source = None, "scratch"
         if "baseline" in self.run.state.done and trained.exists():
-            full = client.build_fixed_model(cfg, {"kind": "baseline"})
+            full = self.run.fixed_model({"kind": "baseline"})
             full.load_state_dict(torch.load(trained)["state_dict"])
             init, source = prune_cnn(full, width), "trained baseline"
         result = self.run.train_fixed("pruned", spec, init=init,

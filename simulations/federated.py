@@ -31,6 +31,7 @@ from fednas.spaces.base import Genotype, save_genotype
 from fednas.spaces.stats import alpha_columns, alpha_entropy, alpha_snapshot, random_genotype
 from fednas.training.train import evaluate, recalibrate_bn
 from fednas.version import __version__
+from simulations.client_app import client_setup
 from simulations.compression_phases import Compression
 from simulations.handshake import wait_for_nodes
 from simulations.meta_rounds import MetaRounds
@@ -148,7 +149,7 @@ class FederatedPipeline(Runner):
         """FedNAS rounds over supernet shards; the aggregated supernet's genotype."""
         cfg, f, s = self.cfg, self.cfg.federation, self.cfg.search
         t0 = time.perf_counter()
-        space = client.make_space(cfg)
+        space = self.make_space()
         strategy = phase_strategy(cfg, "search", space, self.node_partitions,
                                   self.state.accountant)
         test = self._server_test()
@@ -182,15 +183,25 @@ class FederatedPipeline(Runner):
         return genotype
 
     def random_genotype(self) -> Genotype:
-        return random_genotype(client.make_space(self.cfg), self.cfg.seed)
+        return random_genotype(self.make_space(), self.cfg.seed)
 
     def meta_rounds(self) -> Any:
         """With ``meta.clients``, the meta models are meta-trained by Flower rounds."""
         return self.meta.train if self.cfg.meta.clients else None
 
+    def make_space(self) -> Any:
+        """The scenario's supernet, freshly initialised (seeded as the clients' is)."""
+        return client.make_space(self.cfg.space, self.cfg.seed, self.data.input_shape,
+                                 self.data.num_classes)
+
+    def fixed_model(self, spec: dict[str, Any]) -> torch.nn.Module:
+        """The fixed model of ``spec`` (derived subnet or baseline), as clients build it."""
+        return client.build_fixed_model(client_setup(self.cfg), spec, self.data.input_shape,
+                                        self.data.num_classes)
+
     def trained_supernet(self) -> Any:
         """The aggregated supernet of this run's search (from memory or supernet.pt)."""
-        space = client.make_space(self.cfg)
+        space = self.make_space()
         space.load_state_dict(getattr(self, "search_state", None)
                               or torch.load(self.rundir.path / "supernet.pt")["state_dict"])
         return space
@@ -206,7 +217,7 @@ class FederatedPipeline(Runner):
         cfg, f, r = self.cfg, self.cfg.federation, self.cfg.retrain
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed + PHASE_SEED[phase])
-        model = client.build_fixed_model(cfg, spec)
+        model = self.fixed_model(spec)
         if init is not None:
             model = init.cpu()
         elif phase in ("retrain", "random") and r.inherit_weights and not (r.channels

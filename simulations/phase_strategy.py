@@ -82,6 +82,9 @@ def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
         strategy = wrap(strategy)
     if not cfg.fedex.enabled:
         return strategy
+    from fednas.federated.client import local_hps
+    from simulations.client_app import client_setup
     from strategies.fedex import FedExWrapper, build_tuner
 
-    return FedExWrapper(strategy, build_tuner(cfg, phase), seed=cfg.seed + 13)
+    tuner = build_tuner(cfg.fedex, phase, local_hps(client_setup(cfg), phase, {}), cfg.seed)
+    return FedExWrapper(strategy, tuner, seed=cfg.seed + 13)

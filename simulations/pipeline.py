@@ -84,7 +84,7 @@ class Pipeline(Runner):
         sched = make_scheduler("cosine", w_opt, steps * s.epochs, s.lr_min)
         tick = self._task("search", steps * s.epochs)
         warmup_steps = int(s.warmup_epochs * steps)
-        step_fn = search_step_fn(cfg)
+        step_fn = search_step_fn(cfg.search)
         for epoch in range(1, s.epochs + 1):
             arch = a_opt if (epoch - 1) * steps >= warmup_steps else None
             stats = step_fn(space, self._split("train"), self._split("val"),

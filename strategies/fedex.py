@@ -93,20 +93,20 @@ class FedExWrapper(StrategyWrapper):
         return self.base.aggregate_train(server_round, replies)
 
 
-def build_tuner(cfg: Any, phase: str) -> FedEx:
-    """The FedEx tuner of a scenario's ``[fedex]`` section for one phase.
+def build_tuner(fx: Any, phase: str, centre_hps: dict[str, float], seed: int) -> FedEx:
+    """The FedEx tuner of a scenario's ``[fedex]`` section (``fx``) for one phase.
 
-    The centre configuration is the phase's own local HPs (``[search]`` for the search,
-    ``[retrain]`` for fixed-model training); ``arch-lr`` is tuned in the search only.
+    ``centre_hps`` are the phase's own local HPs (``[search]``'s for the search,
+    ``[retrain]``'s for fixed-model training: :func:`fednas.federated.client.local_hps`),
+    the centre of the configurations; ``arch-lr`` is tuned in the search only. ``seed`` is
+    the scenario's seed.
     """
-    from fednas.federated.client import local_hps
     from fednas.tuning.fedex_space import centre_and_perturbations, product_grid
 
-    fx = cfg.fedex
     names = tuple(n for n in fx.tune if phase == "search" or n != "arch-lr")
     ranges = fx.hp_ranges(names)
-    centre = {k: v for k, v in local_hps(cfg, phase, {}).items() if k in names}
-    rng = np.random.default_rng(cfg.seed + (0 if phase == "search" else 101))
+    centre = {k: v for k, v in centre_hps.items() if k in names}
+    rng = np.random.default_rng(seed + (0 if phase == "search" else 101))
     options = {"eta0": fx.eta0 or None, "schedule": fx.schedule,
                "baseline_discount": fx.baseline_discount, "entropy_cutoff": fx.entropy_cutoff,
                "use_improvement": fx.use_improvement,

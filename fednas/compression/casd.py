@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from fednas.compression.student import derive_student
+from fednas.config.compression import CompressionConfig
+from fednas.config.run_config import TrainConfig
 from fednas.spaces.base import SearchSpace
 from fednas.training.distill import distill
 from fednas.training.train import Split, recalibrate_bn
@@ -94,26 +96,27 @@ def _penalty_rows(space: SearchSpace, losses: list[float]) -> list[torch.Tensor]
     return out
 
 
-def casd_step(space: SearchSpace, state: dict[str, torch.Tensor], limits, cfg: Any,
-              proxy: Split, device: torch.device) -> dict[str, Any]:
-    """One CASD step on the aggregated ``state`` (updated in place: α only).
+def casd_step(space: SearchSpace, state: dict[str, torch.Tensor], limits,
+              c: CompressionConfig, train: TrainConfig, seed: int, proxy: Split,
+              device: torch.device, eval_batch_size: int = 1000) -> dict[str, Any]:
+    """One CASD step on the aggregated ``state`` (updated in place: α only), with
+    ``[compression]`` (``c``) and ``[retrain]``'s weight decay and clipping (``train``).
 
     Returns the record logged with the round (student genotype and cost, block losses,
     penalty weights).
     """
-    c = cfg.compression
     space.load_state_dict(state)
     space.set_shard(None)
     space.to(device)
-    genotype, derivation = derive_student(space, limits, cfg, proxy, device)
+    genotype, derivation = derive_student(space, limits, c, proxy, device, eval_batch_size)
     student = space.subnet(genotype).to(device)
     x = proxy[0]
     recalibrate_bn(space, x, batch_size=c.batch_size, device=device)
-    generator = torch.Generator().manual_seed(cfg.seed + 47)
+    generator = torch.Generator().manual_seed(seed + 47)
     distill(student, space, x, None, epochs=c.casd_epochs, lr=c.lr, batch_size=c.batch_size,
             temperature=c.temperature, device=device, generator=generator, cosine=True,
             blocks=(_blocks(student), _blocks(space)), dna_weight=max(c.dna_weight, 1.0),
-            weight_decay=cfg.retrain.weight_decay, grad_clip=cfg.retrain.grad_clip)
+            weight_decay=train.weight_decay, grad_clip=train.grad_clip)
     losses = block_losses(student, space, x, batch_size=c.batch_size, device=device)
     weights = _penalty_rows(space, losses)
     names = {id(p): n for n, p in space.named_parameters()}

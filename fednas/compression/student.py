@@ -14,7 +14,8 @@ from torch import nn
 
 from fednas.compression.budget import Budget, Limits, derive_under_budget
 from fednas.compression.perturbation import perturbation_scores
-from fednas.config.run_config import RunConfig
+from fednas.config.compression import CompressionConfig
+from fednas.config.run_config import TrainConfig
 from fednas.errors import ConfigError
 from fednas.models.baselines import HandCNN
 from fednas.models.flops import count_flops, count_params
@@ -28,15 +29,15 @@ def measured_cost(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[
     return count_params(model), count_flops(model, input_shape)
 
 
-def budget_limits(cfg: RunConfig, reference: tuple[int, int]) -> Limits:
-    """The absolute ``(max_params, max_flops)`` of ``[compression]`` given the reference's cost.
+def budget_limits(c: CompressionConfig, reference: tuple[int, int]) -> Limits:
+    """The absolute ``(max_params, max_flops)`` of ``[compression]`` (``c``) given the
+    reference's cost.
 
     Raises
     ------
     ConfigError
         If a budget value is invalid (see :meth:`fednas.compression.budget.Budget.resolve`).
     """
-    c = cfg.compression
     budget = Budget(params=c.params or None, flops=c.flops or None)
     return budget.resolve(*reference)
 
@@ -46,17 +47,18 @@ def within(cost: tuple[int, int], limits: Limits) -> bool:
     return all(lim is None or value <= lim for value, lim in zip(cost, limits, strict=True))
 
 
-def derive_student(space: SearchSpace, limits: Limits, cfg: RunConfig, proxy: Split,
-                   device: torch.device) -> tuple[Genotype, dict[str, Any]]:
-    """The genotype of ``space`` chosen under ``limits`` (by α, or by DARTS-PT on ``proxy``).
+def derive_student(space: SearchSpace, limits: Limits, c: CompressionConfig, proxy: Split,
+                   device: torch.device, eval_batch_size: int = 1000
+                   ) -> tuple[Genotype, dict[str, Any]]:
+    """The genotype of ``space`` chosen under ``limits`` by ``compression.selection``: by α,
+    or by DARTS-PT on ``proxy`` (evaluated in batches of ``eval_batch_size``).
 
     Returns the genotype and a record of how it was chosen (selection, measured cost).
     """
-    c = cfg.compression
     scores = None
     if c.selection == "perturbation":
         space.to(device)
-        scores = perturbation_scores(space, proxy, device, cfg.runtime.eval_batch_size)
+        scores = perturbation_scores(space, proxy, device, eval_batch_size)
     genotype = derive_under_budget(space, limits, mode=c.selection, scores=scores)
     params, flops = space.cost(genotype)
     if not within((params, flops), limits):  # derive_under_budget guarantees it; be loud
@@ -68,16 +70,17 @@ def derive_student(space: SearchSpace, limits: Limits, cfg: RunConfig, proxy: Sp
     return genotype, record
 
 
-def pruned_width(cfg: RunConfig, input_shape: tuple[int, int, int], num_classes: int,
+def pruned_width(max_width: int, input_shape: tuple[int, int, int], num_classes: int,
                  limits: Limits) -> int:
-    """The largest width ``w <= baseline.width`` of the hand CNN whose measured cost fits.
+    """The largest width ``w <= max_width`` (``baseline.width``) of the hand CNN whose
+    measured cost fits.
 
     Raises
     ------
     ConfigError
         If even width 1 exceeds the budget.
     """
-    for width in range(cfg.baseline.width, 0, -1):
+    for width in range(max_width, 0, -1):
         model = HandCNN(input_shape=input_shape, num_classes=num_classes, width=width)
         if within(measured_cost(model, input_shape), limits):
             return width
@@ -130,14 +133,16 @@ def cell_blocks(model: nn.Module) -> list[nn.Module] | None:
     return list(cells) if isinstance(cells, nn.ModuleList) else None
 
 
-def distill_student(student: nn.Module, teacher: nn.Module, proxy: Split, cfg: RunConfig,
+def distill_student(student: nn.Module, teacher: nn.Module, proxy: Split,
+                    c: CompressionConfig, train: TrainConfig, seed: int,
                     device: torch.device) -> dict[str, Any]:
-    """Distil ``teacher`` into ``student`` on the proxy split with ``[compression]``'s settings.
+    """Distil ``teacher`` into ``student`` on the proxy split with ``[compression]``'s
+    settings (``c``; weight decay and gradient clipping of ``[retrain]``, ``train``; batch
+    order seeded by ``seed``).
 
     Returns the per-epoch losses and the student's top-1 agreement with the teacher on the
     proxy split before and after.
     """
-    c = cfg.compression
     x, y = proxy
     student.to(device)
     teacher.to(device)
@@ -149,11 +154,11 @@ def distill_student(student: nn.Module, teacher: nn.Module, proxy: Split, cfg: R
             raise ConfigError("compression.dna-weight: DNA needs cell-space student and teacher "
                               "with the same number of cells (set dna-weight = 0)")
         blocks = (s_blocks, t_blocks)
-    generator = torch.Generator().manual_seed(cfg.seed + 41)
+    generator = torch.Generator().manual_seed(seed + 41)
     stats = distill(student, teacher, x, y if c.use_labels else None, epochs=c.epochs, lr=c.lr,
                     batch_size=c.batch_size, temperature=c.temperature,
                     beta=c.beta if c.use_labels else 0.0, device=device, generator=generator,
-                    weight_decay=cfg.retrain.weight_decay, grad_clip=cfg.retrain.grad_clip,
+                    weight_decay=train.weight_decay, grad_clip=train.grad_clip,
                     cosine=True, blocks=blocks, dna_weight=c.dna_weight)
     after = agreement(student, teacher, x, batch_size=c.batch_size, device=device)
     return {"loss": stats["loss"], "agreement_before": before, "agreement_after": after,

@@ -17,6 +17,7 @@ import torch
 from fednas.data import io as io
 from fednas.data.io import RawData
 from fednas.errors import ConfigError, DataError
+from fednas.registry import Registry
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
@@ -31,7 +32,7 @@ TEST_SPLIT_SEED = 0  # fixed, so the test set does not change with the run seed
 PATH_FORMS = ("npz:PATH", "folder:PATH")
 
 Loader = Callable[[Path, bool], RawData]
-DATASETS: dict[str, Loader] = {}
+DATASETS: Registry[Loader] = Registry("dataset", "data.dataset")
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,20 +71,14 @@ class Dataset:
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Register ``fn(root: Path, download: bool) -> RawData`` under ``name``."""
-
-    def decorator(fn: Loader) -> Loader:
-        if name in DATASETS:
-            raise ValueError(f"dataset {name!r} is registered twice")
-        DATASETS[name] = fn
-        return fn
-
-    return decorator
+    """Register ``fn(root: Path, download: bool) -> RawData`` under ``name`` (from any module,
+    e.g. a ``runtime.plugins`` file)."""
+    return DATASETS.register(name)
 
 
 def available_datasets() -> list[str]:
     """Return the registered names plus the ``npz:PATH`` and ``folder:PATH`` forms."""
-    return sorted(DATASETS) + list(PATH_FORMS)
+    return DATASETS.names() + list(PATH_FORMS)
 
 
 # ----------------------------------------------------------------------------- loaders
@@ -176,7 +171,7 @@ def read_raw(name: str, root: str | Path, download: bool = False) -> RawData:
     if name not in DATASETS:
         raise ConfigError(f"data.dataset: unknown dataset {name!r}; available: "
                           + ", ".join(available_datasets()))
-    return DATASETS[name](root, download)
+    return DATASETS.get(name)(root, download)
 
 
 # ----------------------------------------------------------------------------- splits

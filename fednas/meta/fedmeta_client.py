@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from fednas.config.run_config import RunConfig
-from fednas.federated.client import client_device, inject_fault, placement
+from fednas.federated.client import inject_fault
+from fednas.federated.devices import client_device, placement
 from fednas.spaces.base import Genotype
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def local_update(cfg: RunConfig, pid: int, state: dict[str, torch.Tensor],
     update, loss = displacement(model.to(device), tasks, meta_batch=m.meta_batch,
                                 inner_steps=m.local_steps, inner_lr=float(conf["lr"]),
                                 device=device)
-    if inject_fault(cfg, pid):  # federation.fault-partitions, as in the other phases
+    if inject_fault(cfg.federation, pid):  # federation.fault-partitions, as in the other phases
         loss = float("nan")
     return ({k: v.cpu() for k, v in update.items()},
             {"meta-loss": loss, "num-examples": m.meta_batch, "partition-id": pid,

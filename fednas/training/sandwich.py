@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,11 +29,12 @@ from fednas.training.train import (
 )
 
 
-def search_step_fn(cfg) -> Callable[..., dict[str, float]]:
-    """The scenario's search-step function: sandwich steps (``search.sandwich``) or DARTS'."""
-    if not cfg.search.sandwich:
+def search_step_fn(search: Any) -> Callable[..., dict[str, float]]:
+    """The search-step function of a ``[search]`` section: sandwich steps
+    (``search.sandwich``) or DARTS'."""
+    if not search.sandwich:
         return search_steps
-    return functools.partial(sandwich_steps, samples=cfg.search.sandwich_samples)
+    return functools.partial(sandwich_steps, samples=search.sandwich_samples)
 
 
 def shard_choices(space: nn.Module) -> list[list[float]]:

@@ -75,14 +75,15 @@ def test_two_rounds_four_clients_on_digits(tiny_overrides):
 
     # bn-stats = "server": the exported BN statistics are the server's recalibration of the
     # exported weights on its own val images, not the clients' averages
-    from fednas.federated.client import build_fixed_model, dataset
     from fednas.training.train import recalibrate_bn
+    from simulations.client_app import local_clients
 
     saved = torch.load(run_dir / "searched.pt")["state_dict"]
     genotype = json.loads((run_dir / "genotype.json").read_text())
-    model = build_fixed_model(cfg, {"kind": "subnet", "genotype": genotype})
+    clients = local_clients(cfg)
+    model = clients.fixed_model({"kind": "subnet", "genotype": genotype})
     model.load_state_dict(saved)
-    proxy = dataset(cfg).val_x[: cfg.federation.bn_calibration_samples]
+    proxy = clients.data.val_x[: cfg.federation.bn_calibration_samples]
     recalibrate_bn(model, proxy, batch_size=cfg.retrain.batch_size, device=torch.device("cpu"))
     stats = [k for k in saved if k.endswith(("running_mean", "running_var"))]
     assert stats and all(torch.allclose(model.state_dict()[k], saved[k], atol=1e-5)
@@ -90,11 +91,11 @@ def test_two_rounds_four_clients_on_digits(tiny_overrides):
 
 
 def test_half_shards_send_fewer_bytes_than_full(tiny_overrides):
-    from fednas.federated.client import make_space
+    from simulations.client_app import local_clients
     from strategies.fednas import FedNAS
 
     cfg = load_config(None, tiny_overrides + FEDERATED)
-    space = make_space(cfg)
+    space = local_clients(cfg).make_space()
     sent = {}
     for size in (0, 2):
         strategy = FedNAS(space, shard_size=size, seed=0)

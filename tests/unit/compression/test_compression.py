@@ -40,13 +40,13 @@ def test_pruned_cnn_computes_the_original_with_the_weakest_units_removed():
 def test_pruned_width_is_the_largest_that_fits(tiny_config):
     cfg = tiny_config  # baseline.width = 4 on digits (8×8, 10 classes)
     full = measured_cost(HandCNN(input_shape=SHAPE, num_classes=10, width=4), SHAPE)
-    limits = budget_limits(load_config(None, ["compression.params=0.6"]), full)
-    width = pruned_width(cfg, SHAPE, 10, limits)
+    limits = budget_limits(load_config(None, ["compression.params=0.6"]).compression, full)
+    width = pruned_width(cfg.baseline.width, SHAPE, 10, limits)
     fits = measured_cost(HandCNN(input_shape=SHAPE, num_classes=10, width=width), SHAPE)
     above = measured_cost(HandCNN(input_shape=SHAPE, num_classes=10, width=width + 1), SHAPE)
     assert within(fits, limits) and not within(above, limits)
     with pytest.raises(ConfigError, match="no uniform pruning of the baseline CNN fits 10 params"):
-        pruned_width(cfg, SHAPE, 10, (10, None))
+        pruned_width(cfg.baseline.width, SHAPE, 10, (10, None))
 
 
 def test_dna_distillation_pulls_student_blocks_towards_the_teachers():
@@ -212,7 +212,8 @@ def test_casd_penalises_costly_candidates_where_the_student_matches(name):
     alphas_before = [a.detach().clone() for a in space.arch_parameters()]
     proxy = (torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,)))
     full = measured_cost(space.subnet(space.genotype()), SHAPE)
-    record = casd_step(space, state, (int(full[0] * 2), None), cfg, proxy, torch.device("cpu"))
+    record = casd_step(space, state, (int(full[0] * 2), None), cfg.compression, cfg.retrain,
+                       cfg.seed, proxy, torch.device("cpu"), cfg.runtime.eval_batch_size)
     assert len(record["casd_weight"]) == len(space.arch_parameters())
     assert all(v >= 0 for v in record["casd_block_loss"])
     assert sum(float((b - state[n]).sum()) for n, b in zip(

@@ -36,7 +36,7 @@ def test_meta_train_raw_holds_exactly_the_meta_train_classes(meta_train_cfg):
 
 
 def test_run_dataset_splits_and_normalises_the_meta_train_pool(meta_train_cfg):
-    from fednas.federated.client import dataset
+    from simulations.client_app import local_clients
 
     data = run_dataset(meta_train_cfg)
     _, split = fewshot_data(meta_train_cfg)
@@ -44,7 +44,7 @@ def test_run_dataset_splits_and_normalises_the_meta_train_pool(meta_train_cfg):
     total = len(data.train_y) + len(data.val_y) + len(data.test_y)
     assert total == len(meta_train_raw(meta_train_cfg).y)
     assert abs(float(data.train_x.mean())) < 1e-3  # normalised by the train split's statistics
-    client_view = dataset(meta_train_cfg)  # what a Flower client loads is the same data
+    client_view = local_clients(meta_train_cfg).data  # what a Flower client loads: the same
     assert torch.equal(client_view.train_x, data.train_x)
     assert torch.equal(client_view.test_y, data.test_y)
 

@@ -81,19 +81,27 @@ def test_state_round_trip_reproduces_the_next_round():
     assert first == again
 
 
+def scenario_tuner(cfg, phase: str):
+    from fednas.federated.client import local_hps
+    from simulations.client_app import client_setup
+
+    return build_tuner(cfg.fedex, phase, local_hps(client_setup(cfg), phase, {}), cfg.seed)
+
+
 def test_build_tuner_from_the_scenario():
     cfg = load_config(None, ["mode=federated", "fedex.enabled=true", "fedex.configs=5",
                              'fedex.tune=["lr", "arch-lr", "batch-size"]'])
-    tuner = build_tuner(cfg, "search")
+    tuner = scenario_tuner(cfg, "search")
     assert len(tuner.theta()) == 1 and len(tuner.theta()[0]) == 5
     assert tuner.config((0,)) == {"lr": 0.05, "arch-lr": 3e-3, "batch-size": 64}  # the centre
     for j in range(5):
         c = tuner.config((j,))
         assert 1e-3 <= c["lr"] <= 0.3 and isinstance(c["batch-size"], int)
-    train = build_tuner(cfg, "retrain")
+    train = scenario_tuner(cfg, "retrain")
     assert "arch-lr" not in train.config((0,))
-    product = build_tuner(load_config(None, ["mode=federated", "fedex.enabled=true",
-                                             "fedex.mode=product", "fedex.configs=3"]), "search")
+    product = scenario_tuner(load_config(None, ["mode=federated", "fedex.enabled=true",
+                                                "fedex.mode=product", "fedex.configs=3"]),
+                             "search")
     assert len(product.theta()) == 3  # one factor per tuned HP (lr, momentum, weight-decay)
 
 
