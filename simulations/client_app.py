@@ -28,6 +28,7 @@ from fednas.data.run_data import run_dataset
 from fednas.federated import client
 from fednas.federated.codec import to_record, to_state_dict
 from fednas.federated.shards import decode_masks
+from fednas.meta.setup import meta_setup
 from fednas.plugins import import_plugins
 from simulations import secagg_client as secagg_flow
 from simulations.local_dp import make_local_dp_mod
@@ -45,7 +46,8 @@ def client_setup(cfg: RunConfig) -> client.ClientSetup:
 @lru_cache(maxsize=2)
 def local_clients(cfg: RunConfig) -> client.LocalClients:
     """This process's clients of scenario ``cfg`` (dataset and partitions loaded once)."""
-    return client.LocalClients(client_setup(cfg), lambda: run_dataset(cfg))
+    return client.LocalClients(client_setup(cfg),
+                               lambda: run_dataset(cfg.data, cfg.seed, meta_setup(cfg)))
 
 
 def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
@@ -105,7 +107,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         run_cfg = resolve(context)
         threads(run_cfg)
         conf = msg.content["config"]
-        out, metrics = local_update(run_cfg, int(conf["partition-id"]),
+        out, metrics = local_update(meta_setup(run_cfg), int(conf["partition-id"]),
                                     to_state_dict(msg.content["arrays"]), dict(conf))
         return Message(RecordDict({"arrays": to_record(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)

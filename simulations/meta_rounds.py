@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from fednas.meta.fedmeta_client import model_spec
+from fednas.meta.setup import meta_setup
 from fednas.spaces.base import load_genotype
 
 Trained = dict[str, tuple[dict[str, torch.Tensor], float]]  # phase -> (weights, seconds)
@@ -48,8 +49,8 @@ class MetaRounds:
         """Meta-train every model and shot count of ``[meta]``; their weights and seconds."""
         from fednas.meta.tasks import fewshot_data
 
-        cfg, m = self.run.cfg, self.run.cfg.meta
-        data, _ = fewshot_data(cfg)  # client shares were checked in prepare (check_tasks)
+        m = self.run.cfg.meta
+        data, _ = fewshot_data(meta_setup(self.run.cfg))  # client shares: checked in prepare
         nodes = {node: pid for node, pid in self.run.node_partitions.items() if pid < m.clients}
         state = self.run.state
         state.meta_done = dict((state.checkpoint or {}).get("meta_done") or {})
@@ -71,14 +72,15 @@ class MetaRounds:
         from strategies.reptile import FedReptile
 
         cfg, m = self.run.cfg, self.run.cfg.meta
-        model, _ = initial_model(name, cfg, self.run.rundir.path, shots, input_shape)
+        setup = meta_setup(cfg)
+        model, _ = initial_model(name, setup, self.run.rundir.path, shots, input_shape)
         genotype = load_genotype(self.run.rundir.path / "genotype.json") if name == "searched" \
             else None
         strategy = FedReptile([k for k, _ in model.named_parameters()], server_lr=m.server_lr,
                               min_train_nodes=min(cfg.federation.min_fit_clients, m.clients),
                               node_partitions=nodes)
         extra = {"meta-model": json.dumps(model_spec(name, model, genotype), sort_keys=True),
-                 "shots": shots, "task-seed": meta_seed(cfg, 3, shots),
+                 "shots": shots, "task-seed": meta_seed(setup, 3, shots),
                  "meta-clients": m.clients}
         return self.run.loop.run(self.run.grid, phase, strategy, model.state_dict(),
                                  m.iterations, (m.inner_lr, m.inner_lr), extra,

@@ -19,6 +19,7 @@ from rich.console import Console
 from fednas.config.run_config import RunConfig, load_config
 from fednas.errors import CheckpointError, ConfigError
 from fednas.meta.phase import run_meta
+from fednas.meta.setup import meta_setup
 from fednas.reporting.rundir import RunDir
 from fednas.training.train import resolve_device
 
@@ -42,7 +43,7 @@ def run_meta_only(cfg: RunConfig, device: torch.device, console: Console | None 
     run = RunDir(cfg.runtime.out_dir, cfg.name)
     run.write_config(cfg)
     t0 = time.perf_counter()
-    meta = run_meta(cfg, run, device, console)
+    meta = run_meta(meta_setup(cfg), run, device, console)
     summary = {"scenario": cfg.name, "seed": cfg.seed, "device": str(device), "models": {},
                "genotype": None, "timings": {"meta": time.perf_counter() - t0},
                "run_dir": str(run.path), "meta": meta,
@@ -69,7 +70,7 @@ def meta_command(target: Path, overrides: list[str], *, out_dir: str | None = No
         cfg = with_meta(target / "config.toml", overrides)
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
-        result = run_meta(cfg, target, resolve_device(cfg.runtime.device), log)
+        result = run_meta(meta_setup(cfg), target, resolve_device(cfg.runtime.device), log)
         print_meta(result, console)
         console.print(f"meta.json: {target / 'meta.json'}")
         return 0

@@ -26,6 +26,7 @@ from fednas.data.datasets import Dataset
 from fednas.data.partition import partition_indices
 from fednas.data.run_data import run_dataset
 from fednas.errors import ConfigError
+from fednas.meta.setup import meta_setup
 from fednas.reporting.plots import plot_alpha
 from fednas.reporting.rundir import RunDir
 from fednas.spaces.base import Genotype, SearchSpace
@@ -118,7 +119,7 @@ class Runner:
         self.device = resolve_device(cfg.runtime.device)
         self.generator = seed_everything(cfg.seed)
         t0 = time.perf_counter()
-        self.data: Dataset = run_dataset(cfg)
+        self.data: Dataset = run_dataset(cfg.data, cfg.seed, meta_setup(cfg))
         n_train = len(self.data.train_y)
         if cfg.partition.num_clients > n_train:
             raise ConfigError(f"partition.num-clients: {cfg.partition.num_clients} clients but "

@@ -12,21 +12,23 @@ phase scores them. The samples are split and normalised like any registry datase
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fednas.config.run_config import RunConfig
+from fednas.config.run_config import DataConfig
 from fednas.data.datasets import Dataset, load_dataset
 from fednas.data.io import RawData
 
 META_TRAIN = "meta-train"
 
 
-def meta_train_raw(cfg: RunConfig) -> RawData:
-    """The meta-train classes of ``cfg``'s few-shot split as a :class:`RawData`."""
+def meta_train_raw(setup: Any) -> RawData:
+    """The meta-train classes of a :class:`fednas.meta.setup.MetaSetup`'s few-shot split as
+    a :class:`RawData`."""
     from fednas.meta.tasks import fewshot_data
 
-    data, split = fewshot_data(cfg)
+    data, split = fewshot_data(setup)
     index = split.indices(data.y, "train")
     ids = data.y.numpy()[index]
     classes = np.unique(ids)  # sorted: class k of the run is the k-th meta-train id
@@ -36,9 +38,14 @@ def meta_train_raw(cfg: RunConfig) -> RawData:
                    names)
 
 
-def run_dataset(cfg: RunConfig) -> Dataset:
-    """``cfg``'s training data, split and normalised (see the module docstring)."""
-    d = cfg.data
-    raw = meta_train_raw(cfg) if d.dataset == META_TRAIN else None
+def run_dataset(d: DataConfig, seed: int, meta: Any = None) -> Dataset:
+    """The training data of ``[data]`` (``d``), split and normalised with ``seed``.
+
+    ``meta`` (a :class:`fednas.meta.setup.MetaSetup`) is needed for ``meta-train`` only (see
+    the module docstring).
+    """
+    if d.dataset == META_TRAIN and meta is None:
+        raise ValueError("run_dataset: data.dataset = 'meta-train' needs the meta setup")
+    raw = meta_train_raw(meta) if d.dataset == META_TRAIN else None
     return load_dataset(d.dataset, root=Path(d.root).expanduser(), val_fraction=d.val_fraction,
-                        seed=cfg.seed, download=d.download, max_train=d.max_train, raw=raw)
+                        seed=seed, download=d.download, max_train=d.max_train, raw=raw)

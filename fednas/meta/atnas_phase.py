@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
-from fednas.config.run_config import RunConfig
 from fednas.data.episodes import FewShotSet
 from fednas.errors import CheckpointError
 from fednas.meta import store as meta_store
 from fednas.meta.models import load_matching, meta_seed, meta_space, saved_weights
+from fednas.meta.setup import MetaSetup
 from fednas.meta.steps import metrics_logger, run_metanas, task_kwargs
 from fednas.reporting.rundir import RunDir
 from fednas.spaces.base import SearchSpace
@@ -49,7 +49,7 @@ def load_prior(space: SearchSpace, state: dict[str, torch.Tensor]) -> None:
     space.load_state_dict(own)
 
 
-def atnas_prior(cfg: RunConfig, run: RunDir, space: SearchSpace, train_pool: FewShotSet,
+def atnas_prior(setup: MetaSetup, run: RunDir, space: SearchSpace, train_pool: FewShotSet,
                 shots: int, device: torch.device, metanas_state: MetanasState | None
                 ) -> tuple[Any, dict[str, Any]]:
     """``meta.atnas.prior``: the :class:`fednas.meta.atnas.ArchPrior` (None: uniform) and a record.
@@ -61,13 +61,13 @@ def atnas_prior(cfg: RunConfig, run: RunDir, space: SearchSpace, train_pool: Few
     """
     from fednas.meta import atnas
 
-    a = cfg.meta.atnas
+    a = setup.meta.atnas
     if a.prior == "uniform":
         return None, {"prior": "uniform"}
     t0, reused_s = time.perf_counter(), 0.0
     source = "metanas model"
     if metanas_state is None:
-        saved = meta_store.load(run.path, meta_store.training_key(cfg, "metanas-supernet",
+        saved = meta_store.load(run.path, meta_store.training_key(setup, "metanas-supernet",
                                                                     shots, run.path))
         if saved is not None:
             metanas_state, source = (saved.state, saved.seconds), "metanas model (saved)"
@@ -75,13 +75,13 @@ def atnas_prior(cfg: RunConfig, run: RunDir, space: SearchSpace, train_pool: Few
         load_prior(space, metanas_state[0])
         reused_s = metanas_state[1]
     else:
-        key = meta_store.training_key(cfg, "atnas-prior", shots, run.path)
+        key = meta_store.training_key(setup, "atnas-prior", shots, run.path)
         saved = meta_store.load(run.path, key)
         if saved is not None:
             meta_store.load_into(space, saved)
             source, reused_s = "own metanas search (saved)", saved.seconds
         else:
-            run_metanas(cfg, run, space, train_pool, shots, device,
+            run_metanas(setup, run, space, train_pool, shots, device,
                         phase=f"meta-atnas-prior-{shots}shot")
             source = "own metanas search"
             meta_store.save(run, key, space, time.perf_counter() - t0)
@@ -91,19 +91,19 @@ def atnas_prior(cfg: RunConfig, run: RunDir, space: SearchSpace, train_pool: Few
                    "prior_s": time.perf_counter() - t0 + reused_s, "reused_s": reused_s}
 
 
-def trained_supernet(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, shots: int,
+def trained_supernet(setup: MetaSetup, run: RunDir, train_pool: FewShotSet, shots: int,
                      device: torch.device, metanas_state: MetanasState | None
                      ) -> tuple[SearchSpace, Any, dict[str, Any]]:
     """AT-NAS's meta-trained supernet, its prior and a record (``meta_train_s``, ``weights``,
     ``reused``, the prior's fields): meta-trained here, or loaded from the run dir."""
     from fednas.meta import atnas
 
-    m, a = cfg.meta, cfg.meta.atnas
-    torch.manual_seed(meta_seed(cfg, 4, shots))
-    space = meta_space(cfg, train_pool.input_shape, m.ways, with_none=True)
+    m, a = setup.meta, setup.meta.atnas
+    torch.manual_seed(meta_seed(setup, 4, shots))
+    space = meta_space(setup, train_pool.input_shape, m.ways, with_none=True)
     state = saved_weights(run.path, "supernet") if m.init == "searched" else None
     source = "supernet.pt" if state is not None and load_matching(space, state) else "scratch"
-    key = meta_store.training_key(cfg, "atnas-supernet", shots, run.path)
+    key = meta_store.training_key(setup, "atnas-supernet", shots, run.path)
     saved = meta_store.load(run.path, key)
     if saved is not None:
         meta_store.load_into(space, saved)
@@ -112,20 +112,20 @@ def trained_supernet(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, shots:
         return space, prior, {**record, "meta_train_s": saved.seconds,
                               "weights": saved.name, "reused": True}
     t0 = time.perf_counter()
-    prior, record = atnas_prior(cfg, run, space, train_pool, shots, device, metanas_state)
+    prior, record = atnas_prior(setup, run, space, train_pool, shots, device, metanas_state)
     atnas.meta_train_supernet(
         space, train_pool, algorithm="anil" if m.algorithm == "anil" else "maml",
         device=device, sampler=prior.sample if prior is not None else None,
-        generator=torch.Generator().manual_seed(meta_seed(cfg, 5, shots)),
+        generator=torch.Generator().manual_seed(meta_seed(setup, 5, shots)),
         callback=metrics_logger(run, f"meta-atnas-{shots}shot", m.log_every),
-        **(task_kwargs(cfg, shots) | {"iterations": a.iterations or m.iterations}))
+        **(task_kwargs(setup, shots) | {"iterations": a.iterations or m.iterations}))
     record["init"] = source
     train_s = time.perf_counter() - t0 + record.get("reused_s", 0.0)
     name = meta_store.save(run, key, space, train_s, record=record)
     return space, prior, {**record, "meta_train_s": train_s, "weights": name, "reused": False}
 
 
-def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, shots: int,
+def run_atnas(setup: MetaSetup, run: RunDir, train_pool: FewShotSet, tasks: Any, shots: int,
               device: torch.device, searched_params: int | None,
               metanas_state: MetanasState | None = None) -> dict[str, Any]:
     """AT-NAS for one shot count: meta-train the supernet, evolve a subnet per test task.
@@ -138,12 +138,12 @@ def run_atnas(cfg: RunConfig, run: RunDir, train_pool: FewShotSet, tasks: Any, s
     from fednas.meta import atnas
     from fednas.meta.learners import mean_ci95
 
-    m, a = cfg.meta, cfg.meta.atnas
+    m, a = setup.meta, setup.meta.atnas
     limits = [a.max_params, int(a.params_ratio * (searched_params or 0))]
     max_params = min(x for x in limits if x > 0) if any(x > 0 for x in limits) else None
-    space, prior, record = trained_supernet(cfg, run, train_pool, shots, device, metanas_state)
+    space, prior, record = trained_supernet(setup, run, train_pool, shots, device, metanas_state)
     evolution = atnas.EvolutionConfig(**a.evolution_options(), max_params=max_params)
-    generator = torch.Generator().manual_seed(meta_seed(cfg, 6, shots))
+    generator = torch.Generator().manual_seed(meta_seed(setup, 6, shots))
     algorithm = "anil" if m.algorithm == "anil" else "maml"
     per_task = []
     for i in range(min(a.eval_tasks or m.eval_tasks, len(tasks))):

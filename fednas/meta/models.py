@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fednas.config.run_config import RunConfig
 from fednas.errors import CheckpointError, ConfigError
+from fednas.meta.setup import MetaSetup
 from fednas.models.flops import count_params
 from fednas.spaces.base import Genotype, SearchSpace, load_genotype
 from fednas.spaces.cellnet import CellNetwork
@@ -48,15 +48,15 @@ def saved_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor] | None:
     return torch.load(path, map_location="cpu")["state_dict"] if path.is_file() else None
 
 
-def meta_space(cfg: RunConfig, input_shape: tuple[int, int, int], ways: int, *,
+def meta_space(setup: MetaSetup, input_shape: tuple[int, int, int], ways: int, *,
                with_none: bool = False) -> SearchSpace:
     """The run's supernet for ``ways``-class tasks (``with_none``: 'none' among the ops)."""
-    options = cfg.space.options()
-    if cfg.meta.stem_stride:
-        options["stem_stride"] = cfg.meta.stem_stride
+    options = setup.space.options()
+    if setup.meta.stem_stride:
+        options["stem_stride"] = setup.meta.stem_stride
     if with_none and "none" not in options.get("ops", ("none",)):
         options["ops"] = ("none", *options["ops"])
-    return build_space(cfg.space.name, input_shape=input_shape, num_classes=ways, **options)
+    return build_space(setup.space.name, input_shape=input_shape, num_classes=ways, **options)
 
 
 def conv4_matching(params: int, input_shape: tuple[int, int, int], ways: int) -> int:
@@ -73,41 +73,41 @@ def conv4_matching(params: int, input_shape: tuple[int, int, int], ways: int) ->
     return min((low, high), key=lambda h: abs(size(h) - params))
 
 
-def searched_model(cfg: RunConfig, genotype: Genotype, input_shape: tuple[int, int, int],
+def searched_model(setup: MetaSetup, genotype: Genotype, input_shape: tuple[int, int, int],
                    space: SearchSpace | None = None) -> nn.Module:
     """The network of a searched genotype for ``meta.ways`` classes: a cell genotype as the
     retrain phase builds it (``retrain.channels`` / ``layers``), any other as the subnet of
     ``space`` (default: :func:`meta_space`); ``meta.stem-stride`` applies to both."""
-    m = cfg.meta
+    m = setup.meta
     if genotype["space"] == "cell":
-        c, r = cfg.space.cell, cfg.retrain
+        c, r = setup.space.cell, setup.retrain
         return CellNetwork(genotype, input_shape=input_shape, num_classes=m.ways,
                            channels=r.channels or c.channels, layers=r.layers or c.layers,
                            stem_stride=m.stem_stride or c.stem_stride, allowed_ops=c.ops)
-    return (space or meta_space(cfg, input_shape, m.ways)).subnet(genotype)
+    return (space or meta_space(setup, input_shape, m.ways)).subnet(genotype)
 
 
-def build_meta_model(name: str, cfg: RunConfig, run_dir: Path,
+def build_meta_model(name: str, setup: MetaSetup, run_dir: Path,
                      input_shape: tuple[int, int, int]) -> tuple[nn.Module, str]:
     """Model ``name`` of ``meta.models`` and where its initial weights came from."""
-    m = cfg.meta
+    m = setup.meta
     if name == "conv4":
         from fednas.models.conv4 import Conv4
 
         hidden = m.conv4_hidden or conv4_matching(
-            count_params(build_meta_model("searched", cfg, run_dir, input_shape)[0]),
+            count_params(build_meta_model("searched", setup, run_dir, input_shape)[0]),
             input_shape, m.ways)
         return Conv4(input_shape=input_shape, num_classes=m.ways, hidden=hidden), "scratch"
     if name == "conv4-pretrained":
-        return pretrained_conv4(cfg, run_dir, input_shape), "baseline.pt"
-    space = meta_space(cfg, input_shape, m.ways)
+        return pretrained_conv4(setup, run_dir, input_shape), "baseline.pt"
+    space = meta_space(setup, input_shape, m.ways)
     supernet = saved_weights(run_dir, "supernet") if m.init == "searched" else None
     if supernet is not None:
         load_matching(space, supernet)
     if name in ("supernet", "metanas"):
         return space, "supernet.pt" if supernet is not None else "scratch"
     genotype = load_genotype(run_dir / "genotype.json")
-    model = searched_model(cfg, genotype, input_shape, space)
+    model = searched_model(setup, genotype, input_shape, space)
     if m.init == "scratch":
         return model, "scratch"
     searched = saved_weights(run_dir, "searched")
@@ -118,7 +118,7 @@ def build_meta_model(name: str, cfg: RunConfig, run_dir: Path,
     return model, "scratch"
 
 
-def pretrained_conv4(cfg: RunConfig, run_dir: Path, input_shape: tuple[int, int, int]
+def pretrained_conv4(setup: MetaSetup, run_dir: Path, input_shape: tuple[int, int, int]
                      ) -> nn.Module:
     """Conv-4 for ``meta.ways`` classes whose body is the run's trained ``baseline.pt``."""
     from fednas.models.conv4 import Conv4
@@ -127,27 +127,27 @@ def pretrained_conv4(cfg: RunConfig, run_dir: Path, input_shape: tuple[int, int,
     if state is None:
         raise CheckpointError(f"{run_dir / 'baseline.pt'} is missing: run the 'baseline' phase "
                               "(baseline.model = 'conv4') before the meta phase")
-    model = Conv4(input_shape=input_shape, num_classes=cfg.meta.ways, hidden=cfg.baseline.width)
+    model = Conv4(input_shape=input_shape, num_classes=setup.meta.ways, hidden=setup.baseline.width)
     own = model.state_dict()
     body = [k for k in own if not k.startswith(HEADS)]
     if load_matching(model, state) != len(body):
         missing = [k for k in body if k not in state or state[k].shape != own[k].shape]
         raise CheckpointError(f"{run_dir / 'baseline.pt'}: not a Conv-4 of width "
-                              f"{cfg.baseline.width} for input {tuple(input_shape)} "
+                              f"{setup.baseline.width} for input {tuple(input_shape)} "
                               f"(mismatched: {missing[:3]})")
     return model
 
 
-def meta_seed(cfg: RunConfig, salt: int, shots: int) -> int:
+def meta_seed(setup: MetaSetup, salt: int, shots: int) -> int:
     """The seed of one random stream of the meta phase (``salt`` names the stream)."""
-    return cfg.seed + cfg.meta.seed_offset + 1000 * salt + shots
+    return setup.seed + setup.meta.seed_offset + 1000 * salt + shots
 
 
-def initial_model(name: str, cfg: RunConfig, run_dir: Path, shots: int,
+def initial_model(name: str, setup: MetaSetup, run_dir: Path, shots: int,
                   input_shape: tuple[int, int, int]) -> tuple[nn.Module, str]:
     """:func:`build_meta_model` under the seed of ``shots`` (the same for every path)."""
-    torch.manual_seed(meta_seed(cfg, 2, shots))
+    torch.manual_seed(meta_seed(setup, 2, shots))
     try:
-        return build_meta_model(name, cfg, run_dir, input_shape)
+        return build_meta_model(name, setup, run_dir, input_shape)
     except CheckpointError as exc:
         raise ConfigError(f"meta.models: {name!r}: {exc}") from None

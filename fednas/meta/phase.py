@@ -31,19 +31,19 @@ import torch
 from rich.console import Console
 from torch import nn
 
-from fednas.config.run_config import RunConfig
 from fednas.data.episodes import FewShotSet
 from fednas.errors import ConfigError
 from fednas.meta import store as meta_store
 from fednas.meta.atnas_phase import MetanasState, run_atnas
 from fednas.meta.models import initial_model, meta_seed
+from fednas.meta.setup import MetaSetup
 from fednas.meta.steps import metanas_supernet, metrics_logger, task_kwargs
 from fednas.meta.tasks import fewshot_data
 from fednas.models.flops import count_flops, count_params
 from fednas.reporting.rundir import RunDir
 
 
-def meta_trained(cfg: RunConfig, run: RunDir, name: str, model: nn.Module, shots: int,
+def meta_trained(setup: MetaSetup, run: RunDir, name: str, model: nn.Module, shots: int,
                  train_pool: FewShotSet, device: torch.device,
                  trained: tuple[dict[str, torch.Tensor], float] | None = None
                  ) -> tuple[nn.Module, float, str, bool]:
@@ -56,8 +56,8 @@ def meta_trained(cfg: RunConfig, run: RunDir, name: str, model: nn.Module, shots
     """
     from fednas.meta import learners as metalib
 
-    m = cfg.meta
-    key = meta_store.training_key(cfg, name, shots, run.path)
+    m = setup.meta
+    key = meta_store.training_key(setup, name, shots, run.path)
     if trained is not None:  # meta-trained by Flower rounds: their seconds are its train_s
         model.load_state_dict(trained[0])
         return model, trained[1], meta_store.save(run, key, model, trained[1]), False
@@ -76,20 +76,20 @@ def meta_trained(cfg: RunConfig, run: RunDir, name: str, model: nn.Module, shots
             model, train_pool, clients=m.clients, ways=m.ways, shots=shots,
             queries=m.queries, rounds=m.iterations, meta_batch=m.meta_batch,
             inner_steps=m.local_steps, inner_lr=m.inner_lr, server_lr=m.server_lr,
-            seed=meta_seed(cfg, 3, shots), device=device, callback=log)
+            seed=meta_seed(setup, 3, shots), device=device, callback=log)
     else:
         learner = metalib.meta_train(
-            learner, train_pool, m.l2l_algorithm, **task_kwargs(cfg, shots), device=device,
-            callback=log, generator=torch.Generator().manual_seed(meta_seed(cfg, 3, shots)))
+            learner, train_pool, m.l2l_algorithm, **task_kwargs(setup, shots), device=device,
+            callback=log, generator=torch.Generator().manual_seed(meta_seed(setup, 3, shots)))
     seconds = time.perf_counter() - t0
     return learner, seconds, meta_store.save(run, key, learner, seconds), False
 
 
-def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
+def run_meta(setup: MetaSetup, run_dir: Path | RunDir, device: torch.device,
              console: Console | None = None,
              trained: dict[str, tuple[dict[str, torch.Tensor], float]] | None = None
              ) -> dict[str, Any]:
-    """Meta-train and score every model of ``cfg.meta`` (and AT-NAS); write ``meta.json``.
+    """Meta-train and score every model of ``setup.meta`` (and AT-NAS); write ``meta.json``.
 
     ``run_dir`` is the run directory (a :class:`RunDir` keeps its in-memory metrics in
     step). ``trained`` maps ``meta-<model>-<k>shot`` to weights meta-trained elsewhere and
@@ -100,8 +100,8 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
 
     console = console or Console(stderr=True)
     run = run_dir if isinstance(run_dir, RunDir) else RunDir.reopen(run_dir)
-    m = cfg.meta
-    data, split = fewshot_data(cfg)
+    m = setup.meta
+    data, split = fewshot_data(setup)
     if not len(split.part(m.eval_split)):
         raise ConfigError(f"meta.eval-split: {m.eval_split!r} but the split gives that part "
                           f"no classes (meta.split = {list(m.split)})")
@@ -119,20 +119,20 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
     metanas_states: dict[int, MetanasState] = {}  # AT-NAS's prior, when it asks
     for shots in m.shots:
         tasks = metalib.fixed_tasks(test_pool, ways=m.ways, shots=shots, queries=m.queries,
-                                    num_tasks=m.eval_tasks, seed=meta_seed(cfg, 1, shots))
+                                    num_tasks=m.eval_tasks, seed=meta_seed(setup, 1, shots))
         accs: dict[str, Any] = {}
         for name in m.models:
-            model, source = initial_model(name, cfg, run.path, shots, data.input_shape)
+            model, source = initial_model(name, setup, run.path, shots, data.input_shape)
             derived: dict[str, Any] = {}
             pre_s = 0.0  # MetaNAS's seconds before the subnet's own meta-training
             if name == "metanas":  # central only (meta.clients = 0): the subnet trains below
                 supernet = model
-                model, derived = metanas_supernet(cfg, run, supernet, train_pool, shots, device)
+                model, derived = metanas_supernet(setup, run, supernet, train_pool, shots, device)
                 pre_s = derived["supernet_meta_train_s"]
                 metanas_states[shots] = ({k: v.detach().clone() for k, v in
                                           supernet.state_dict().items()}, pre_s)
             learner, train_s, weights, reused = meta_trained(
-                cfg, run, name, model, shots, train_pool, device,
+                setup, run, name, model, shots, train_pool, device,
                 trained[f"meta-{name}-{shots}shot"] if trained is not None else None)
             train_s += pre_s
             t0 = time.perf_counter()
@@ -154,7 +154,7 @@ def run_meta(cfg: RunConfig, run_dir: Path | RunDir, device: torch.device,
                           f"{train_s:.0f}s{' (saved)' if reused else ''}, init {source})")
         if m.atnas.enabled:
             searched = result["models"].get("searched", {}).get("params")
-            report = run_atnas(cfg, run, train_pool, tasks, shots, device, searched,
+            report = run_atnas(setup, run, train_pool, tasks, shots, device, searched,
                                metanas_states.get(shots))
             result["atnas"][f"{shots}shot"] = report
             console.print(f"\\[meta] AT-NAS {m.ways}-way {shots}-shot: {100 * report['acc']:.2f}"

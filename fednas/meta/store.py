@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from fednas.config.run_config import RunConfig
 from fednas.errors import CheckpointError
+from fednas.meta.setup import MetaSetup
 from fednas.reporting.rundir import RunDir
 
 # [meta] keys that only change how models are scored or listed, not their weights
@@ -69,7 +69,7 @@ def run_weights(run_dir: Path | None, names: tuple[str, ...] = RUN_WEIGHTS) -> d
             if (Path(run_dir) / name).is_file()}
 
 
-def training_key(cfg: RunConfig, what: str, shots: int, run_dir: Path | None = None
+def training_key(setup: MetaSetup, what: str, shots: int, run_dir: Path | None = None
                  ) -> dict[str, Any]:
     """The settings that determine the meta-trained weights of ``what`` at ``shots``.
 
@@ -79,15 +79,15 @@ def training_key(cfg: RunConfig, what: str, shots: int, run_dir: Path | None = N
     """
     if what not in KINDS:
         raise ValueError(f"training_key: unknown {what!r}; one of {KINDS}")
-    m = cfg.meta
+    m = setup.meta
     key: dict[str, Any] = {
-        "what": what, "shots": shots, "seed": cfg.seed,
+        "what": what, "shots": shots, "seed": setup.seed,
         "meta": {k: v for k, v in dataclasses.asdict(m).items() if k not in EVAL_ONLY},
-        "space": dataclasses.asdict(cfg.space),
-        "retrain": {"channels": cfg.retrain.channels, "layers": cfg.retrain.layers}}
+        "space": dataclasses.asdict(setup.space),
+        "retrain": {"channels": setup.retrain.channels, "layers": setup.retrain.layers}}
     if what in PRETRAINED:  # always from the run (meta.init is about the search's weights)
         key["run_weights"] = run_weights(run_dir, PRETRAINED[what])
-        key["baseline"] = dataclasses.asdict(cfg.baseline)
+        key["baseline"] = dataclasses.asdict(setup.baseline)
     elif what != "conv4" and m.init == "searched":
         key["run_weights"] = run_weights(run_dir)
     if what in ("metanas", "metanas-supernet", "atnas-prior") or (

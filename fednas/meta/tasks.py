@@ -8,21 +8,21 @@ from pathlib import Path
 
 import numpy as np
 
-from fednas.config.run_config import RunConfig
 from fednas.data.episodes import ClassSplit, FewShotSet, official_split, split_classes
 from fednas.data.fewshot import load_fewshot
 from fednas.errors import ConfigError
+from fednas.meta.setup import MetaSetup
 
 
 @lru_cache(maxsize=1)
-def fewshot_data(cfg: RunConfig) -> tuple[FewShotSet, ClassSplit]:
+def fewshot_data(setup: MetaSetup) -> tuple[FewShotSet, ClassSplit]:
     """Every sample of ``meta.dataset`` and its class-disjoint split (seeded).
 
     Cached for the last configuration seen: the task-size check, the federated client-share
     check and the meta phase of one run load the pool once (mini-ImageNet is ~5 GB as
     float32). Callers take subsets (copies) and must not modify the returned tensors.
     """
-    m = cfg.meta
+    m = setup.meta
     options = None
     if m.dataset == "glyphs":
         from fednas.data.glyphs import GlyphOptions
@@ -30,12 +30,12 @@ def fewshot_data(cfg: RunConfig) -> tuple[FewShotSet, ClassSplit]:
         options = GlyphOptions(scripts=m.glyph_scripts or None, max_per_script=m.glyph_letters,
                                samples_per_class=m.glyph_samples)
     try:
-        data = load_fewshot(m.dataset, Path(m.root or cfg.data.root).expanduser(),
+        data = load_fewshot(m.dataset, Path(m.root or setup.data.root).expanduser(),
                             glyph_options=options, image_size=m.image_size,
-                            download=cfg.data.download)
+                            download=setup.data.download)
     except ConfigError as exc:  # the loaders name data.dataset
         raise ConfigError(str(exc).replace("data.dataset", "meta.dataset", 1)) from None
-    seed = cfg.seed + m.seed_offset
+    seed = setup.seed + m.seed_offset
     try:
         if m.split_by == "official":
             from fednas.data.fewshot import VAL_GROUPS
@@ -50,10 +50,10 @@ def fewshot_data(cfg: RunConfig) -> tuple[FewShotSet, ClassSplit]:
     return data, split
 
 
-def check_tasks(cfg: RunConfig) -> None:
+def check_tasks(setup: MetaSetup) -> None:
     """Fail before any phase runs if the few-shot pools cannot yield ``meta.*`` tasks."""
-    m = cfg.meta
-    data, split = fewshot_data(cfg)
+    m = setup.meta
+    data, split = fewshot_data(setup)
     for part in ("train", m.eval_split):
         _, counts = np.unique(data.y.numpy()[split.indices(data.y, part)], return_counts=True)
         smallest = int(counts.min()) if len(counts) else 0
@@ -68,4 +68,4 @@ def check_tasks(cfg: RunConfig) -> None:
     if m.clients:  # federated Reptile: every client's share of classes must hold a task
         from fednas.meta.fedmeta import client_classes
 
-        client_classes(data.subset(split.train), m.clients, m.ways, cfg.seed + m.seed_offset)
+        client_classes(data.subset(split.train), m.clients, m.ways, setup.seed + m.seed_offset)

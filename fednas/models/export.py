@@ -122,11 +122,12 @@ def export(run_dir: str | Path, model: str = "distilled", out: str | Path | None
 
 def _reproduce(path: Path, cfg: Any, entry: dict[str, Any]) -> float:
     from fednas.data.run_data import run_dataset
+    from fednas.meta.setup import meta_setup
     from fednas.training.train import evaluate
 
     reloaded = load_model(path)
-    data = run_dataset(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
-                                                                         download=False)))
+    offline = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, download=False))
+    data = run_dataset(offline.data, offline.seed, meta_setup(offline))
     acc = evaluate(reloaded, (data.test_x, data.test_y), batch_size=cfg.runtime.eval_batch_size,
                    device=torch.device("cpu"))["eval_acc"]
     if abs(acc - entry["test_acc"]) > 1e-6:

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from fednas.meta.phase import run_meta
+from fednas.meta.setup import meta_setup
 from simulations.phases.base import Phase, register_phase
 
 
@@ -17,11 +18,12 @@ class Meta(Phase):
     def check(self, run: Any) -> None:
         from fednas.meta.tasks import check_tasks
 
-        check_tasks(run.cfg)  # task sizes fail now, not after the search
+        check_tasks(meta_setup(run.cfg))  # task sizes fail now, not after the search
 
     def run(self, run: Any) -> None:
         t0 = time.perf_counter()
         train = run.meta_rounds()
         trained = train() if train is not None else None
-        run.meta_result = run_meta(run.cfg, run.rundir, run.device, run.console, trained)
+        run.meta_result = run_meta(meta_setup(run.cfg), run.rundir, run.device, run.console,
+                                   trained)
         run.timings["meta"] = time.perf_counter() - t0

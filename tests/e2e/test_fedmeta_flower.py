@@ -13,6 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, Re
 
 from fednas.config.run_config import load_config
 from fednas.errors import ConfigError
+from fednas.meta.setup import meta_setup
 from strategies.reptile import META_ROUTE, FedReptile
 
 NODES = {1001: 0, 1002: 1, 1003: 2}
@@ -114,13 +115,13 @@ def in_process(cfg, shots: int, run_dir) -> tuple[dict[str, torch.Tensor], list[
     from fednas.meta.tasks import fewshot_data
 
     m = cfg.meta
-    data, split = fewshot_data(cfg)
-    model, _ = initial_model("conv4", cfg, run_dir, shots, data.input_shape)
+    data, split = fewshot_data(meta_setup(cfg))
+    model, _ = initial_model("conv4", meta_setup(cfg), run_dir, shots, data.input_shape)
     losses: list[float] = []
     federated_reptile(model, data.subset(split.train), clients=m.clients, ways=m.ways,
                       shots=shots, queries=m.queries, rounds=m.iterations,
                       meta_batch=m.meta_batch, inner_steps=m.local_steps, inner_lr=m.inner_lr,
-                      server_lr=m.server_lr, seed=meta_seed(cfg, 3, shots),
+                      server_lr=m.server_lr, seed=meta_seed(meta_setup(cfg), 3, shots),
                       callback=lambda r: losses.append(r["loss"]))
     return model.state_dict(), losses
 
@@ -142,7 +143,7 @@ class LocalGrid:
             pid = self.nodes[msg.metadata.dst_node_id]
             content = RecordDict({"metrics": MetricRecord({"partition-id": pid})})
             if msg.metadata.message_type == META_ROUTE:
-                out, metrics = local_update(self.cfg, pid, msg.content["arrays"]
+                out, metrics = local_update(meta_setup(self.cfg), pid, msg.content["arrays"]
                                             .to_torch_state_dict(), dict(msg.content["config"]))
                 content = RecordDict({"arrays": ArrayRecord(out),
                                       "metrics": MetricRecord(metrics)})
@@ -197,7 +198,7 @@ def test_flower_simulation_matches_in_process(tmp_path):
         expected, _ = in_process(cfg, shots, run_dir)
         assert all(torch.equal(got[k], expected[k]) for k in expected), shots
     flower = summary["meta"]["models"]["conv4"]
-    again = run_meta(cfg, run_dir, torch.device("cpu"))["models"]["conv4"]
+    again = run_meta(meta_setup(cfg), run_dir, torch.device("cpu"))["models"]["conv4"]
     assert [again[k]["acc"] for k in ("1shot", "2shot")] == [flower[k]["acc"]
                                                              for k in ("1shot", "2shot")]
 
@@ -210,9 +211,9 @@ def test_clients_rebuild_the_searched_model_from_its_spec(tiny_overrides, tmp_pa
 
     cfg = load_config(None, [*tiny_overrides, *meta_overrides(tmp_path), f'space.name="{space}"',
                              'phases=["search", "meta"]', 'meta.models=["searched"]'])
-    save_genotype(meta_space(cfg, (1, 8, 8), 3).genotype(), tmp_path / "genotype.json")
-    model, _ = initial_model("searched", cfg, tmp_path, 1, (1, 8, 8))
+    save_genotype(meta_space(meta_setup(cfg), (1, 8, 8), 3).genotype(), tmp_path / "genotype.json")
+    model, _ = initial_model("searched", meta_setup(cfg), tmp_path, 1, (1, 8, 8))
     spec = model_spec("searched", model, load_genotype(tmp_path / "genotype.json"))
-    rebuilt = build_from_spec(cfg, json.loads(json.dumps(spec)), (1, 8, 8))
+    rebuilt = build_from_spec(meta_setup(cfg), json.loads(json.dumps(spec)), (1, 8, 8))
     rebuilt.load_state_dict(model.state_dict())  # strict: same architecture, same names
     assert [k for k, _ in rebuilt.named_parameters()] == [k for k, _ in model.named_parameters()]

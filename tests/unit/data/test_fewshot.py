@@ -21,6 +21,7 @@ from fednas.data.fewshot import (
     read_omniglot,
 )
 from fednas.errors import ConfigError, DataError
+from fednas.meta.setup import meta_setup
 
 FIXTURES = FIXTURES
 ROOTS = {"omniglot": FIXTURES, "mini-imagenet": FIXTURES, "cifar-fs": FIXTURES / "cifar-fs"}
@@ -179,7 +180,7 @@ def test_meta_config_with_an_official_split_validates_and_loads(name, tmp_path):
                                  f'meta.root="{ROOTS[name]}"', "meta.split=[0.5, 0.25, 0.25]",
                                  "data.download=false"])
     assert (cfg.meta.dataset, cfg.meta.split_by, cfg.meta.image_size) == (name, "official", 0)
-    data, split = fewshot_data(cfg)
+    data, split = fewshot_data(meta_setup(cfg))
     assert len(split.test) == 2 and len(split.val) >= 1
     if name == "omniglot":  # a third of the 4 background characters: one whole alphabet
         assert len(split.val) == 2 and split.by == "alphabet"

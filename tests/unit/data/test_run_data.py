@@ -11,6 +11,7 @@ from conftest import tiny_meta
 
 from fednas.config.run_config import load_config
 from fednas.data.run_data import META_TRAIN, meta_train_raw, run_dataset
+from fednas.meta.setup import meta_setup
 from fednas.meta.tasks import fewshot_data
 
 
@@ -23,8 +24,8 @@ def meta_train_cfg(tiny_overrides, tmp_path):
 
 
 def test_meta_train_raw_holds_exactly_the_meta_train_classes(meta_train_cfg):
-    data, split = fewshot_data(meta_train_cfg)
-    raw = meta_train_raw(meta_train_cfg)
+    data, split = fewshot_data(meta_setup(meta_train_cfg))
+    raw = meta_train_raw(meta_setup(meta_train_cfg))
     train = np.sort(split.train)
     assert len(raw.class_names) == len(train) and set(raw.y.tolist()) == set(range(len(train)))
     assert raw.class_names == tuple(data.classes[c]["name"] for c in train)
@@ -38,11 +39,11 @@ def test_meta_train_raw_holds_exactly_the_meta_train_classes(meta_train_cfg):
 def test_run_dataset_splits_and_normalises_the_meta_train_pool(meta_train_cfg):
     from simulations.client_app import local_clients
 
-    data = run_dataset(meta_train_cfg)
-    _, split = fewshot_data(meta_train_cfg)
+    data = run_dataset(meta_train_cfg.data, meta_train_cfg.seed, meta_setup(meta_train_cfg))
+    _, split = fewshot_data(meta_setup(meta_train_cfg))
     assert data.name == META_TRAIN and data.num_classes == len(split.train)
     total = len(data.train_y) + len(data.val_y) + len(data.test_y)
-    assert total == len(meta_train_raw(meta_train_cfg).y)
+    assert total == len(meta_train_raw(meta_setup(meta_train_cfg)).y)
     assert abs(float(data.train_x.mean())) < 1e-3  # normalised by the train split's statistics
     client_view = local_clients(meta_train_cfg).data  # what a Flower client loads: the same
     assert torch.equal(client_view.train_x, data.train_x)
@@ -54,7 +55,7 @@ def test_search_retrain_on_meta_train_classes_feed_the_meta_phase(meta_train_cfg
     from simulations.pipeline import Pipeline
 
     run_dir, summary = Pipeline(meta_train_cfg).run()
-    _, split = fewshot_data(meta_train_cfg)
+    _, split = fewshot_data(meta_setup(meta_train_cfg))
     assert summary["dataset"]["num_classes"] == len(split.train)
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["models"]["searched"]["init"] == "searched.pt"  # retrained on meta-train

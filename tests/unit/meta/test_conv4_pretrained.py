@@ -11,6 +11,7 @@ from conftest import tiny_meta
 from fednas.config.run_config import load_config
 from fednas.errors import ConfigError
 from fednas.meta.models import initial_model
+from fednas.meta.setup import meta_setup
 from fednas.models.baselines import build_model
 from fednas.models.conv4 import Conv4
 
@@ -47,8 +48,8 @@ def test_conv4_is_a_baseline_model():
 
 def test_pretrained_conv4_takes_the_baseline_body_and_a_new_head(cfg, tmp_path):
     trained = save_baseline(tmp_path, hidden=6).state_dict()
-    model, source = initial_model("conv4-pretrained", cfg, tmp_path, 1, SHAPE)
-    scratch, scratch_source = initial_model("conv4", cfg, tmp_path, 1, SHAPE)
+    model, source = initial_model("conv4-pretrained", meta_setup(cfg), tmp_path, 1, SHAPE)
+    scratch, scratch_source = initial_model("conv4", meta_setup(cfg), tmp_path, 1, SHAPE)
     assert (source, scratch_source) == ("baseline.pt", "scratch")
     state = model.state_dict()
     body = [k for k in state if not k.startswith("head.")]
@@ -59,10 +60,10 @@ def test_pretrained_conv4_takes_the_baseline_body_and_a_new_head(cfg, tmp_path):
 
 def test_pretrained_conv4_names_a_missing_or_mismatched_baseline(cfg, tmp_path):
     with pytest.raises(ConfigError, match="baseline.pt is missing"):
-        initial_model("conv4-pretrained", cfg, tmp_path, 1, SHAPE)
+        initial_model("conv4-pretrained", meta_setup(cfg), tmp_path, 1, SHAPE)
     save_baseline(tmp_path, hidden=4)  # baseline.width says 6
     with pytest.raises(ConfigError, match="not a Conv-4 of width 6"):
-        initial_model("conv4-pretrained", cfg, tmp_path, 1, SHAPE)
+        initial_model("conv4-pretrained", meta_setup(cfg), tmp_path, 1, SHAPE)
 
 
 @pytest.mark.parametrize("bad", ['phases=["meta"]', 'baseline.model="cnn"'])
@@ -74,16 +75,17 @@ def test_conv4_pretrained_needs_a_conv4_baseline_phase(tiny_overrides, tmp_path,
 def test_key_fingerprints_the_baseline_weights(cfg, tiny_overrides, tmp_path):
     from fednas.meta import store as meta_store
 
-    bare = meta_store.training_key(cfg, "conv4-pretrained", 1, tmp_path)
-    searched = meta_store.training_key(cfg, "searched", 1, tmp_path)
+    setup = meta_setup(cfg)
+    bare = meta_store.training_key(setup, "conv4-pretrained", 1, tmp_path)
+    searched = meta_store.training_key(setup, "searched", 1, tmp_path)
     save_baseline(tmp_path, hidden=6)
-    first = meta_store.training_key(cfg, "conv4-pretrained", 1, tmp_path)
+    first = meta_store.training_key(setup, "conv4-pretrained", 1, tmp_path)
     assert set(first["run_weights"]) == {"baseline.pt"} and first != bare
-    assert meta_store.training_key(cfg, "searched", 1, tmp_path) == searched  # not its file
+    assert meta_store.training_key(setup, "searched", 1, tmp_path) == searched  # not its file
     save_baseline(tmp_path, hidden=6, classes=11)
-    assert meta_store.training_key(cfg, "conv4-pretrained", 1, tmp_path) != first
+    assert meta_store.training_key(setup, "conv4-pretrained", 1, tmp_path) != first
     wider = load_config(None, [*tiny_overrides, *tiny_meta(tmp_path), *SETS, "baseline.width=8"])
-    assert (meta_store.training_key(wider, "conv4-pretrained", 1, tmp_path)["baseline"]
+    assert (meta_store.training_key(meta_setup(wider), "conv4-pretrained", 1, tmp_path)["baseline"]
             != first["baseline"])
 
 

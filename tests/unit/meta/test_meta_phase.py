@@ -9,6 +9,7 @@ from conftest import REPO, tiny_meta
 
 from fednas.config.run_config import load_config
 from fednas.errors import ConfigError
+from fednas.meta.setup import meta_setup
 from simulations.cli import main
 
 SCENARIO = REPO / "simulations" / "fewshot_glyphs.toml"
@@ -249,8 +250,8 @@ def test_meta_stem_stride_sets_every_search_space_network(stride):
 
     cfg = load_config(SCENARIO, [f"meta.stem-stride={stride}"])  # the search's stride: 2
     want = stride or cfg.space.cell.stem_stride
-    space = meta_space(cfg, (1, 28, 28), cfg.meta.ways, with_none=True)
-    subnet = searched_model(cfg, space.genotype(), (1, 28, 28))
+    space = meta_space(meta_setup(cfg), (1, 28, 28), cfg.meta.ways, with_none=True)
+    subnet = searched_model(meta_setup(cfg), space.genotype(), (1, 28, 28))
     for model in (space, subnet):
         strides = [m.stride[0] for m in model.stem.modules() if isinstance(m, torch.nn.Conv2d)]
         assert strides == [want]

@@ -10,13 +10,14 @@ from torch import nn
 from fednas.config.run_config import load_config
 from fednas.errors import CheckpointError
 from fednas.meta import store as meta_store
+from fednas.meta.setup import meta_setup
 from fednas.reporting.rundir import RunDir
 
 SCENARIO = REPO / "simulations" / "fewshot_glyphs.toml"
 
 
 def key(what: str = "searched", shots: int = 1, *overrides: str) -> dict:
-    return meta_store.training_key(load_config(SCENARIO, list(overrides)), what, shots)
+    return meta_store.training_key(meta_setup(load_config(SCENARIO, list(overrides))), what, shots)
 
 
 @pytest.mark.parametrize("override", [
@@ -78,15 +79,16 @@ def test_save_then_load_roundtrip_and_bad_files(tmp_path):
 
 
 def test_key_fingerprints_the_run_weights_models_start_from(tmp_path):
-    cfg = load_config(SCENARIO)
-    bare = meta_store.training_key(cfg, "searched", 1, tmp_path)
+    setup = meta_setup(load_config(SCENARIO))
+    bare = meta_store.training_key(setup, "searched", 1, tmp_path)
     torch.save({"state_dict": nn.Linear(3, 2).state_dict()}, tmp_path / "searched.pt")
-    first = meta_store.training_key(cfg, "searched", 1, tmp_path)
+    first = meta_store.training_key(setup, "searched", 1, tmp_path)
     assert set(first["run_weights"]) == {"searched.pt"} and first != bare
-    assert meta_store.training_key(cfg, "searched", 1, tmp_path) == first  # unchanged file
+    assert meta_store.training_key(setup, "searched", 1, tmp_path) == first  # unchanged file
     torch.save({"state_dict": nn.Linear(3, 2).state_dict()}, tmp_path / "searched.pt")
-    assert meta_store.training_key(cfg, "searched", 1, tmp_path) != first  # retrained
-    assert meta_store.training_key(cfg, "conv4", 1, tmp_path) == meta_store.training_key(
-        cfg, "conv4", 1)  # from scratch: the run's weights do not matter
-    scratch = load_config(SCENARIO, ['meta.init="scratch"'])
+    assert meta_store.training_key(setup, "searched", 1, tmp_path) != first  # retrained
+    # from scratch: the run's weights do not matter
+    assert (meta_store.training_key(setup, "conv4", 1, tmp_path)
+            == meta_store.training_key(setup, "conv4", 1))
+    scratch = meta_setup(load_config(SCENARIO, ['meta.init="scratch"']))
     assert "run_weights" not in meta_store.training_key(scratch, "searched", 1, tmp_path)
