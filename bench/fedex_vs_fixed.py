@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.reporting.sweep_report import collect
 from fednas.tuning.fedex_space import centre_and_perturbations
 from simulations.sweep import run_sweep

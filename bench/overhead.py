@@ -32,7 +32,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.reporting.rundir import read_metrics
 
 BASE = ["mode=federated", "data.dataset=fashion-mnist", 'phases=["search"]',

@@ -30,7 +30,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.privacy.mechanism import noise_multiplier_for
 from fednas.reporting.sweep_report import collect
 from simulations.sweep import parse_seeds, run_sweep

@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.spaces.registry import build_space
 from fednas.training.train import make_optimizer
 

@@ -118,7 +118,7 @@ class FedNASUniform(FedNAS):
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``custom_space.toml`` (plus ``--set`` overrides) and print its summary."""
-    from fednas.config.run_config import load_config
+    from fednas.config.loading import load_config
     from fednas.errors import FedNASError
     from simulations.simulation import run_federated
 

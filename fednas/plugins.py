@@ -1,7 +1,7 @@
 """User code that a scenario loads: ``runtime.plugins`` (files or modules).
 
 A plugin registers what fednas should know by name (a search space, a dataset, a strategy, a
-phase) when it is imported. :func:`fednas.config.run_config.load_config` imports the
+phase) when it is imported. :func:`fednas.config.loading.load_config` imports the
 scenario's plugins before it checks the scenario (so ``space.name`` may name a space a plugin
 registers), and every client imports them again in its own process (Ray workers), so a
 plugin must be importable there: a ``.py`` file is imported from its absolute path (made

@@ -128,7 +128,7 @@ def _grid_options(parser: argparse.ArgumentParser, what: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from fednas.config.run_config import load_config
+    from fednas.config.loading import load_config
     from fednas.reporting.summary import print_summary
     from simulations.pipeline import Pipeline
 
@@ -164,7 +164,7 @@ def cmd_meta(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from fednas.config.run_config import load_config
+    from fednas.config.loading import load_config
     from fednas.errors import CheckpointError
     from fednas.reporting.summary import print_summary
     from simulations.simulation import run_federated
@@ -225,7 +225,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from fednas.config.run_config import load_config
+    from fednas.config.loading import load_config
     from fednas.config.tools import dumps_toml, to_dict, to_kebab
 
     cfg = load_config(args.scenario, args.overrides)

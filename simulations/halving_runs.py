@@ -27,7 +27,8 @@ from typing import Any
 
 from fednas.config.grid import candidates
 from fednas.config.grid import parse_grid as _parse_grid
-from fednas.config.run_config import RunConfig, load_config
+from fednas.config.loading import load_config
+from fednas.config.run_config import RunConfig
 from fednas.errors import ConfigError
 from fednas.reporting.rundir import read_metrics
 from fednas.tuning.halving import schedule, successive_halving

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from fednas.config.run_config import RunConfig, load_config
+from fednas.config.loading import load_config
+from fednas.config.run_config import RunConfig
 from fednas.errors import CheckpointError, ConfigError
 from fednas.meta.phase import run_meta
 from fednas.meta.setup import meta_setup

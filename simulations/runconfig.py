@@ -23,7 +23,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fednas.config.run_config import RunConfig, load_config
+from fednas.config.loading import load_config
+from fednas.config.run_config import RunConfig
 from fednas.errors import ConfigError
 
 APP_DIR = Path(__file__).resolve().parents[1]

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from fednas.config.grid import candidates, parse_grid
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.config.tools import to_dict
 from fednas.errors import ConfigError
 

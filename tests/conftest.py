@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"

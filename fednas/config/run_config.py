@@ -1,25 +1,22 @@
 """The run configuration: one frozen dataclass tree loaded from a TOML scenario.
 
 Scenario files use kebab-case keys (``[search] arch-lr = 3e-3``); Python uses snake_case.
-``load_config(path, overrides=["search.epochs=2"])`` validates everything before any work:
-unknown keys, wrong types and out-of-range values raise :class:`ConfigError` naming the key.
+:func:`fednas.config.loading.load_config` (``load_config(path, ["search.epochs=2"])``)
+validates everything before any work: unknown keys, wrong types and out-of-range values
+raise :class:`ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from fednas.config.compression import CompressionConfig, check_compression
 from fednas.config.fedex import FedExConfig
 from fednas.config.meta import MetaConfig
 from fednas.config.privacy import PrivacyConfig, check_alpha_clip, check_secagg
-from fednas.config.tools import apply_override, from_dict, option, parse_override, section
+from fednas.config.tools import option, section
 from fednas.errors import ConfigError
-from fednas.plugins import import_plugins
-from fednas.plugins import resolve as resolve_plugin
 from fednas.registry import Registry
 from fednas.spaces.ops import DARTS_OPS, OPS
 from fednas.spaces.registry import SPACES
@@ -282,45 +279,3 @@ class RunConfig:
                               'set mode = "federated"')
         if not self.name or "/" in self.name:
             raise ConfigError(f"name: must be a non-empty name without '/' (got {self.name!r})")
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
-                ) -> RunConfig:
-    """Load a scenario TOML file (or the defaults when ``path`` is None) plus overrides.
-
-    ``runtime.plugins`` are imported first (:mod:`fednas.plugins`): a relative ``.py`` path
-    is relative to the scenario file when the file names it, to the working directory when
-    an override does.
-
-    Raises
-    ------
-    ConfigError
-        For a missing/unparsable file, an unknown key, a wrong type or a bad value.
-    """
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"scenario file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-        plugins = data.get("runtime", {}).get("plugins") if isinstance(
-            data.get("runtime"), dict) else None
-        if isinstance(plugins, list):  # a scenario's plugin files: relative to the scenario
-            data["runtime"]["plugins"] = [
-                str(path.parent / p) if isinstance(p, str) and p.endswith(".py")
-                and not Path(p).expanduser().is_absolute() else p for p in plugins]
-    for text in overrides:
-        key, value = parse_override(text)
-        apply_override(data, key, value)
-    runtime = data.get("runtime")
-    plugins = runtime.get("plugins") if isinstance(runtime, dict) else None
-    if plugins is not None:  # imported first: they register names the checks below accept
-        if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
-            raise ConfigError(f"runtime.plugins: a list of .py files or module names, not "
-                              f"{plugins!r}")
-        runtime["plugins"] = [resolve_plugin(p) for p in plugins]
-        import_plugins(runtime["plugins"])
-    return from_dict(RunConfig, data)

@@ -83,7 +83,7 @@ def export(run_dir: str | Path, model: str = "distilled", out: str | Path | None
         If the run has no such model, or (``verify``) the reloaded model's test accuracy
         differs from the accuracy the run recorded.
     """
-    from fednas.config.run_config import load_config
+    from fednas.config.loading import load_config
 
     run_dir = Path(run_dir)
     summary_path, weights = run_dir / "summary.json", run_dir / f"{model}.pt"

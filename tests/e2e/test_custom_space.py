@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.federated.aggregation import Contribution, masked_weighted_mean
 from fednas.plugins import import_plugins
 from fednas.spaces.registry import SPACES, build_space

@@ -11,7 +11,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.errors import ConfigError
 from fednas.meta.setup import meta_setup
 from strategies.reptile import META_ROUTE, FedReptile

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.reporting.rundir import read_metrics
 
 pytestmark = pytest.mark.slow

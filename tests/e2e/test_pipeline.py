@@ -47,7 +47,7 @@ def summary_train(summary):
 
 def test_digits_search_learns(tiny_overrides, tmp_path):
     """More steps on digits: the retrained searched subnet is far above chance (10 %)."""
-    from fednas.config.run_config import load_config
+    from fednas.config.loading import load_config
 
     cfg = load_config(None, tiny_overrides + ["data.max-train=0", "retrain.epochs=6",
                                               "retrain.lr=0.1", "phases=[\"search\", \"retrain\"]"])
@@ -132,7 +132,7 @@ def test_cli_help_and_config(capsys):
 
 
 def test_random_architecture_phase_is_seeded_and_trained_like_the_searched(tiny_overrides):
-    from fednas.config.run_config import load_config
+    from fednas.config.loading import load_config
 
     cfg = load_config(None, tiny_overrides + ['phases=["search","retrain","random","baseline"]'])
     run_dir, summary = Pipeline(cfg).run()

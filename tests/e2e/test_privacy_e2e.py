@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.privacy.mechanism import PrivacyAccountant
 from fednas.reporting.rundir import read_metrics
 

@@ -2,7 +2,7 @@
 
 Each command is parsed by the real CLI parser (:func:`simulations.cli.build_parser`); when it
 names a scenario file, that file must exist and the scenario, with the command's ``--set``
-overrides and every ``--grid`` value, must load (:func:`fednas.config.run_config.load_config`
+overrides and every ``--grid`` value, must load (:func:`fednas.config.loading.load_config`
 checks every key and value) — a dry run of what the command would start. Commands written
 with placeholders (``SCENARIO``, ``RUN_DIR``, ``runs/<name>-<time>``, ``[--opt ...]``) are
 only checked for their subcommand and options. ``python`` commands must name existing files.
@@ -17,7 +17,7 @@ import shlex
 import pytest
 from conftest import REPO
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from simulations.cli import build_parser
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]

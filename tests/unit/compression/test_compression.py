@@ -7,7 +7,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from fednas.compression.student import budget_limits, measured_cost, prune_cnn, pruned_width, within
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.errors import ConfigError
 from fednas.models.baselines import HandCNN
 from fednas.training.distill import block_regression_loss, distill

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from fednas.config.run_config import RunConfig, load_config
+from fednas.config.loading import load_config
+from fednas.config.run_config import RunConfig
 from fednas.config.tools import dumps_toml, parse_override, to_dict
 from fednas.errors import ConfigError
 

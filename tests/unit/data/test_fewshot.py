@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import FIXTURES, REPO
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.data.episodes import official_split, split_classes
 from fednas.data.fewshot import (
     CIFAR_FS_SPLIT,

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import tiny_meta
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.data.run_data import META_TRAIN, meta_train_raw, run_dataset
 from fednas.meta.setup import meta_setup
 from fednas.meta.tasks import fewshot_data

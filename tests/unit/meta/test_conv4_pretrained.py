@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_meta
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.errors import ConfigError
 from fednas.meta.models import initial_model
 from fednas.meta.setup import meta_setup

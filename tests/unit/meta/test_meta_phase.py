@@ -7,7 +7,7 @@ import json
 import pytest
 from conftest import REPO, tiny_meta
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.errors import ConfigError
 from fednas.meta.setup import meta_setup
 from simulations.cli import main

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.data.episodes import split_classes
 from fednas.data.fewshot import load_fewshot
 from fednas.errors import ConfigError

@@ -7,7 +7,7 @@ import torch
 from conftest import REPO
 from torch import nn
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.errors import CheckpointError
 from fednas.meta import store as meta_store
 from fednas.meta.setup import meta_setup

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import simulations.simulation
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.errors import ConfigError
 from simulations.halving_runs import candidates, parse_grid, run_halving, score, tuned_phase
 

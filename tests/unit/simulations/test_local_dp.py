@@ -7,7 +7,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from simulations.local_dp import make_local_dp_mod
 
 

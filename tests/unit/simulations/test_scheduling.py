@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from simulations.simulation import backend_config
 
 FEDERATED = ["mode=federated", "federation.rounds=1", 'phases=["search"]',

@@ -12,7 +12,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.errors import ConfigError
 from fednas.privacy import secagg_wire as wire
 from fednas.privacy.secagg import SecAggClient

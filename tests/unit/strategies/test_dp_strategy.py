@@ -9,7 +9,7 @@ import torch
 from conftest import REPO
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.privacy.mechanism import PrivacyAccountant
 from strategies.dp import CentralDP
 from strategies.fednas import FedNAS

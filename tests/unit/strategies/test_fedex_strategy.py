@@ -7,7 +7,7 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.spaces.registry import build_space
 from fednas.tuning.fedex import FedEx
 from strategies.fedex import FedExWrapper, build_tuner

@@ -6,7 +6,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
-from fednas.config.run_config import load_config
+from fednas.config.loading import load_config
 from fednas.errors import ConfigError
 from fednas.spaces.registry import build_space
 from fednas.training.sandwich import sandwich_steps, sandwich_widths, shard_choices
