@@ -12,6 +12,7 @@ dir exists (:meth:`Runner.prepare`), then walk the scenario's phases
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -71,7 +72,7 @@ def make_progress(enabled: bool, console: Console) -> Any:
                     TimeElapsedColumn(), console=console, transient=True)
 
 
-class Runner:
+class Runner(ABC):
     """A run of ``cfg``: its state (:class:`RunState`), data and phases (module docstring)."""
 
     def __init__(self, cfg: RunConfig, console: Console | None = None) -> None:
@@ -153,14 +154,17 @@ class Runner:
                    row_label="edge" if space.space_name == "cell" else "prunable layer")
 
     # -- primitives the phases call (each runner implements them its way)
+    @abstractmethod
     def search(self) -> Genotype:
-        raise NotImplementedError
+        """Train the supernet (weights and α); its derived genotype."""
 
+    @abstractmethod
     def train_fixed(self, phase: str, spec: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        """Train the fixed model of ``spec`` as phase ``phase``; its ``models`` entry."""
 
+    @abstractmethod
     def random_genotype(self) -> Genotype:
-        raise NotImplementedError
+        """The run's random architecture of the space (a function of the seed)."""
 
     def meta_rounds(self) -> Any:
         """A callable giving the Flower-trained meta models, or None (meta-train in-process)."""

@@ -21,6 +21,7 @@ name (:func:`register_phase`) also adds the name to the scenario's allowed ``pha
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -29,19 +30,19 @@ from fednas.errors import ConfigError
 from fednas.registry import Registry
 
 
-class Phase:
+class Phase(ABC):
     """One phase of a run (see the module docstring). Subclasses set :attr:`name`."""
 
     name: ClassVar[str] = ""
     requires: ClassVar[tuple[str, ...]] = ()
     federated_only: ClassVar[bool] = False
 
-    def check(self, run: Any) -> None:
+    def check(self, run: Any) -> None:  # noqa: B027 - optional hook, no-op by default
         """Fail before the run starts when this phase cannot run (data loaded, no run dir)."""
 
+    @abstractmethod
     def run(self, run: Any) -> None:
         """Do the phase's work on the runner ``run``, adding its results to the run's state."""
-        raise NotImplementedError
 
 
 PHASES: Registry[type[Phase]] = Registry("phase", "phases", ordered=True)
