@@ -61,6 +61,7 @@ class FederatedPipeline(Runner):
             from fednas.privacy.mechanism import PrivacyAccountant
 
             self.state.accountant = PrivacyAccountant()
+        self.search_state: dict[str, torch.Tensor] | None = None  # the aggregated supernet
         self.result: tuple[Path, dict[str, Any]] | None = None
         self.error: BaseException | None = None
         self.compression = Compression(self)
@@ -202,7 +203,7 @@ class FederatedPipeline(Runner):
     def trained_supernet(self) -> Any:
         """The aggregated supernet of this run's search (from memory or supernet.pt)."""
         space = self.make_space()
-        space.load_state_dict(getattr(self, "search_state", None)
+        space.load_state_dict(self.search_state
                               or torch.load(self.rundir.path / "supernet.pt")["state_dict"])
         return space
 

@@ -8,10 +8,13 @@ subnet (and a random architecture) → hand-designed baseline → meta, as the p
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fednas.config.run_config import TrainConfig
 from fednas.data.partition import partition_stats
@@ -32,11 +35,21 @@ from fednas.training.train import (
     train_epoch,
 )
 from fednas.version import __version__
-from simulations.runner import MODEL_NAME, Runner, make_progress
+from simulations.runner import MODEL_NAME, Runner
+
+
+def make_progress(enabled: bool, console: Console) -> Any:
+    """A rich progress display, or a no-op context when disabled."""
+    if not enabled:
+        return nullcontext(None)
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
 
 
 class Pipeline(Runner):
     """One centralised run of a :class:`RunConfig`; call :meth:`run`."""
+
+    progress: Any = None  # the rich progress display while the run shows one
 
     def run(self) -> tuple[Path, dict[str, Any]]:
         """Execute every configured phase; return the run dir and the summary."""

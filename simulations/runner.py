@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fednas.config.run_config import RunConfig
 from fednas.data.datasets import Dataset
@@ -64,14 +62,6 @@ class RunState:
     stop_after: tuple[str, int] | None = None
 
 
-def make_progress(enabled: bool, console: Console) -> Any:
-    """A rich progress display, or a no-op context when disabled."""
-    if not enabled:
-        return nullcontext(None)
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=console, transient=True)
-
-
 class Runner(ABC):
     """A run of ``cfg``: its state (:class:`RunState`), data and phases (module docstring)."""
 
@@ -80,7 +70,6 @@ class Runner(ABC):
         self.console = console or Console(stderr=True)
         self.state = RunState()
         self.phases = phases.plan(cfg)
-        self.progress = None
 
     # the parts of the state that phases read and write
     @property

@@ -66,7 +66,7 @@ class FedDF(StrategyWrapper):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         arrays, metrics = self.base.aggregate_train(server_round, replies)
-        states, self.base.client_states = getattr(self.base, "client_states", []), []
+        states, self.base.client_states = self.base.client_states, []
         if arrays is None or not states:
             return arrays, metrics
         student = self._model(arrays.to_torch_state_dict())

@@ -101,6 +101,8 @@ class FedNAS(FedAvg, RoundStrategy):
         self._plan: dict[int, tuple[Masks | None, Slices]] = {}
         self.round_stats: dict[str, float] = {}
         self.placements: list[dict[str, int]] = []  # per reply: where the client ran
+        self.keep_client_states = False  # FedDF distils the client models of a round
+        self.client_states: list[dict[str, torch.Tensor]] = []
 
     # -- bookkeeping -------------------------------------------------------------------
     def summary(self) -> None:
@@ -183,7 +185,7 @@ class FedNAS(FedAvg, RoundStrategy):
         replies = list(replies)
         screened = screen_replies(replies, self._plan, self.arrayrecord_key)
         good = screened.good
-        if getattr(self, "keep_client_states", False):  # FedDF distils the client models
+        if self.keep_client_states:
             self.client_states = [r.state for r in good]
         self.placements = [r.placement(server_round) for r in good]
         timeouts = max(len(self._plan) - len(replies), 0)
