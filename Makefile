@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(PY) bench/federated_vs_baseline.py
 	$(PY) bench/fedex_vs_fixed.py
 	$(PY) bench/privacy.py
+	$(PY) bench/xdevice.py
 	$(PY) bench/fewshot.py
 	$(PY) bench/compression.py
 

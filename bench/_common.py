@@ -1,4 +1,5 @@
-"""What the sweep-based benchmarks share: their command line and one seeded sweep of a scenario.
+"""What the benchmarks share: the sweep-based ones' command line and one seeded sweep of a
+scenario, and a subprocess run with the peak memory of its process tree.
 
 ``bench/compression.py`` and ``bench/federated_vs_baseline.py`` run one scenario of
 ``simulations/`` for several seeds through the sweep runner (resumable, one process per run,
@@ -9,8 +10,12 @@ kept under ``--out-dir``) and read the finished runs' summaries. (``python bench
 from __future__ import annotations
 
 import argparse
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from fednas.reporting.sweep_report import collect
 from simulations.sweep import parse_seeds, run_sweep
@@ -35,3 +40,19 @@ def sweep_summaries(bench: str, scenario: str, doc: str, seeds: str = "0,1,2"
     if failed:
         raise SystemExit(f"bench/{bench}: failed runs: {failed}")
     return root, [r["summary"] for r in runs]
+
+
+def run_measured(args: list[str], cwd: Path | None = None) -> tuple[int, str, int]:
+    """Run ``args``; return (exit code, stderr, peak RSS in bytes of its whole process tree,
+    sampled every 0.1 s: the driver and the Ray workers it starts)."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, cwd=cwd)
+    parent, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            tree = [parent, *parent.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.1)
+    return proc.returncode, proc.stderr.read(), peak

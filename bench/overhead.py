@@ -23,14 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
 import torch
+from _common import run_measured
 
 from fednas.config.loading import load_config
 from fednas.reporting.rundir import read_metrics
@@ -47,19 +46,10 @@ BASE = ["mode=federated", "data.dataset=fashion-mnist", 'phases=["search"]',
 def run(overrides: list[str], out: Path) -> tuple[Path, float]:
     """Run a scenario in a subprocess; return its run dir and the tree's peak RSS (bytes)."""
     args = [a for o in BASE + overrides for a in ("--set", o)]
-    proc = subprocess.Popen([sys.executable, "-m", "simulations", "run", "/dev/null", *args,
-                             "--out-dir", str(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    parent, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            tree = [parent, *parent.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.1)
-    if proc.returncode:
-        raise SystemExit(f"run failed: {proc.stderr.read()[-2000:]}")
+    code, err, peak = run_measured([sys.executable, "-m", "simulations", "run", "/dev/null",
+                                    *args, "--out-dir", str(out)])
+    if code:
+        raise SystemExit(f"run failed: {err[-2000:]}")
     (run_dir,) = [d for d in out.iterdir() if d.is_dir()]
     return run_dir, peak
 

@@ -6,6 +6,9 @@ Routes
 ``train.search``  local bi-level search on the supernet shard in the message
 ``train``         local training of a fixed model (derived subnet or baseline): FedAvg
 ``evaluate``      loss/accuracy of a fixed model on the client's val split
+``train.cohort``  several virtual clients in one message (``federation.cohort-size``): the
+                  global state once, each member's config; run by
+                  ``fednas/federated/cohort.py`` (fixed models vectorised), one reply
 ``train.meta``    a federated Reptile round of the meta phase on the client's own share of the
                   meta-train classes (``fednas/meta/fedmeta_client.py``)
 ``query.secagg_advertise``, ``query.secagg_share``, ``train.secagg``, ``query.secagg_unmask``
@@ -18,15 +21,17 @@ shipped to Ray workers by value) or, under ``flwr run .``, from the run config.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import torch
-from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fednas.config.run_config import RunConfig
 from fednas.data.run_data import run_dataset
 from fednas.federated import client
 from fednas.federated.codec import to_record, to_state_dict
+from fednas.federated.cohort import Outcome, presum, run_cohort
 from fednas.federated.shards import decode_masks
 from fednas.meta.setup import meta_setup
 from fednas.plugins import import_plugins
@@ -43,6 +48,33 @@ def client_setup(cfg: RunConfig) -> client.ClientSetup:
                               eval_batch_size=cfg.runtime.eval_batch_size)
 
 
+def cohort_reply(outcomes: list[Outcome], presummed: bool) -> RecordDict:
+    """The reply to a cohort message (wire format: strategies/cohorts.py): per member its
+    metrics (``metrics.<i>``) and, unless pre-summed, its arrays (``arrays.<i>``); failed
+    members in ``errors``; a pre-summed cohort's mean in ``arrays.mean`` with its weight and
+    lead member in ``presum``."""
+    content = RecordDict()
+    errors = ConfigRecord()
+    used: list[int] = []
+    if presummed:
+        mean, weight, used = presum(outcomes)
+        if used:
+            content["arrays.mean"] = to_record(mean)
+            content["presum"] = ConfigRecord({"partition-id": used[0], "weight": weight})
+    for i, o in enumerate(outcomes):
+        if o.error:
+            errors[str(o.pid)] = o.error
+            continue
+        metrics = dict(o.metrics)
+        if presummed and o.reportable() and o.pid not in used:  # non-finite weights
+            metrics["diverged"] = 1
+        content[f"metrics.{i}"] = MetricRecord(metrics)
+        if o.state and not presummed:
+            content[f"arrays.{i}"] = to_record(o.state)
+    content["errors"] = errors
+    return content
+
+
 @lru_cache(maxsize=2)
 def local_clients(cfg: RunConfig) -> client.LocalClients:
     """This process's clients of scenario ``cfg`` (dataset and partitions loaded once)."""
@@ -50,9 +82,32 @@ def local_clients(cfg: RunConfig) -> client.LocalClients:
                                lambda: run_dataset(cfg.data, cfg.seed, meta_setup(cfg)))
 
 
+class BoundClientApp(ClientApp):
+    """The ClientApp of one scenario, which pickles as "the app of this scenario".
+
+    Flower's simulation engine ships the ClientApp to a Ray worker with every message
+    (cloudpickle of its loader closure: 18 kB and 2.3 ms of server CPU per message for this
+    app's routes). Pickled as ``(bound_client_app, (cfg,))`` it costs the 4 kB scenario
+    (0.08 ms), and a worker builds the app once and reuses it (:func:`bound_client_app`).
+    """
+
+    cfg: RunConfig
+
+    def __reduce__(self) -> tuple[Any, tuple[RunConfig]]:
+        return bound_client_app, (self.cfg,)
+
+
+@lru_cache(maxsize=2)
+def bound_client_app(cfg: RunConfig) -> ClientApp:
+    """This process's ClientApp of scenario ``cfg`` (built once)."""
+    return make_client_app(cfg)
+
+
 def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
     """A ClientApp bound to ``cfg`` (None: read the scenario from the Flower run config)."""
-    app = ClientApp()
+    app = ClientApp() if cfg is None else BoundClientApp()
+    if cfg is not None:
+        app.cfg = cfg
 
     def resolve(context: Context) -> RunConfig:
         if cfg is None:
@@ -99,6 +154,16 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
             dict(conf))
         return Message(RecordDict({"arrays": to_record(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @app.train("cohort")
+    def cohort(msg: Message, context: Context) -> Message:
+        run_cfg = resolve(context)
+        threads(run_cfg)
+        conf = msg.content["config"]
+        members = [dict(msg.content[f"member.{i}"]) for i in range(int(conf["cohort-size"]))]
+        outcomes = run_cohort(local_clients(run_cfg), str(conf["cohort-route"]),
+                              to_state_dict(msg.content["arrays"]), members)
+        return Message(cohort_reply(outcomes, bool(conf["cohort-presum"])), reply_to=msg)
 
     @app.train("meta")
     def meta(msg: Message, context: Context) -> Message:

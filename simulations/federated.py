@@ -20,16 +20,16 @@ import torch
 from flwr.serverapp import Grid
 
 from fednas.data.partition import partition_stats
-from fednas.federated import client
 from fednas.federated.ema import ModelEMA
 from fednas.federated.server_opt import STAT_SUFFIXES
+from fednas.federated.setup import build_fixed_model, encode_spec, make_space
 from fednas.models.flops import count_flops, count_params
 from fednas.reporting.checkpoint import load_checkpoint
 from fednas.reporting.plots import plot_alpha_evolution, plot_curves, plot_fedex_theta
 from fednas.reporting.rundir import RunDir
 from fednas.spaces.base import Genotype, save_genotype
 from fednas.spaces.stats import alpha_columns, alpha_entropy, alpha_snapshot, random_genotype
-from fednas.training.train import evaluate, recalibrate_bn
+from fednas.training.train import evaluate, recalibrate_bn, steps_per_epoch
 from fednas.version import __version__
 from simulations.client_app import client_setup
 from simulations.compression_phases import Compression
@@ -38,6 +38,7 @@ from simulations.meta_rounds import MetaRounds
 from simulations.phase_strategy import check_strategy, phase_strategy
 from simulations.round_loop import RoundLoop, RunPaused
 from simulations.runner import MODEL_NAME, Runner
+from strategies.cohorts import Cohorts
 from strategies.dp import privacy_summary
 
 PHASE_SEED = {"baseline": 1, "retrain": 2, "random": 3, "compress": 4, "same-size": 5,
@@ -62,6 +63,7 @@ class FederatedPipeline(Runner):
 
             self.state.accountant = PrivacyAccountant()
         self.search_state: dict[str, torch.Tensor] | None = None  # the aggregated supernet
+        self.cohort_slots: int | None = None  # Ray worker slots (fednas run sets it)
         self.result: tuple[Path, dict[str, Any]] | None = None
         self.error: BaseException | None = None
         self.compression = Compression(self)
@@ -92,6 +94,24 @@ class FederatedPipeline(Runner):
             state.done = list(ck.get("phases_done", []))
             state.genotype = ck.get("genotype")
         self.console.print(f"[bold]fednas[/] run dir: {self.rundir.path}")
+
+    def cohorts(self, phase: str) -> Cohorts | None:
+        """The cohort packing of ``phase``'s rounds (None: one client per message).
+
+        Cohorts are balanced by each client's local steps in the phase (the search caps
+        them at ``local-steps`` per epoch, so its costs are not its sizes). Only ``fednas
+        run``/``sweep`` sets ``cohort_slots`` (the Ray worker slots); under ``flwr run`` every
+        SuperNode is one real client, so cohort mode stays off.
+        """
+        cfg = self.cfg
+        if cfg.federation.cohort_size == 1 or self.cohort_slots is None:
+            return None
+        cap = cfg.federation.local_steps if phase == "search" else 0
+        batch = cfg.search.batch_size if phase == "search" else cfg.retrain.batch_size
+        val = cfg.partition.client_val_fraction
+        costs = {pid: steps_per_epoch(len(part) - int(round(val * len(part))), batch, cap)
+                 for pid, part in enumerate(self.parts)}
+        return Cohorts(cfg.federation.cohort_size, self.cohort_slots, costs)
 
     def wait_for_nodes(self, grid: Grid) -> dict[int, int]:
         """Wait until every client node registered; map node id -> partition id."""
@@ -152,7 +172,7 @@ class FederatedPipeline(Runner):
         t0 = time.perf_counter()
         space = self.make_space()
         strategy = phase_strategy(cfg, "search", space, self.node_partitions,
-                                  self.state.accountant)
+                                  self.state.accountant, cohorts=self.cohorts("search"))
         test = self._server_test()
         proxy = self.data.val_x[: f.bn_calibration_samples]  # server-side split, no client's
 
@@ -192,13 +212,13 @@ class FederatedPipeline(Runner):
 
     def make_space(self) -> Any:
         """The scenario's supernet, freshly initialised (seeded as the clients' is)."""
-        return client.make_space(self.cfg.space, self.cfg.seed, self.data.input_shape,
-                                 self.data.num_classes)
+        return make_space(self.cfg.space, self.cfg.seed, self.data.input_shape,
+                          self.data.num_classes)
 
     def fixed_model(self, spec: dict[str, Any]) -> torch.nn.Module:
         """The fixed model of ``spec`` (derived subnet or baseline), as clients build it."""
-        return client.build_fixed_model(client_setup(self.cfg), spec, self.data.input_shape,
-                                        self.data.num_classes)
+        return build_fixed_model(client_setup(self.cfg), spec, self.data.input_shape,
+                                 self.data.num_classes)
 
     def trained_supernet(self) -> Any:
         """The aggregated supernet of this run's search (from memory or supernet.pt)."""
@@ -225,9 +245,9 @@ class FederatedPipeline(Runner):
                                                                            or r.layers):
             model = self.trained_supernet().subnet(spec["genotype"])
         strategy = phase_strategy(cfg, phase, None, self.node_partitions,
-                                  self.state.accountant, wrap=wrap)
+                                  self.state.accountant, wrap=wrap, cohorts=self.cohorts(phase))
         test = self._server_test()
-        extra = {"model": client.encode_spec(spec)}
+        extra = {"model": encode_spec(spec)}
 
         proxy = self.data.val_x[: f.bn_calibration_samples]
 

@@ -10,6 +10,7 @@ from typing import Any
 from fednas.config.run_config import RunConfig
 from fednas.errors import ConfigError
 from fednas.spaces.base import SearchSpace
+from strategies.cohorts import Cohorts
 from strategies.fednas import FedNAS
 from strategies.registry import strategy_class
 
@@ -47,7 +48,8 @@ def check_strategy(cfg: RunConfig) -> type[FedNAS]:
 
 def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
                    node_partitions: dict[int, int], accountant: Any = None,
-                   wrap: Callable[[FedNAS], Any] | None = None) -> Any:
+                   wrap: Callable[[FedNAS], Any] | None = None,
+                   cohorts: Cohorts | None = None) -> Any:
     """The strategy of ``phase`` (``space`` for the search, None for fixed-model training).
 
     ``accountant`` (the run's :class:`fednas.privacy.mechanism.PrivacyAccountant`) turns on central
@@ -55,7 +57,8 @@ def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
     (:class:`strategies.dp.CentralDP`, noise seeded per phase); ``[fedex] enabled`` wraps
     the strategy in :class:`strategies.fedex.FedExWrapper`; ``wrap`` (e.g.
     :class:`strategies.feddf.FedDF`) wraps the FedNAS strategy first;
-    ``privacy.secure-aggregation`` makes it a :class:`strategies.secagg.SecAggFedNAS`.
+    ``privacy.secure-aggregation`` makes it a :class:`strategies.secagg.SecAggFedNAS`;
+    ``cohorts`` turns on cohort messages (:mod:`strategies.cohorts`).
     """
     f = cfg.federation
     dp = None
@@ -78,11 +81,12 @@ def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
         strategy = make_strategy(None, seed=cfg.seed + 7, fraction_evaluate=f.fraction_evaluate,
                                  min_evaluate_nodes=1, **common)
     strategy.node_partitions = node_partitions
+    strategy.cohorts = cohorts
     if wrap is not None:
         strategy = wrap(strategy)
     if not cfg.fedex.enabled:
         return strategy
-    from fednas.federated.client import local_hps
+    from fednas.federated.setup import local_hps
     from simulations.client_app import client_setup
     from strategies.fedex import FedExWrapper, build_tuner
 

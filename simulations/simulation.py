@@ -37,6 +37,18 @@ def backend_config(cfg: RunConfig) -> dict[str, Any]:
             "init_args": init}
 
 
+def worker_slots(cfg: RunConfig, backend: dict[str, Any]) -> int:
+    """How many clients Ray runs at once: CPUs ÷ CPUs per client (and GPUs ÷ GPUs per
+    client when clients take GPUs); the number of cohorts at ``cohort-size = 0``."""
+    res, init = backend["client_resources"], backend.get("init_args", {})
+    cpus = init.get("num_cpus") or os.cpu_count() or 1
+    slots = int(cpus // max(float(res.get("num_cpus", 1.0)), 1e-9))
+    gpus = float(res.get("num_gpus", 0.0))
+    if gpus > 0 and init.get("num_gpus"):
+        slots = min(slots, int(init["num_gpus"] // gpus))
+    return max(slots, 1)
+
+
 def run_federated(cfg: RunConfig, console: Console | None = None,
                   resume_dir: Path | None = None,
                   backend: dict[str, Any] | None = None,
@@ -56,6 +68,8 @@ def run_federated(cfg: RunConfig, console: Console | None = None,
 
     pipeline = FederatedPipeline(cfg, console, resume_dir, stop_after)
     pipeline.prepare()
+    backend = backend or backend_config(cfg)
+    pipeline.cohort_slots = worker_slots(cfg, backend)
     for name in ("flwr", "ray"):
         logging.getLogger(name).setLevel(logging.WARNING)
     quiet_flower()
@@ -68,7 +82,7 @@ def run_federated(cfg: RunConfig, console: Console | None = None,
         flower_pump.uninstall()
     run_simulation(server_app=make_server_app(pipeline), client_app=make_client_app(cfg),
                    num_supernodes=cfg.partition.num_clients,
-                   backend_config=backend or backend_config(cfg))
+                   backend_config=backend)
     if pipeline.error is not None:
         if isinstance(pipeline.error, FedNASError):
             raise pipeline.error

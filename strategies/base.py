@@ -12,7 +12,9 @@ probes a strategy with ``hasattr``. :class:`RoundStrategy` gives the defaults:
 * :meth:`~RoundStrategy.round_record`: what the last round adds to ``metrics.jsonl``
   (``round_stats``) and :meth:`~RoundStrategy.addon_record`: an add-on's own columns, written
   after the clients' metrics (FedEx's θ);
-* ``placements`` (where each client ran) and ``get_state`` / ``set_state`` (checkpoints).
+* ``placements`` (where each client ran) and ``get_state`` / ``set_state`` (checkpoints);
+* ``cohorts`` / :meth:`~RoundStrategy.presummable`: cohort mode, where ``train_round`` packs
+  the per-client messages into a few cohort messages (:mod:`strategies.cohorts`).
 
 :class:`strategies.fednas.FedNAS` and :class:`strategies.reptile.FedReptile` implement it.
 Add-ons that change a round around a base strategy (FedEx: per-client hyperparameters and
@@ -31,6 +33,8 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 
+from strategies.cohorts import Cohorts
+
 
 class RoundStrategy:
     """The round loop's protocol with its defaults (see the module docstring).
@@ -41,14 +45,31 @@ class RoundStrategy:
 
     round_stats: dict[str, Any]
     placements: list[dict[str, int]]
+    cohorts: Cohorts | None = None  # cohort mode (strategies/cohorts.py); None: one per client
 
     def train_round(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                     grid: Grid, timeout: float | None = None
                     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """One training round: the new global arrays (None: keep them) and metrics."""
+        """One training round: the new global arrays (None: keep them) and metrics.
+
+        In cohort mode the per-client messages of ``configure_train`` travel packed into
+        cohort messages and the replies are unpacked per client before ``aggregate_train``.
+        """
         messages = self.configure_train(server_round, arrays, config, grid)
+        cohorts = self.cohorts
+        if cohorts is not None:
+            messages = cohorts.pack(messages, arrays, presum=self.presummable())
+            self.round_stats["bytes_down"] = arrays.count_bytes() * len(messages)
+            self.round_stats["cohorts"] = len(messages)
         replies = grid.send_and_receive(messages, timeout=timeout)
+        if cohorts is not None:
+            replies = cohorts.unpack(replies)
         return self.aggregate_train(server_round, replies)
+
+    def presummable(self) -> bool:
+        """Whether a cohort may send its members' weighted mean instead of every update
+        (only when the aggregation is the plain sample-weighted mean)."""
+        return False
 
     def evaluates(self) -> bool:
         """Whether the strategy asks clients to evaluate the global model."""
@@ -100,6 +121,13 @@ class StrategyWrapper(RoundStrategy):
     @property
     def placements(self) -> list[dict[str, int]]:
         return self.base.placements
+
+    @property
+    def cohorts(self) -> Cohorts | None:
+        return self.base.cohorts
+
+    def presummable(self) -> bool:
+        return self.base.presummable()
 
     @property
     def configrecord_key(self) -> str:

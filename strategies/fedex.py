@@ -97,7 +97,7 @@ def build_tuner(fx: Any, phase: str, centre_hps: dict[str, float], seed: int) ->
     """The FedEx tuner of a scenario's ``[fedex]`` section (``fx``) for one phase.
 
     ``centre_hps`` are the phase's own local HPs (``[search]``'s for the search,
-    ``[retrain]``'s for fixed-model training: :func:`fednas.federated.client.local_hps`),
+    ``[retrain]``'s for fixed-model training: :func:`fednas.federated.setup.local_hps`),
     the centre of the configurations; ``arch-lr`` is tuned in the search only. ``seed`` is
     the scenario's seed.
     """

@@ -46,6 +46,7 @@ from fednas.federated.shards import (
 )
 from fednas.spaces.base import SearchSpace
 from strategies.base import RoundStrategy
+from strategies.cohorts import WEIGHT, Cohorts
 from strategies.registry import register_strategy
 from strategies.replies import PLACEMENT_KEYS, screen_replies
 
@@ -103,6 +104,7 @@ class FedNAS(FedAvg, RoundStrategy):
         self.placements: list[dict[str, int]] = []  # per reply: where the client ran
         self.keep_client_states = False  # FedDF distils the client models of a round
         self.client_states: list[dict[str, torch.Tensor]] = []
+        self.cohorts: Cohorts | None = None  # cohort mode (set by the runner)
 
     # -- bookkeeping -------------------------------------------------------------------
     def summary(self) -> None:
@@ -152,8 +154,11 @@ class FedNAS(FedAvg, RoundStrategy):
         messages, bytes_down = [], 0
         for pid, node in sampled:
             masks, slices = self._shard()
-            regions = to_record(slice_state(self._state, slices))
-            bytes_down += regions.count_bytes()
+            if self.cohorts is None:
+                regions = to_record(slice_state(self._state, slices))
+                bytes_down += regions.count_bytes()
+            else:  # the cohort message carries the whole state once (strategies/cohorts.py)
+                regions = ArrayRecord()
             cfg = ConfigRecord({**dict(config), "server-round": server_round,
                                 "partition-id": pid})
             if masks is not None:
@@ -163,8 +168,14 @@ class FedNAS(FedAvg, RoundStrategy):
                                                 self.configrecord_key: cfg}),
                                     dst_node_id=node, message_type=self.train_route))
         self.round_stats = {"clients_sampled": len(messages), "bytes_down": bytes_down}
-        log(INFO, "configure_train: %d clients, %.2f MB down", len(messages), bytes_down / 1e6)
+        log(INFO, "configure_train: %d clients", len(messages))
         return messages
+
+    def presummable(self) -> bool:
+        """Cohorts may pre-sum their update: fixed-model training with the plain weighted
+        mean (no shards, no DP, no FedDF client models, ``average`` not overridden)."""
+        return (self.space is None and self.dp is None and not self.keep_client_states
+                and type(self).average is FedNAS.average)
 
     def _shard(self) -> tuple[Masks | None, Slices]:
         if self.space is None:
@@ -189,7 +200,7 @@ class FedNAS(FedAvg, RoundStrategy):
             self.client_states = [r.state for r in good]
         self.placements = [r.placement(server_round) for r in good]
         timeouts = max(len(self._plan) - len(replies), 0)
-        bytes_up = sum(r.record.count_bytes() for r in good)
+        bytes_up = sum(r.record.count_bytes() for r in good if r.record is not None)
         self.round_stats.update(clients_ok=len(good), client_errors=screened.errors,
                                 clients_diverged=screened.diverged, client_timeouts=timeouts,
                                 bytes_up=bytes_up)
@@ -203,6 +214,8 @@ class FedNAS(FedAvg, RoundStrategy):
         for r in good:
             masks, slices = self._plan[r.pid]
             weight = float(r.metrics[self.weighted_by_key])
+            if WEIGHT in r.content.config_records:  # a cohort's pre-summed mean
+                weight = float(r.content.config_records[WEIGHT]["weight"])
             entry = {} if masks is None else dict(zip(self.alpha_keys, masks, strict=True))
             contributions.append(Contribution(r.state, slices, weight, entry))
         t0 = time.perf_counter()

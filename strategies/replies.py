@@ -20,7 +20,7 @@ from flwr.supercore import log
 
 from fednas.federated.codec import to_state_dict
 
-PLACEMENT_KEYS = ("pid", "gpu-id", "cuda")
+PLACEMENT_KEYS = ("pid", "ray-node", "gpu-id", "cuda")
 
 
 @dataclass
@@ -33,11 +33,17 @@ class Reply:
     state: dict[str, torch.Tensor]
     record: ArrayRecord | None
 
-    def placement(self, server_round: int) -> dict[str, int]:
-        """Where the client ran (worker pid, Ray GPU id, CUDA used), for ``clients.jsonl``."""
-        return {"round": server_round, "partition": self.pid,
-                **{k.replace("-", "_"): int(self.metrics[k]) for k in PLACEMENT_KEYS
-                   if k in self.metrics}}
+    def placement(self, server_round: int) -> dict[str, int | str]:
+        """Where the client ran (worker pid, Ray node id prefix, Ray GPU id, CUDA used), for
+        ``clients.jsonl``."""
+        out: dict[str, int | str] = {"round": server_round, "partition": self.pid}
+        for key in PLACEMENT_KEYS:
+            if key in self.metrics:
+                out[key.replace("-", "_")] = int(self.metrics[key])
+        if "ray_node" in out:
+            node = int(out["ray_node"])
+            out["ray_node"] = f"{node:08x}" if node >= 0 else ""
+        return out
 
 
 @dataclass

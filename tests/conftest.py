@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from flwr.app import Error, Message, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 
 from fednas.config.loading import load_config
 
@@ -74,3 +76,73 @@ def task_identity():
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, SUPERLINK_NODE_ID
     yield
     TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+class InProcessGrid:
+    """A Grid running the real ClientApp in this process: one node (and ``Context``, whose
+    ``state`` persists as in Flower's simulation engine) per partition; a route that raises
+    gets an error reply, as in Flower."""
+
+    def __init__(self, cfg) -> None:
+        from flwr.app import Context
+
+        from simulations.client_app import make_client_app
+
+        self.app = make_client_app(cfg)
+        n = cfg.partition.num_clients
+        self.contexts = {1000 + i: Context(1, 1000 + i, {"partition-id": i}, RecordDict(), {})
+                         for i in range(n)}
+
+    def get_node_ids(self):
+        return list(self.contexts)
+
+    def send_and_receive(self, messages, timeout=None):
+        replies = []
+        for msg in messages:
+            node, route = msg.metadata.dst_node_id, msg.metadata.message_type
+            wire = Message(recorddict_from_proto(recorddict_to_proto(msg.content)),
+                           dst_node_id=node, message_type=route)
+            try:
+                reply = self.app(wire, self.contexts[node])
+            except Exception as exc:  # noqa: BLE001 - Flower turns it into an error reply
+                replies.append(Message(Error(code=0, reason=repr(exc)), reply_to=msg))
+                continue
+            replies.append(Message(recorddict_from_proto(recorddict_to_proto(reply.content)),
+                                   reply_to=msg))
+        return replies
+
+
+def federated_sets(tiny_overrides: list[str]) -> list[str]:
+    return tiny_overrides + [
+        "mode=federated", 'phases=["search", "baseline"]', "partition.num-clients=3",
+        "federation.rounds=1", "federation.subnet-rounds=2", "federation.local-steps=2",
+        "federation.min-fit-clients=2", "federation.fraction-evaluate=0.0",
+        "federation.checkpoint-every=0", "federation.node-wait=5"]
+
+
+def in_process_run(sets: list[str], cohort_slots: int | None = None, resume_dir=None,
+                   stop_after: tuple[str, int] | None = None):
+    """A federated run of ``sets`` on an :class:`InProcessGrid`: (metrics, summary, grid).
+    ``cohort_slots`` stands for the Ray worker slots that ``fednas run`` passes (cohorts);
+    ``resume_dir`` and ``stop_after`` as in :func:`simulations.simulation.run_federated`."""
+    from fednas.reporting.rundir import read_metrics
+    from simulations.federated import FederatedPipeline
+
+    cfg = load_config(None, sets)
+    pipeline = FederatedPipeline(cfg, None, resume_dir, stop_after)
+    pipeline.prepare()
+    pipeline.cohort_slots = cohort_slots
+    grid = InProcessGrid(cfg)
+    run_dir, summary = pipeline.run_on_grid(grid)
+    return read_metrics(run_dir), summary, grid
+
+
+@pytest.fixture
+def no_plots(monkeypatch):
+    """Plots cost seconds and are not what these tests check."""
+    def skip(*args, **kwargs):
+        return None
+
+    for name in ("simulations.federated.plot_curves", "simulations.federated.plot_alpha_evolution",
+                 "simulations.federated.plot_fedex_theta", "simulations.runner.plot_alpha"):
+        monkeypatch.setattr(name, skip)

@@ -86,6 +86,9 @@ def check_secagg(cfg: Any) -> None:
     if getattr(getattr(cfg, "compression", None), "feddf", False):
         raise ConfigError(f"{key}: cannot run with compression.feddf; FedDF distils the "
                           "individual client models, which secure aggregation hides")
+    if f.cohort_size != 1:
+        raise ConfigError(f"{key}: needs federation.cohort-size = 1 (got {f.cohort_size}); "
+                          "every client masks its own update with its own pairwise keys")
     n = cfg.partition.num_clients
     if min(n, max(int(n * f.fraction_train), f.min_fit_clients, 1)) < 2:
         raise ConfigError(f"{key}: needs >= 2 clients per round (partition.num-clients, "

@@ -166,6 +166,13 @@ class FederationConfig:
                            doc="fixed-model training: BN running statistics averaged from the "
                                "clients, or recalibrated every round on the server's "
                                "bn-calibration-samples val images (central DP: always server)")
+    cohort_size: int = option(1, ge=0, doc="fednas run/sweep: virtual clients per message; "
+                              "a worker trains a cohort's fixed models as one vectorised "
+                              "computation (fednas/federated/cohort.py; equal to one by one up "
+                              "to float rounding) and, when the aggregation is the plain "
+                              "weighted mean, sends one pre-summed update; 1 = one client per "
+                              "message; 0 = one cohort per Ray worker slot (CPUs ÷ "
+                              "client-cpus); flwr run always uses 1")
     client_cpus: float = option(1.0, gt=0.0, doc="Ray CPUs per client")
     client_gpus: float = option(-1.0, ge=-1.0, doc="Ray GPUs per client (-1 = 0.5 when "
                                 "CUDA is visible, else 0)")
@@ -257,6 +264,10 @@ class RunConfig:
                               'set mode = "federated"')
         if self.privacy.secure_aggregation:
             check_secagg(self)
+        if f.cohort_size != 1 and self.privacy.mode == "local":
+            raise ConfigError("federation.cohort-size: local DP (privacy.mode = \"local\") "
+                              "clips and noises each client's reply in a Flower mod; set "
+                              "cohort-size = 1")
         if self.privacy.alpha_clip_norm:
             check_alpha_clip(self)
         server_bn = self.server_bn_reason()

@@ -3,19 +3,18 @@
 Virtual clients keep no state between rounds: everything a client needs arrives in the
 message (its shard, the global regions, the round) or is recomputed deterministically from
 the scenario (its data partition). What a client reads of the scenario is a
-:class:`ClientSetup` (a few sections, not the whole run config); :class:`LocalClients` holds
-it with the run's dataset, the partitions and the model templates once per process — memory
-the simulation pays once per Ray worker, not once per client (the ClientApp keeps one per
-scenario).
+:class:`~fednas.federated.setup.ClientSetup` (a few sections, not the whole run config);
+:class:`LocalClients` holds it with the run's dataset, the partitions and the models once per
+process — memory the simulation pays once per Ray worker, not once per client (the ClientApp
+keeps one per scenario). Models are built once per process and reused: a client loads its
+weights into them in place and returns copies of what it trained.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -23,22 +22,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from fednas.config.run_config import (
-    BaselineConfig,
-    FederationConfig,
-    PartitionConfig,
-    SearchConfig,
-    SpaceConfig,
-    TrainConfig,
-)
 from fednas.data.datasets import Dataset
 from fednas.data.partition import client_train_val, partition_indices
 from fednas.federated.devices import client_device, placement
+from fednas.federated.setup import (
+    ClientSetup,
+    build_fixed_model,
+    decode_spec,
+    encode_spec,
+    inject_fault,
+    local_hps,
+    make_space,
+)
 from fednas.federated.shards import Masks, load_slices, slice_state
-from fednas.models.baselines import build_model
-from fednas.spaces.base import Genotype, SearchSpace
-from fednas.spaces.cellnet import CellNetwork
-from fednas.spaces.registry import build_space
+from fednas.spaces.base import SearchSpace
 from fednas.training.sandwich import search_step_fn
 from fednas.training.train import (
     evaluate,
@@ -47,80 +44,11 @@ from fednas.training.train import (
     steps_per_epoch,
     train_epoch,
 )
+from fednas.training.vectorised import VectorisedTrainer
 
 Split = tuple[torch.Tensor, torch.Tensor]
 Result = tuple[dict[str, torch.Tensor], dict[str, float]]
 TEMPLATES = 4  # fixed-model templates kept per process
-
-
-@dataclass(frozen=True)
-class ClientSetup:
-    """The scenario's sections that client work reads (the top layer builds it)."""
-
-    seed: int
-    partition: PartitionConfig
-    space: SpaceConfig
-    search: SearchConfig
-    retrain: TrainConfig
-    baseline: BaselineConfig
-    federation: FederationConfig
-    eval_batch_size: int
-
-
-def make_space(space: SpaceConfig, seed: int, input_shape: tuple[int, int, int],
-               num_classes: int) -> SearchSpace:
-    """The scenario's supernet, with the seed's deterministic initialisation."""
-    torch.manual_seed(seed)
-    return build_space(space.name, input_shape=input_shape, num_classes=num_classes,
-                       **space.options())
-
-
-def build_fixed_model(setup: ClientSetup, spec: dict[str, Any],
-                      input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """A fixed (non-supernet) model from a spec: the derived subnet or the baseline."""
-    if spec["kind"] == "baseline":
-        b = setup.baseline
-        return build_model(b.model, input_shape=input_shape, num_classes=num_classes,
-                           width=int(spec.get("width", b.width)))
-    genotype: Genotype = spec["genotype"]
-    r = setup.retrain
-    if genotype["space"] == "cell" and (r.channels or r.layers):
-        c = setup.space.cell
-        return CellNetwork(genotype, input_shape=input_shape, num_classes=num_classes,
-                           channels=r.channels or c.channels, layers=r.layers or c.layers,
-                           stem_stride=c.stem_stride, allowed_ops=c.ops)
-    return make_space(setup.space, setup.seed, input_shape, num_classes).subnet(genotype)
-
-
-def inject_fault(federation: FederationConfig, pid: int) -> bool:
-    """Fault injection (federation.fault-partitions): raise, or return True to report NaN."""
-    if pid not in federation.fault_partitions:
-        return False
-    if federation.fault_kind == "raise":
-        raise RuntimeError(f"injected fault on partition {pid}")
-    return True
-
-
-def local_hps(setup: ClientSetup, phase: str, conf: dict[str, Any]) -> dict[str, float]:
-    """The local hyperparameters of one client: the scenario's, overridden by ``hp.*`` keys
-    of the message (FedEx samples them per client) and by the round's ``lr``."""
-    src = setup.search if phase == "search" else setup.retrain
-    hps: dict[str, float] = {
-        "lr": float(conf.get("lr", src.lr)), "momentum": src.momentum,
-        "weight-decay": src.weight_decay, "batch-size": src.batch_size,
-        "local-epochs": setup.federation.local_epochs, "arch-lr": setup.search.arch_lr}
-    for name in hps:
-        if f"hp.{name}" in conf:
-            hps[name] = float(conf[f"hp.{name}"])
-    return hps
-
-
-def encode_spec(spec: dict[str, Any]) -> str:
-    return json.dumps(spec, sort_keys=True)
-
-
-def decode_spec(text: str) -> dict[str, Any]:
-    return json.loads(text)
 
 
 class LocalClients:
@@ -138,6 +66,9 @@ class LocalClients:
         self.setup = setup
         self._load = load
         self._templates: OrderedDict[str, nn.Module] = OrderedDict()
+        self._trainer: tuple[tuple, VectorisedTrainer] | None = None
+        self._on_device: tuple[torch.device, torch.Tensor, torch.Tensor] | None = None
+        self._supernet: tuple[SearchSpace, dict[str, torch.Tensor], torch.Tensor] | None = None
 
     @cached_property
     def data(self) -> Dataset:
@@ -152,15 +83,25 @@ class LocalClients:
                                  alpha=p.alpha, classes_per_client=p.classes_per_client,
                                  seed=self.setup.seed, min_size=p.min_partition_size)
 
-    def splits(self, pid: int) -> tuple[Split, Split]:
-        """Client ``pid``'s own train and val splits of its partition (deterministic)."""
-        data, parts = self.data, self.parts
+    def splits(self, pid: int, device: torch.device | None = None) -> tuple[Split, Split]:
+        """Client ``pid``'s own train and val splits of its partition (deterministic).
+
+        With a CUDA ``device`` they are cut from a copy of the train set moved there once per
+        process (a cohort's clients then never copy their images to the GPU).
+        """
+        parts = self.parts
         if not 0 <= pid < len(parts):
             raise ValueError(f"partition id {pid} outside 0..{len(parts) - 1}")
         train_idx, val_idx = client_train_val(parts[pid], self.setup.partition.client_val_fraction,
                                               self.setup.seed + pid)
-        tr, va = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
-        return (data.train_x[tr], data.train_y[tr]), (data.train_x[va], data.train_y[va])
+        x, y = self.data.train_x, self.data.train_y
+        if device is not None and device.type != "cpu":
+            if self._on_device is None or self._on_device[0] != device:
+                self._on_device = (device, x.to(device), y.to(device))
+            _, x, y = self._on_device
+        tr = torch.as_tensor(train_idx, device=x.device)
+        va = torch.as_tensor(val_idx, device=x.device)
+        return (x[tr], y[tr]), (x[va], y[va])
 
     def make_space(self) -> SearchSpace:
         """The scenario's supernet (seeded initialisation)."""
@@ -173,11 +114,12 @@ class LocalClients:
         return tuple(a.shape for a in self.make_space().arch_parameters())
 
     def fixed_model(self, spec: dict[str, Any]) -> nn.Module:
-        """A fresh copy of ``spec``'s model whose weights the caller overwrites.
+        """This process's model of ``spec``, whose weights the caller overwrites in place.
 
         Deriving a subnet builds the whole supernet first, which was a third of a small
-        client's round; the structure is built once per process and copied (its initial
-        weights are meaningless here, so this does not reseed torch).
+        client's round; the model is built once per process and reused by every client that
+        trains or evaluates it (they load their weights into it and copy out what they
+        return). Its initial weights are meaningless here, so this does not reseed torch.
         """
         key = encode_spec(spec)
         if key not in self._templates:
@@ -187,7 +129,44 @@ class LocalClients:
             while len(self._templates) > TEMPLATES:
                 self._templates.popitem(last=False)
         self._templates.move_to_end(key)
-        return copy.deepcopy(self._templates[key])
+        return self._templates[key]
+
+    def vectorised_trainer(self, spec: dict[str, Any], grad_clip: float,
+                           label_smoothing: float, device: torch.device) -> VectorisedTrainer:
+        """A :class:`VectorisedTrainer` over this process's model of ``spec``."""
+        key = (encode_spec(spec), grad_clip, label_smoothing, str(device))
+        if self._trainer is None or self._trainer[0] != key:
+            self._trainer = (key, VectorisedTrainer(
+                copy.deepcopy(self.fixed_model(spec)), grad_clip=grad_clip,
+                label_smoothing=label_smoothing, device=device,
+                eval_batch_size=self.setup.eval_batch_size))
+        return self._trainer[1]
+
+    def supernet(self) -> SearchSpace:
+        """This process's supernet, reset to the seeded initialisation (weights and torch's
+        global RNG state exactly as :meth:`make_space` leaves them, without rebuilding it)."""
+        if self._supernet is None:
+            space = self.make_space()
+            self._supernet = (space, {k: v.clone() for k, v in space.state_dict().items()},
+                              torch.get_rng_state())
+        space, init, rng = self._supernet
+        space.load_state_dict(init)
+        torch.set_rng_state(rng)
+        return space
+
+    def shard_slices(self, masks: Masks) -> dict[str, Any]:
+        """The state regions of a shard (α whole), as :meth:`search` slices them."""
+        space = self._supernet[0] if self._supernet is not None else self.supernet()
+        slices = space.shard_slices(masks)
+        names = {id(p): n for n, p in space.named_parameters()}
+        for a in space.arch_parameters():
+            slices[names[id(a)]] = None
+        return slices
+
+    def seed(self, server_round: int, pid: int, salt: int) -> torch.Generator:
+        """Seed torch for client ``pid``'s work in ``server_round`` and return its generator
+        (salt 1: search, 2: training)."""
+        return seed_everything(hash((self.setup.seed, server_round, pid, salt)) % 2**31)
 
     # -- the three kinds of client work -------------------------------------------------
     def search(self, pid: int, server_round: int, regions: dict[str, torch.Tensor],
@@ -198,17 +177,13 @@ class LocalClients:
         and ``report-val`` (1: report the val loss after training, 2: before and after).
         """
         setup = self.setup
-        generator = self._seed(server_round, pid, 1)
+        generator = self.seed(server_round, pid, 1)
         device = client_device()
         train, val = self.splits(pid)
-        space = self.make_space()
-        slices = space.shard_slices(masks)
-        names = {id(p): n for n, p in space.named_parameters()}
-        for a in space.arch_parameters():
-            slices[names[id(a)]] = None
+        space = self.supernet()
+        slices = self.shard_slices(masks)
         state = space.state_dict()
         load_slices(state, regions, slices)
-        space.load_state_dict(state)
         space.set_shard(masks)
         space.to(device)
         s = setup.search
@@ -235,14 +210,14 @@ class LocalClients:
             metrics["diverged"] = 1
             return {}, metrics
         self._after_training(metrics, stats, space, val, pid, device, report)
-        out = slice_state({k: v.cpu() for k, v in space.state_dict().items()}, slices)
-        return out, metrics
+        out = slice_state({k: v.detach().cpu() for k, v in space.state_dict().items()}, slices)
+        return {k: v.clone() for k, v in out.items()}, metrics
 
     def train(self, pid: int, server_round: int, state: dict[str, torch.Tensor],
               spec: dict[str, Any], conf: dict[str, Any]) -> Result:
         """Local supervised training of a fixed model (the FedAvg route); ``conf`` as in
         :meth:`search`."""
-        generator = self._seed(server_round, pid, 2)
+        generator = self.seed(server_round, pid, 2)
         device = client_device()
         train_split, val = self.splits(pid)
         model = self.fixed_model(spec)
@@ -268,7 +243,7 @@ class LocalClients:
             metrics["diverged"] = 1
             return {}, metrics
         self._after_training(metrics, stats, model, val, pid, device, report)
-        return {k: v.detach().cpu() for k, v in model.state_dict().items()}, metrics
+        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, metrics
 
     def evaluate(self, pid: int, state: dict[str, torch.Tensor], spec: dict[str, Any]
                  ) -> dict[str, float]:
@@ -282,9 +257,6 @@ class LocalClients:
         return {"num-examples": len(val[1]), "partition-id": pid, **result}
 
     # -- shared steps ---------------------------------------------------------------------
-    def _seed(self, server_round: int, pid: int, salt: int) -> torch.Generator:
-        return seed_everything(hash((self.setup.seed, server_round, pid, salt)) % 2**31)
-
     def _val_loss(self, model: nn.Module, val: Split, device: torch.device) -> float:
         return evaluate(model, val, batch_size=self.setup.eval_batch_size,
                         device=device)["eval_loss"]

@@ -25,6 +25,20 @@ def assigned_gpu() -> int:
     return -1
 
 
+def ray_node() -> int:
+    """The first 8 hex digits of this worker's Ray node id, as an int (-1: not in Ray)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return int(ray.get_runtime_context().get_node_id()[:8], 16)
+    except Exception:  # noqa: BLE001 - outside a Ray worker there is no node
+        return -1
+    return -1
+
+
 def placement(device: torch.device) -> dict[str, int]:
-    """Where this client ran: worker pid, Ray GPU id (-1: none) and whether it used CUDA."""
-    return {"pid": os.getpid(), "gpu-id": assigned_gpu(), "cuda": int(device.type == "cuda")}
+    """Where this client ran: worker pid, Ray node (:func:`ray_node`), Ray GPU id (-1: none)
+    and whether it used CUDA."""
+    return {"pid": os.getpid(), "ray-node": ray_node(), "gpu-id": assigned_gpu(),
+            "cuda": int(device.type == "cuda")}

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from fednas.federated.client import inject_fault
 from fednas.federated.devices import client_device, placement
+from fednas.federated.setup import inject_fault
 from fednas.meta.setup import MetaSetup
 from fednas.spaces.base import Genotype
 

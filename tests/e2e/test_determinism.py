@@ -64,6 +64,8 @@ def shrink(scenario: Path, root: Path) -> list[str]:
         sets += FEDERATED
         if raw.get("partition", {}).get("num-clients", 4) > 4:
             sets.append("federation.fraction-train=0.5")
+        if raw.get("federation", {}).get("cohort-size", 1) != 1:  # not the machine's cores
+            sets.append("federation.cohort-size=2")
     if phases & {"compress", "same-size", "pruned"}:
         sets += COMPRESSION
     if "meta" in phases:

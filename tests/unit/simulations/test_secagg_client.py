@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import federated_sets, in_process_run
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 
@@ -216,66 +217,6 @@ def test_config_validation(sets, match):
     assert "privacy.secure-aggregation" in str(err.value) or "secagg" in str(err.value)
     cfg = load_config(None, base)
     assert cfg.privacy.secagg_threshold == 0.66 and cfg.privacy.secagg_clip == 1024.0
-
-
-class InProcessGrid:
-    """A Grid running the real ClientApp in this process: one node (and ``Context``, whose
-    ``state`` persists as in Flower's simulation engine) per partition."""
-
-    def __init__(self, cfg) -> None:
-        from flwr.app import Context
-
-        from simulations.client_app import make_client_app
-
-        self.app = make_client_app(cfg)
-        n = cfg.partition.num_clients
-        self.contexts = {1000 + i: Context(1, 1000 + i, {"partition-id": i}, RecordDict(), {})
-                         for i in range(n)}
-
-    def get_node_ids(self):
-        return list(self.contexts)
-
-    def send_and_receive(self, messages, timeout=None):
-        replies = []
-        for msg in messages:
-            node, route = msg.metadata.dst_node_id, msg.metadata.message_type
-            wire = Message(recorddict_from_proto(recorddict_to_proto(msg.content)),
-                           dst_node_id=node, message_type=route)
-            reply = self.app(wire, self.contexts[node])
-            replies.append(Message(recorddict_from_proto(recorddict_to_proto(reply.content)),
-                                   reply_to=msg))
-        return replies
-
-
-def federated_sets(tiny_overrides: list[str]) -> list[str]:
-    return tiny_overrides + [
-        "mode=federated", 'phases=["search", "baseline"]', "partition.num-clients=3",
-        "federation.rounds=1", "federation.subnet-rounds=2", "federation.local-steps=2",
-        "federation.min-fit-clients=2", "federation.fraction-evaluate=0.0",
-        "federation.checkpoint-every=0", "federation.node-wait=5"]
-
-
-def in_process_run(sets: list[str]):
-    from fednas.reporting.rundir import read_metrics
-    from simulations.federated import FederatedPipeline
-
-    cfg = load_config(None, sets)
-    pipeline = FederatedPipeline(cfg)
-    pipeline.prepare()
-    grid = InProcessGrid(cfg)
-    run_dir, summary = pipeline.run_on_grid(grid)
-    return read_metrics(run_dir), summary, grid
-
-
-@pytest.fixture
-def no_plots(monkeypatch):
-    """Plots cost seconds and are not what these tests check."""
-    def skip(*args, **kwargs):
-        return None
-
-    for name in ("simulations.federated.plot_curves", "simulations.federated.plot_alpha_evolution",
-                 "simulations.federated.plot_fedex_theta", "simulations.runner.plot_alpha"):
-        monkeypatch.setattr(name, skip)
 
 
 def test_pipeline_with_secure_aggregation_matches_plain(tiny_overrides, tmp_path, no_plots):

@@ -82,7 +82,7 @@ def test_state_round_trip_reproduces_the_next_round():
 
 
 def scenario_tuner(cfg, phase: str):
-    from fednas.federated.client import local_hps
+    from fednas.federated.setup import local_hps
     from simulations.client_app import client_setup
 
     return build_tuner(cfg.fedex, phase, local_hps(client_setup(cfg), phase, {}), cfg.seed)
