@@ -44,7 +44,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--eps", type=float, default=6.0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out-dir", default="runs/bench")
+    parser.add_argument("--out-dir", default=str(Path(__file__).resolve().parent / "results"
+                                                  / "privacy"))
     args = parser.parse_args()
     cfg = load_config(SCENARIO, args.overrides)
     f, n = cfg.federation, cfg.partition.num_clients

@@ -8,7 +8,8 @@ Routes
 ``evaluate``      loss/accuracy of a fixed model on the client's val split
 ``train.cohort``  several virtual clients in one message (``federation.cohort-size``): the
                   global state once, each member's config; run by
-                  ``fednas/federated/cohort.py`` (fixed models vectorised), one reply
+                  ``fednas/federated/cohort.py`` (fixed models vectorised), one reply;
+                  ``evaluate.cohort`` the same for federated evaluation
 ``train.meta``    a federated Reptile round of the meta phase on the client's own share of the
                   meta-train classes (``fednas/meta/fedmeta_client.py``)
 ``query.secagg_advertise``, ``query.secagg_share``, ``train.secagg``, ``query.secagg_unmask``
@@ -155,8 +156,7 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         return Message(RecordDict({"arrays": to_record(out),
                                    "metrics": MetricRecord(metrics)}), reply_to=msg)
 
-    @app.train("cohort")
-    def cohort(msg: Message, context: Context) -> Message:
+    def run_members(msg: Message, context: Context) -> Message:
         run_cfg = resolve(context)
         threads(run_cfg)
         conf = msg.content["config"]
@@ -164,6 +164,9 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         outcomes = run_cohort(local_clients(run_cfg), str(conf["cohort-route"]),
                               to_state_dict(msg.content["arrays"]), members)
         return Message(cohort_reply(outcomes, bool(conf["cohort-presum"])), reply_to=msg)
+
+    app.train("cohort")(run_members)
+    app.evaluate("cohort")(run_members)
 
     @app.train("meta")
     def meta(msg: Message, context: Context) -> Message:

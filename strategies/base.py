@@ -77,9 +77,15 @@ class RoundStrategy:
 
     def evaluate_round(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                        grid: Grid, timeout: float | None = None) -> MetricRecord | None:
-        """Federated evaluation of ``arrays``; None without replies."""
-        messages = self.configure_evaluate(server_round, arrays, config, grid)
+        """Federated evaluation of ``arrays``; None without replies (cohorts as in
+        :meth:`train_round`)."""
+        messages = list(self.configure_evaluate(server_round, arrays, config, grid))
+        cohorts = self.cohorts
+        if cohorts is not None and messages:
+            messages = cohorts.pack(messages, arrays, presum=False)
         replies = grid.send_and_receive(messages, timeout=timeout)
+        if cohorts is not None:
+            replies = cohorts.unpack(replies)
         return self.aggregate_evaluate(server_round, replies)
 
     def privacy_exhausted(self) -> bool:

@@ -4,14 +4,14 @@ A strategy's ``configure_train`` still describes every sampled client by its own
 (its config: partition id, shard, FedEx hyperparameters); in cohort mode those messages carry
 no arrays. :meth:`Cohorts.pack` groups them into cohorts balanced by client cost (greedy
 longest-first onto the lightest cohort; the runner passes each client's local steps) and
-sends each cohort as one ``train.cohort`` message: the global state once, the members'
-configs, and whether the worker may pre-sum the update. :meth:`Cohorts.unpack` turns each
-cohort reply back into one reply per member, so screening, FedEx, central DP and aggregation
-see exactly what they see without cohorts:
+sends each cohort as one ``train.cohort`` message (``evaluate.cohort`` for evaluation): the
+global state once, the members' configs, and whether the worker may pre-sum the update.
+:meth:`Cohorts.unpack` turns each cohort reply back into one reply per member, so screening,
+FedEx, central DP and aggregation see exactly what they see without cohorts:
 
 * a member that failed on the worker becomes an error reply of its own (its cohort-mates
-  are not affected); a cohort message that failed as a whole (a worker died, a time-out)
-  makes each of its members an error;
+  are not affected); a cohort message that failed as a whole (its worker died) makes each
+  of its members an error, and the members of an unanswered cohort count as time-outs;
 * with a pre-summed cohort (the plain sample-weighted mean: no DP, no FedDF, no custom
   ``average``) the cohort's usable members' mean arrives once, on the reply of the first
   usable member, with the cohort's total weight in its ``cohort`` config record; the other
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, RecordDict
 
-ROUTE = "train.cohort"
+ROUTES = {"train": "train.cohort", "evaluate": "evaluate.cohort"}
 WEIGHT = "cohort"  # config record of the lead member's reply: {"weight": total}
 
 
@@ -85,7 +85,8 @@ class Cohorts:
             for i, pid in enumerate(group):
                 content[f"member.{i}"] = by_pid[pid].content[config_key]
             node = first.metadata.dst_node_id
-            out.append(Message(content, dst_node_id=node, message_type=ROUTE))
+            kind = first.metadata.message_type.split(".")[0]
+            out.append(Message(content, dst_node_id=node, message_type=ROUTES[kind]))
             self._members[node] = group
         return out
 

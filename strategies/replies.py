@@ -34,16 +34,22 @@ class Reply:
     record: ArrayRecord | None
 
     def placement(self, server_round: int) -> dict[str, int | str]:
-        """Where the client ran (worker pid, Ray node id prefix, Ray GPU id, CUDA used), for
-        ``clients.jsonl``."""
-        out: dict[str, int | str] = {"round": server_round, "partition": self.pid}
-        for key in PLACEMENT_KEYS:
-            if key in self.metrics:
-                out[key.replace("-", "_")] = int(self.metrics[key])
-        if "ray_node" in out:
-            node = int(out["ray_node"])
-            out["ray_node"] = f"{node:08x}" if node >= 0 else ""
-        return out
+        """Where the client ran, for ``clients.jsonl`` (:func:`placement_record`)."""
+        return placement_record(server_round, self.pid, self.metrics)
+
+
+def placement_record(server_round: int, pid: int, metrics: MetricRecord
+                     ) -> dict[str, int | str]:
+    """A ``clients.jsonl`` row: round, partition, worker pid, Ray node id prefix (hex), Ray
+    GPU id and whether the client used CUDA, from its reply's metrics."""
+    out: dict[str, int | str] = {"round": server_round, "partition": pid}
+    for key in PLACEMENT_KEYS:
+        if key in metrics:
+            out[key.replace("-", "_")] = int(metrics[key])
+    if "ray_node" in out:
+        node = int(out["ray_node"])
+        out["ray_node"] = f"{node:08x}" if node >= 0 else ""
+    return out
 
 
 @dataclass

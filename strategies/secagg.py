@@ -29,7 +29,7 @@ from fednas.privacy import secagg_wire as flow
 from fednas.privacy.secagg import SecAggError
 from fednas.privacy.secagg_server import SecAggServer
 from strategies.fednas import FedNAS
-from strategies.replies import PLACEMENT_KEYS
+from strategies.replies import placement_record
 
 
 class SecAggFedNAS(FedNAS):
@@ -157,9 +157,7 @@ class SecAggFedNAS(FedNAS):
         masked, names, diverged = {}, None, 0
         for pid, content in sorted(replies.items()):
             m = content.metric_records["metrics"]
-            self.placements.append({"round": server_round, "partition": pid,
-                                    **{k.replace("-", "_"): int(m[k])
-                                       for k in PLACEMENT_KEYS if k in m}})
+            self.placements.append(placement_record(server_round, pid, m))
             if m.get("diverged", 0) or flow.RECORD not in content.config_records:
                 diverged += 1
                 log(WARNING, "partition %d diverged: it sent no masked update", pid)

@@ -11,7 +11,8 @@ How the members run:
 * fixed-model training (``train``) with SGD: all members at once,
   :class:`fednas.training.vectorised.VectorisedTrainer` (equal to their sequential training up
   to float rounding; see that module);
-* everything else (the search on supernet shards, Adam): one after another in this process,
+* everything else (the search on supernet shards, Adam, evaluation): one after another in
+  this process,
   each exactly as a one-client message would run it (the worker's model is reused and its
   weights loaded in place). The search is not vectorised: every client trains its own
   Gumbel-sampled shard, so clients with identical shards are rare and the supernet's
@@ -36,7 +37,7 @@ from fednas.federated.shards import decode_masks, slice_state
 from fednas.training.train import batches
 from fednas.training.vectorised import ClientJob
 
-TRAIN, SEARCH = "train", "train.search"
+TRAIN, SEARCH, EVALUATE = "train", "train.search", "evaluate"
 
 
 @dataclass
@@ -70,8 +71,9 @@ def run_cohort(clients: LocalClients, route: str, state: dict[str, torch.Tensor]
     clients
         This process's clients of the run.
     route
-        ``train`` (a fixed model: ``model`` in each conf) or ``train.search`` (supernet
-        shards: ``shard`` in each conf).
+        ``train`` (a fixed model: ``model`` in each conf), ``train.search`` (supernet
+        shards: ``shard`` in each conf) or ``evaluate`` (a fixed model on each member's val
+        split: metrics only).
     state
         The whole global state (each search member slices its own shard from it).
     confs
@@ -80,8 +82,9 @@ def run_cohort(clients: LocalClients, route: str, state: dict[str, torch.Tensor]
     vectorise
         Allow the batched path (False: always one member after another).
     """
-    if route not in (TRAIN, SEARCH):
-        raise ValueError(f"cohort route {route!r}: expected {TRAIN!r} or {SEARCH!r}")
+    if route not in (TRAIN, SEARCH, EVALUATE):
+        raise ValueError(f"cohort route {route!r}: expected {TRAIN!r}, {SEARCH!r} or "
+                         f"{EVALUATE!r}")
     if route == TRAIN and vectorise and clients.setup.retrain.optimizer == "sgd" and confs:
         specs = {str(c["model"]) for c in confs}
         if len(specs) == 1:
@@ -93,6 +96,9 @@ def _one(clients: LocalClients, route: str, state: dict[str, torch.Tensor],
          conf: dict[str, Any]) -> Outcome:
     pid = int(conf["partition-id"])
     try:
+        if route == EVALUATE:
+            return Outcome(pid, metrics=clients.evaluate(pid, state,
+                                                         decode_spec(str(conf["model"]))))
         rnd = int(conf["server-round"])
         if route == SEARCH:
             masks = decode_masks(list(conf["shard"]), list(clients.arch_shapes))

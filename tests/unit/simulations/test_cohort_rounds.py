@@ -13,7 +13,7 @@ from conftest import federated_sets, in_process_run
 
 TOL = dict(rel=1e-4, abs=1e-5)
 KEYS = ("train_loss", "train_acc", "test_loss", "test_acc", "clients_ok", "client_errors",
-        "clients_diverged", "epsilon", "fedex_entropy")
+        "clients_diverged", "epsilon", "fedex_entropy", "client_val_loss", "client_val_acc")
 
 
 def both(sets: list[str], tmp_path, slots: int = 2):
@@ -32,7 +32,8 @@ def assert_same_rounds(plain: list[dict], packed: list[dict]) -> None:
 
 
 @pytest.mark.parametrize("extra", [
-    ["federation.shard-size=2"],  # FedNAS shards (search) + FedAvg (baseline)
+    # FedNAS shards (search) + FedAvg (baseline) with federated evaluation
+    ["federation.shard-size=2", "federation.fraction-evaluate=1.0"],
     ["fedex.enabled=true", 'fedex.tune=["lr", "momentum"]', "fedex.configs=3"],
 ], ids=["fedavg-shards", "fedex"])
 def test_cohorts_equal_one_client_per_message(tiny_overrides, tmp_path, no_plots, extra,
@@ -43,6 +44,8 @@ def test_cohorts_equal_one_client_per_message(tiny_overrides, tmp_path, no_plots
     assert all(m["cohorts"] == 2 for m in packed)
     assert all("cohorts" not in m for m in plain)
     assert_same_rounds(plain, packed)
+    if "federation.fraction-evaluate=1.0" in extra:
+        assert all("client_val_loss" in m for m in packed if m["phase"] == "baseline")
     fixed = [m for m in packed if m["phase"] == "baseline"]
     one = [m for m in plain if m["phase"] == "baseline"]
     # pre-summed: one mean per cohort instead of one update per client
