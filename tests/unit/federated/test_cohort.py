@@ -83,7 +83,7 @@ def test_vectorised_training_equals_each_clients_own(cfg):
     confs = confs_for(pids, spec, **{"report-val": 2})
     for c in confs[::2]:
         c.update({"hp.lr": 0.02, "hp.momentum": 0.0, "hp.weight-decay": 0.0})
-    cohort = run_cohort(clients, "train", state, confs)
+    cohort = run_cohort(clients, "train", state, confs, vectorise=True)
     assert [o.pid for o in cohort] == pids
     for conf, got in zip(confs, cohort, strict=True):
         want_state, want_metrics = clients.train(got.pid, 3, state, spec, conf)
@@ -104,7 +104,7 @@ def test_failing_and_diverging_members_drop_alone(cfg):
     state = start_state(clients, spec)
     confs = confs_for(range(5), spec)
     confs[3]["hp.lr"] = 1e30  # diverges on its second step
-    cohort = run_cohort(clients, "train", state, confs)
+    cohort = run_cohort(clients, "train", state, confs, vectorise=True)
     assert "injected fault on partition 2" in cohort[2].error and not cohort[2].state
     assert cohort[3].metrics["diverged"] == 1 and not cohort[3].usable()
     for o in (cohort[0], cohort[1], cohort[4]):
