@@ -54,7 +54,7 @@ from overhead import local_loop, run  # noqa: E402
 
 from fednas.config.loading import load_config  # noqa: E402
 from fednas.federated.setup import encode_spec  # noqa: E402
-from fednas.federated.shards import gumbel_top_s  # noqa: E402
+from fednas.federated.shards import gumbel_top_s, slice_state  # noqa: E402
 from fednas.reporting.rundir import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +100,6 @@ def fednas_run(out: Path, sets: list[str]) -> dict:
 def seq_floor(sets: list[str], genotype: dict, search_clients: int) -> dict:
     """Seconds of the sampled clients' local work run one by one in this process."""
     from simulations.client_app import local_clients
-    from strategies.fednas import FedNAS
 
     cfg = load_config(SCENARIO, sets)
     torch.set_num_threads(1)
@@ -117,15 +116,12 @@ def seq_floor(sets: list[str], genotype: dict, search_clients: int) -> dict:
         clients.train(pid, 2, state, spec, conf)
     train_s = time.perf_counter() - t0
     space = clients.make_space()
-    strategy = FedNAS(space, shard_size=f.shard_size, seed=cfg.seed)
-    strategy._state = sstate = space.state_dict()
+    sstate = space.state_dict()
     g = torch.Generator().manual_seed(2)
     work = []
     for pid in pids[:search_clients + 1]:
         masks = [gumbel_top_s(a.detach(), f.shard_size, g, True) for a in space.arch_parameters()]
-        slices = clients.shard_slices(masks)
-        work.append((pid, {k: sstate[k] if s is None else sstate[k][s]
-                           for k, s in slices.items()}, masks))
+        work.append((pid, slice_state(sstate, clients.shard_slices(masks)), masks))
     pid, regions, masks = work[0]
     clients.search(pid, 2, regions, masks, {"lr": cfg.search.lr})  # warm-up
     t0 = time.perf_counter()
