@@ -15,6 +15,8 @@ Prints one JSON line:
 ``dp_time_ratio_attributed``  1 + that overhead ÷ the mean round time without DP
 ``acc_no_dp_mean``, ``acc_no_dp_std``, ``acc_dp_eps6_mean``, ``acc_dp_eps6_std`` (%)
 ``acc_drop_mean``  mean over seeds of (no DP − DP); ``acc_no_dp``, ``acc_dp_eps6`` per seed
+``seed_wall_min``  minutes a seed takes (its two runs side by side: the longer one's data
+                   loading, search and training), mean over seeds
 ``eps``            the ε reached (mean over seeds), ``noise_multiplier``, ``seeds``
 
 Usage: ``python bench/privacy.py [--seeds 0,1,2] [--eps 6] [--set KEY=VALUE ...]``
@@ -71,6 +73,7 @@ def main() -> None:
     wall: dict[str, list[float]] = {m: [] for m in MODES}
     agg: dict[str, list[float]] = {m: [] for m in MODES}
     eps = []
+    minutes: dict[int, list[float]] = {s: [] for s in seeds}  # each mode's run, per seed
     for mode, dirs in roots.items():
         runs, failed = collect(dirs)
         if failed:
@@ -80,6 +83,7 @@ def main() -> None:
             rounds_ = [m for m in run["metrics"] if "train_wall_s" in m]
             wall[mode] += [m["train_wall_s"] for m in rounds_]
             agg[mode] += [m["agg_wall_s"] for m in rounds_ if "agg_wall_s" in m]
+            minutes[run["seed"]].append(sum(run["summary"]["timings"].values()) / 60)
             if mode == "central":
                 eps.append(run["summary"]["privacy"]["epsilon"])
     overhead = statistics.fmean(agg["central"]) - statistics.fmean(agg["off"])
@@ -101,6 +105,7 @@ def main() -> None:
                                                 for s in seeds), 2),
         "acc_no_dp": [round(acc["off"][s], 2) for s in seeds],
         "acc_dp_eps6": [round(acc["central"][s], 2) for s in seeds],
+        "seed_wall_min": round(statistics.fmean(max(m) for m in minutes.values()), 1),
         "eps": round(statistics.fmean(eps), 3),
         "noise_multiplier": round(sigma, 4), "delta": cfg.privacy.delta,
         "sample_rate": per_round / n, "rounds": rounds, "seeds": args.seeds,

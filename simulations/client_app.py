@@ -32,7 +32,7 @@ from fednas.config.run_config import RunConfig
 from fednas.data.run_data import run_dataset
 from fednas.federated import client
 from fednas.federated.codec import to_record, to_state_dict
-from fednas.federated.cohort import Outcome, presum, run_cohort
+from fednas.federated.cohort import Outcome, clipped_presum, presum, run_cohort
 from fednas.federated.shards import decode_masks
 from fednas.meta.setup import meta_setup
 from fednas.plugins import import_plugins
@@ -49,15 +49,28 @@ def client_setup(cfg: RunConfig) -> client.ClientSetup:
                               eval_batch_size=cfg.runtime.eval_batch_size)
 
 
-def cohort_reply(outcomes: list[Outcome], presummed: bool) -> RecordDict:
+def cohort_reply(outcomes: list[Outcome], presummed: bool,
+                 global_state: dict[str, torch.Tensor] | None = None,
+                 clip_norm: float = 0.0) -> RecordDict:
     """The reply to a cohort message (wire format: strategies/cohorts.py): per member its
     metrics (``metrics.<i>``) and, unless pre-summed, its arrays (``arrays.<i>``); failed
-    members in ``errors``; a pre-summed cohort's mean in ``arrays.mean`` with its weight and
-    lead member in ``presum``."""
+    members in ``errors``; a pre-summed cohort's update in ``arrays.mean`` with its weight and
+    lead member in ``presum``: the members' weighted mean, or with ``clip_norm`` > 0
+    (central DP) the sum of their deltas from ``global_state`` clipped to ``clip_norm``,
+    with the member count as weight and the norms before clipping."""
     content = RecordDict()
     errors = ConfigRecord()
     used: list[int] = []
-    if presummed:
+    if presummed and clip_norm > 0:
+        if global_state is None:
+            raise ValueError("a clipped pre-sum needs the global state")
+        total, norms, used = clipped_presum(outcomes, global_state, clip_norm)
+        if used:
+            content["arrays.mean"] = to_record(total)
+            content["presum"] = ConfigRecord({"partition-id": used[0],
+                                              "weight": float(len(used)), "clipped": 1,
+                                              "norms": norms})
+    elif presummed:
         mean, weight, used = presum(outcomes)
         if used:
             content["arrays.mean"] = to_record(mean)
@@ -161,9 +174,11 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         threads(run_cfg)
         conf = msg.content["config"]
         members = [dict(msg.content[f"member.{i}"]) for i in range(int(conf["cohort-size"]))]
-        outcomes = run_cohort(local_clients(run_cfg), str(conf["cohort-route"]),
-                              to_state_dict(msg.content["arrays"]), members)
-        return Message(cohort_reply(outcomes, bool(conf["cohort-presum"])), reply_to=msg)
+        state = to_state_dict(msg.content["arrays"])
+        outcomes = run_cohort(local_clients(run_cfg), str(conf["cohort-route"]), state,
+                              members)
+        return Message(cohort_reply(outcomes, bool(conf["cohort-presum"]), state,
+                                    float(conf.get("cohort-clip", 0.0))), reply_to=msg)
 
     app.train("cohort")(run_members)
     app.evaluate("cohort")(run_members)

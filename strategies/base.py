@@ -58,7 +58,8 @@ class RoundStrategy:
         messages = self.configure_train(server_round, arrays, config, grid)
         cohorts = self.cohorts
         if cohorts is not None:
-            messages = cohorts.pack(messages, arrays, presum=self.presummable())
+            messages = cohorts.pack(messages, arrays, presum=self.presummable(),
+                                    clip_norm=self.presum_clip_norm())
             self.round_stats["bytes_down"] = arrays.count_bytes() * len(messages)
             self.round_stats["cohorts"] = len(messages)
         replies = grid.send_and_receive(messages, timeout=timeout)
@@ -70,6 +71,11 @@ class RoundStrategy:
         """Whether a cohort may send its members' weighted mean instead of every update
         (only when the aggregation is the plain sample-weighted mean)."""
         return False
+
+    def presum_clip_norm(self) -> float:
+        """With :meth:`presummable`: > 0 when a cohort sends the sum of its members' deltas
+        clipped to this norm (central DP) instead of their weighted mean."""
+        return 0.0
 
     def evaluates(self) -> bool:
         """Whether the strategy asks clients to evaluate the global model."""
@@ -134,6 +140,9 @@ class StrategyWrapper(RoundStrategy):
 
     def presummable(self) -> bool:
         return self.base.presummable()
+
+    def presum_clip_norm(self) -> float:
+        return self.base.presum_clip_norm()
 
     @property
     def configrecord_key(self) -> str:

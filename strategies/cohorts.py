@@ -15,7 +15,12 @@ FedEx, central DP and aggregation see exactly what they see without cohorts:
 * with a pre-summed cohort (the plain sample-weighted mean: no DP, no FedDF, no custom
   ``average``) the cohort's usable members' mean arrives once, on the reply of the first
   usable member, with the cohort's total weight in its ``cohort`` config record; the other
-  members' replies carry their metrics only.
+  members' replies carry their metrics only;
+* under central DP on a whole model (no shards, one clip norm) the pre-summed update is the
+  sum of the members' deltas, each clipped to the round's clip norm on the worker
+  (client-side clipping), with ``clipped``, the member count as weight and every member's
+  norm before clipping (for the DP statistics and adaptive clipping) in that record; noise
+  and accounting stay on the server.
 
 The wire format (keys of the RecordDicts) is shared with the client side,
 ``simulations/client_app.py``'s ``train.cohort`` route.
@@ -70,8 +75,11 @@ class Cohorts:
         return [sorted(g) for g in out if g]
 
     def pack(self, messages: Iterable[Message], arrays: ArrayRecord, *, presum: bool,
-             arrays_key: str = "arrays", config_key: str = "config") -> list[Message]:
-        """One ``train.cohort`` message per cohort of the per-client ``messages``."""
+             clip_norm: float = 0.0, arrays_key: str = "arrays", config_key: str = "config"
+             ) -> list[Message]:
+        """One ``train.cohort`` message per cohort of the per-client ``messages``
+        (``presum`` with ``clip_norm`` > 0: the cohort sends its members' deltas clipped to
+        ``clip_norm`` and summed, for central DP)."""
         by_pid: dict[int, Message] = {}
         for msg in messages:
             by_pid[int(msg.content[config_key]["partition-id"])] = msg
@@ -81,7 +89,7 @@ class Cohorts:
             first = by_pid[group[0]]
             content = RecordDict({arrays_key: arrays, config_key: ConfigRecord({
                 "cohort-route": first.metadata.message_type, "cohort-size": len(group),
-                "cohort-presum": int(presum)})})
+                "cohort-presum": int(presum), "cohort-clip": float(clip_norm)})})
             for i, pid in enumerate(group):
                 content[f"member.{i}"] = by_pid[pid].content[config_key]
             node = first.metadata.dst_node_id
@@ -129,6 +137,10 @@ def _members_of(reply: Message, group: list[int]) -> list[Message]:
             member["arrays"] = arrays
         if lead is not None and int(lead["partition-id"]) == pid:
             member["arrays"] = array_records["arrays.mean"]
-            member[WEIGHT] = ConfigRecord({"weight": float(lead["weight"])})
+            weight = ConfigRecord({"weight": float(lead["weight"])})
+            if "clipped" in lead:  # central DP: a sum of clipped deltas and its norms
+                weight["clipped"] = 1
+                weight["norms"] = list(lead["norms"])
+            member[WEIGHT] = weight
         out.append(Message(content=member, metadata=meta))
     return out

@@ -89,7 +89,8 @@ class CentralDP:
             budget, self.cfg.delta, self.cfg.noise_multiplier, sample_rate)
 
     def aggregate(self, state: dict[str, torch.Tensor], contributions: list[Contribution],
-                  sample_rate: float, alpha_keys: Sequence[str] = ()
+                  sample_rate: float, alpha_keys: Sequence[str] = (),
+                  sums: Sequence[tuple[Contribution, list[float]]] = ()
                   ) -> dict[str, torch.Tensor]:
         """The new global state from this round's (sorted) contributions; steps the accountant.
 
@@ -98,7 +99,13 @@ class CentralDP:
         noise is split between the two (:func:`fednas.privacy.mechanism.split_noise`). In
         dp_fashion a
         client's α update is ~25× shorter than its weights', so joint noise drowns α.
+        ``sums`` are cohorts' sums of their members' deltas, already clipped to
+        :attr:`clip_norm` on the worker (:func:`fednas.privacy.mechanism.clipped_sum`;
+        ``clients`` = the member count), each with its members' norms before clipping;
+        they count as that many clients (whole-model training only: no α, no shards).
         """
+        if sums and alpha_keys:
+            raise ValueError("pre-clipped cohort sums need one joint clip norm (no α)")
         alpha = [k for k in alpha_keys if k in state] if self.cfg.alpha_clip_norm else []
         bound: float | dict[str, float] = self.clip_norm
         if alpha:
@@ -114,7 +121,10 @@ class CentralDP:
             norms.append(norm.get(REST, 0.0) if alpha else norm[JOINT])
             alpha_norms.append(norm.get(ALPHA, 0.0))
             private.append(Contribution(clipped, delta.slices, 1.0, delta.entry_masks))
-        sigma = self.update_noise(len(contributions))
+        for total, member_norms in sums:
+            norms.extend(member_norms)
+            private.append(total)
+        sigma = self.update_noise(len(contributions) + sum(t.clients for t, _ in sums))
         sigma_w, noise_std, stats = sigma, None, {}
         if alpha:
             share = self.cfg.alpha_noise_share

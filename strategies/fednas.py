@@ -172,10 +172,17 @@ class FedNAS(FedAvg, RoundStrategy):
         return messages
 
     def presummable(self) -> bool:
-        """Cohorts may pre-sum their update: fixed-model training with the plain weighted
-        mean (no shards, no DP, no FedDF client models, ``average`` not overridden)."""
-        return (self.space is None and self.dp is None and not self.keep_client_states
-                and type(self).average is FedNAS.average)
+        """Cohorts may pre-sum their update: fixed-model training (no shards, no FedDF client
+        models) with the plain weighted mean (``average`` not overridden) or central DP
+        with one clip norm (:meth:`presum_clip_norm`)."""
+        if self.space is not None or self.keep_client_states:
+            return False
+        if self.dp is not None:
+            return True  # no shards: no α, so one joint clip norm
+        return type(self).average is FedNAS.average
+
+    def presum_clip_norm(self) -> float:
+        return self.dp.clip_norm if self.dp is not None and self.presummable() else 0.0
 
     def _shard(self) -> tuple[Masks | None, Slices]:
         if self.space is None:
@@ -210,19 +217,27 @@ class FedNAS(FedAvg, RoundStrategy):
                 server_round, len(good), self.min_train_nodes)
             return None, None
         self.round_stats["round_failed"] = 0
-        contributions = []
+        contributions, sums = [], []
         for r in good:
             masks, slices = self._plan[r.pid]
             weight = float(r.metrics[self.weighted_by_key])
-            if WEIGHT in r.content.config_records:  # a cohort's pre-summed mean
-                weight = float(r.content.config_records[WEIGHT]["weight"])
+            lead = r.content.config_records.get(WEIGHT)
+            if lead is not None and "clipped" in lead:  # a DP cohort's clipped sum
+                sums.append((Contribution(r.state, slices, 1.0, {},
+                                          clients=int(lead["weight"])),
+                             [float(n) for n in lead["norms"]]))
+                continue
+            if lead is not None:  # a cohort's pre-summed mean
+                weight = float(lead["weight"])
+            elif self.dp is not None and r.record is None:
+                continue  # a member of a clipped sum (its update is in the sum)
             entry = {} if masks is None else dict(zip(self.alpha_keys, masks, strict=True))
             contributions.append(Contribution(r.state, slices, weight, entry))
         t0 = time.perf_counter()
         if self.dp is not None:
             average = self.dp.aggregate(self._state, contributions,
                                         len(self._plan) / max(len(self.node_partitions), 1),
-                                        alpha_keys=self.alpha_keys)
+                                        alpha_keys=self.alpha_keys, sums=sums)
             self.round_stats.update(self.dp.last)
         else:
             average = self.average(self._state, contributions)

@@ -31,12 +31,17 @@ class Contribution:
     entry_masks
         key -> bool tensor of the region's shape: only True entries count (used for α, where a
         client only updates the candidates in its shard).
+    clients
+        How many clients it stands for: 1, or a cohort's members when ``regions`` is their
+        pre-clipped sum (central DP in cohort mode,
+        :func:`fednas.privacy.mechanism.clipped_sum`).
     """
 
     regions: Mapping[str, torch.Tensor]
     slices: Slices
     weight: float
     entry_masks: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    clients: int = 1
 
 
 def masked_weighted_mean(global_state: Mapping[str, torch.Tensor],

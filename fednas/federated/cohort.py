@@ -19,7 +19,8 @@ How the members run:
   mixed ops differ per client.
 
 :func:`presum` folds the members' updates into their weighted mean when the server's
-aggregation is the plain sample-weighted mean (it then receives one update per cohort).
+aggregation is the plain sample-weighted mean (it then receives one update per cohort);
+under central DP, :func:`clipped_presum` into the sum of their clipped deltas.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ import torch
 
 from fednas.federated.client import LocalClients
 from fednas.federated.devices import client_device, placement
+from fednas.federated.server_opt import STAT_SUFFIXES
 from fednas.federated.setup import decode_spec, inject_fault, local_hps
 from fednas.federated.shards import decode_masks, slice_state
+from fednas.privacy.mechanism import clipped_sum
 from fednas.training.train import batches
 from fednas.training.vectorised import ClientJob
 
@@ -171,6 +174,22 @@ def _job(clients: LocalClients, pid: int, server_round: int, conf: dict[str, Any
                      momentum=hp["momentum"], weight_decay=hp["weight-decay"], val=val)
 
 
+def _finite(outcomes: list[Outcome]
+            ) -> tuple[list[Outcome], dict[str, torch.Tensor], torch.Tensor]:
+    """The reportable members in partition order, their stacked states, and which of them
+    have every floating tensor finite."""
+    good = sorted((o for o in outcomes if o.reportable()), key=lambda o: o.pid)
+    if not good:
+        return [], {}, torch.zeros(0, dtype=torch.bool)
+    stacks = {key: torch.stack([o.state[key].detach() for o in good]).cpu()
+              for key in good[0].state}
+    finite = torch.ones(len(good), dtype=torch.bool)
+    for t in stacks.values():
+        if t.is_floating_point():
+            finite &= torch.isfinite(t).flatten(1).all(1)
+    return good, stacks, finite
+
+
 def presum(outcomes: list[Outcome], weight_key: str = "num-examples"
            ) -> tuple[dict[str, torch.Tensor], float, list[int]]:
     """The usable members' sample-weighted mean update, its total weight, and the usable
@@ -181,15 +200,7 @@ def presum(outcomes: list[Outcome], weight_key: str = "num-examples"
     the server's own mean, and sent in the state's dtype (one float32 rounding of the mean);
     non-floating entries (BN's ``num_batches_tracked``) are the first usable member's.
     """
-    good = sorted((o for o in outcomes if o.reportable()), key=lambda o: o.pid)
-    if not good:
-        return {}, 0.0, []
-    stacks = {key: torch.stack([o.state[key].detach() for o in good]).cpu()
-              for key in good[0].state}
-    finite = torch.ones(len(good), dtype=torch.bool)
-    for t in stacks.values():
-        if t.is_floating_point():
-            finite &= torch.isfinite(t).flatten(1).all(1)
+    good, stacks, finite = _finite(outcomes)
     if not bool(finite.any()):
         return {}, 0.0, []
     weights = torch.tensor([float(o.metrics[weight_key]) for o in good], dtype=torch.float64)
@@ -204,3 +215,18 @@ def presum(outcomes: list[Outcome], weight_key: str = "num-examples"
         w = weights.view(-1, *[1] * (t.dim() - 1))
         mean[key] = (torch.where(w > 0, w * t.double(), 0.0).sum(0) / total).to(t.dtype)
     return mean, total, used
+
+
+def clipped_presum(outcomes: list[Outcome], global_state: dict[str, torch.Tensor],
+                   clip_norm: float) -> tuple[dict[str, torch.Tensor], list[float], list[int]]:
+    """Central DP's pre-summed cohort update: the usable members' clipped deltas summed
+    (:func:`fednas.privacy.mechanism.clipped_sum`, float64, BN statistics left out as the
+    server's DP aggregation leaves them out), each member's norm before clipping, and the
+    usable members' partition ids in order (the first leads)."""
+    good, _, finite = _finite(outcomes)
+    members = [o for o, ok in zip(good, finite.tolist(), strict=True) if ok]
+    if not members:
+        return {}, [], []
+    total, norms = clipped_sum(global_state, [o.state for o in members], clip_norm,
+                               STAT_SUFFIXES)
+    return total, norms, [o.pid for o in members]

@@ -35,7 +35,7 @@ from fednas.privacy.accounting import PrivacyAccountant, noise_multiplier_for
 from fednas.privacy.adaptive_clipping import AdaptiveClipping
 
 __all__ = ["AdaptiveClipping", "PrivacyAccountant", "clip_update", "contribution_delta",
-           "noise_multiplier_for", "noisy_masked_mean", "sensitivity", "update_norm"]
+           "clipped_sum", "noise_multiplier_for", "noisy_masked_mean", "sensitivity", "update_norm"]
 
 JOINT = "all"  # the norms key of joint (ungrouped) clipping
 REST = "rest"  # the group of keys that no listed group names
@@ -145,6 +145,42 @@ def contribution_delta(global_state: Mapping[str, torch.Tensor], contribution: C
                         contribution.entry_masks)
 
 
+def clipped_sum(global_state: Mapping[str, torch.Tensor],
+                states: Iterable[Mapping[str, torch.Tensor]], max_norm: float,
+                skip_suffixes: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor],
+                                                          list[float]]:
+    """Σ_k clip(state_k − global, C) in float64, and each client's norm before clipping.
+
+    What a cohort of central-DP clients sends instead of its members' updates when every
+    client trains the whole model (no shards, joint clipping): the server's own path
+    (:func:`contribution_delta`, :func:`clip_update`, the sum in :func:`noisy_masked_mean`)
+    applied on the worker, so the aggregate differs only by float64 summation order.
+    Clipping on the client side is Flower's ``DifferentialPrivacyClientSideFixedClipping``;
+    pass the result as one :class:`Contribution` with ``clients`` = the number of states.
+
+    Parameters
+    ----------
+    global_state
+        The state the clients started from.
+    states
+        Each client's trained state (whole tensors), summed in the given order.
+    max_norm
+        C (> 0).
+    skip_suffixes
+        Keys ending with one of these are left out (BN running statistics under DP).
+    """
+    total: dict[str, torch.Tensor] = {}
+    norms: list[float] = []
+    for state in states:
+        kept = {k: v for k, v in state.items() if not k.endswith(skip_suffixes)}
+        delta = contribution_delta(global_state, Contribution(kept, dict.fromkeys(kept), 1.0))
+        clipped, norm = clip_update(delta.regions, max_norm)
+        norms.append(norm[JOINT])
+        for key, value in clipped.items():
+            total[key] = total[key] + value if key in total else value.clone()
+    return total, norms
+
+
 def noisy_masked_mean(global_state: Mapping[str, torch.Tensor],
                       contributions: Iterable[Contribution], noise_multiplier: float,
                       clip_norm: float, generator: torch.Generator, reclip: bool = True,
@@ -167,7 +203,9 @@ def noisy_masked_mean(global_state: Mapping[str, torch.Tensor],
         The global state the clients started from.
     contributions
         Clients' *clipped deltas* (:func:`contribution_delta` then :func:`clip_update` on
-        ``regions``); ``weight`` is ignored. Summed in the given order: pass them sorted.
+        ``regions``), or sums of them (:func:`clipped_sum`, counted as ``clients`` clients;
+        only without entry masks); ``weight`` is ignored. Summed in the given order: pass
+        them sorted.
     noise_multiplier
         σ ≥ 0 (0: no noise, clipped mean only).
     clip_norm
@@ -188,11 +226,13 @@ def noisy_masked_mean(global_state: Mapping[str, torch.Tensor],
     acc: dict[str, torch.Tensor] = {}
     count: dict[str, torch.Tensor] = {}
     for c in contributions:
+        if c.clients != 1 and c.entry_masks:
+            raise ValueError("a sum of several clients' deltas cannot carry entry masks")
         regions = {k: v for k, v in c.regions.items() if global_state[k].is_floating_point()}
-        if reclip:
+        if reclip:  # a sum of k clipped deltas has norm ≤ kC
             masked = {k: v * c.entry_masks[k].to(v) if k in c.entry_masks else v
                       for k, v in regions.items()}
-            regions, _ = clip_update(masked, clip_norm)
+            regions, _ = clip_update(masked, clip_norm * c.clients)
         for key, value in regions.items():
             base = global_state[key]
             if key not in acc:
@@ -205,7 +245,7 @@ def noisy_masked_mean(global_state: Mapping[str, torch.Tensor],
             value = value.detach().to("cpu", torch.float64)
             if mask is None:
                 a += value
-                n += 1.0
+                n += float(c.clients)
             else:
                 votes = mask.detach().to("cpu", torch.float64)
                 a += votes * value

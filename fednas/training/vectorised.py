@@ -40,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from fednas.training.stacked_ops import stack_friendly
+
 Split = tuple[torch.Tensor, torch.Tensor]
 
 
@@ -80,37 +82,6 @@ class JobResult:
     diverged: bool = False
 
 
-class _Pointwise(nn.Conv2d):
-    """A 1×1 convolution computed as a matrix product.
-
-    Under vmap a convolution with per-client weights is a grouped convolution; on one CPU
-    thread with a small batch, PyTorch runs a grouped 1×1 convolution as one slow kernel call
-    per group (per client), which was a third of a cohort's time. As a matrix product it is
-    one batched ``matmul``.
-    """
-
-    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor,
-                      bias: torch.Tensor | None) -> torch.Tensor:
-        sh, sw = self.stride
-        if (sh, sw) != (1, 1):
-            input = input[..., ::sh, ::sw]
-        n, c, h, w = input.shape
-        out = torch.matmul(weight.flatten(1), input.reshape(n, c, h * w))
-        if bias is not None:
-            out = out + bias[:, None]
-        return out.reshape(n, -1, h, w)
-
-
-def _pointwise_convs(model: nn.Module) -> None:
-    """Turn the plain 1×1 convolutions of ``model`` into :class:`_Pointwise` (in place; the
-    parameter names stay, so the state dict is unchanged)."""
-    for m in model.modules():
-        if (type(m) is nn.Conv2d and m.kernel_size == (1, 1) and m.groups == 1
-                and m.dilation == (1, 1) and m.padding in ((0, 0), 0)
-                and m.padding_mode == "zeros"):
-            m.__class__ = _Pointwise
-
-
 def _stack(state: dict[str, torch.Tensor], keys: list[str], k: int,
            device: torch.device) -> dict[str, torch.Tensor]:
     return {n: state[n].detach().to(device).unsqueeze(0).repeat(k, *[1] * state[n].dim())
@@ -127,8 +98,9 @@ class VectorisedTrainer:
     Parameters
     ----------
     model
-        The architecture (its own parameters and buffers are only shape templates; on CPU
-        its 1×1 convolutions are turned into matrix products, so pass a copy).
+        The architecture (its own parameters and buffers are only shape templates; some of
+        its layers are swapped for :mod:`fednas.training.stacked_ops`' batched ones, so pass
+        a copy).
     grad_clip
         Per-client gradient-norm clip (``clip_grad_norm_`` rule).
     label_smoothing
@@ -142,8 +114,7 @@ class VectorisedTrainer:
     def __init__(self, model: nn.Module, *, grad_clip: float, label_smoothing: float = 0.0,
                  device: torch.device, eval_batch_size: int = 1000) -> None:
         self.model = model.to(device)
-        if device.type == "cpu":
-            _pointwise_convs(self.model)
+        stack_friendly(self.model, device)
         self.grad_clip = grad_clip
         self.label_smoothing = label_smoothing
         self.device = device

@@ -15,6 +15,7 @@ from fednas.privacy.mechanism import (
     AdaptiveClipping,
     PrivacyAccountant,
     clip_update,
+    clipped_sum,
     contribution_delta,
     noise_multiplier_for,
     noisy_masked_mean,
@@ -221,3 +222,35 @@ def test_noise_multiplier_for_reaches_the_target():
     assert 2.0 - 0.01 <= acc.epsilon(1e-5) <= 2.0
     with pytest.raises(ValueError):
         noise_multiplier_for(6.0, 1e-5, 0.1, 0)
+
+
+def test_a_cohorts_clipped_sum_counts_as_its_clients():
+    """Clipping on the worker and summing there (cohort mode) gives the server's per-client
+    result up to float64 summation order, with the same noise draw."""
+    g = torch.Generator().manual_seed(3)
+    state = {"w": torch.randn(5, 4, generator=g), "bn.running_mean": torch.zeros(4),
+             "bn.num_batches_tracked": torch.tensor(2)}
+    clients = [{k: v + (0.2 + i) * torch.randn(v.shape, generator=g)
+                if v.is_floating_point() else v for k, v in state.items()} for i in range(5)]
+    skip = ("running_mean", "num_batches_tracked")
+    per_client, norms = [], []
+    for c in clients:
+        kept = {k: v for k, v in c.items() if not k.endswith(skip)}
+        d = contribution_delta(state, Contribution(kept, dict.fromkeys(kept), 1.0))
+        clipped, norm = clip_update(d.regions, 1.5)
+        per_client.append(Contribution(clipped, d.slices, 1.0))
+        norms.append(norm["all"])
+    first, n1 = clipped_sum(state, clients[:2], 1.5, skip)
+    second, n2 = clipped_sum(state, clients[2:], 1.5, skip)
+    assert set(first) == {"w"} and first["w"].dtype == torch.float64
+    assert n1 + n2 == pytest.approx(norms, rel=1e-12)
+    assert sum(n > 1.5 for n in norms) >= 2  # some were clipped
+    sums = [Contribution(first, {}, 1.0, clients=2), Contribution(second, {}, 1.0, clients=3)]
+    for sigma in (0.0, 0.8):
+        one = noisy_masked_mean(state, per_client, sigma, 1.5, torch.Generator().manual_seed(1))
+        two = noisy_masked_mean(state, sums, sigma, 1.5, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(two["w"], one["w"], rtol=1e-6, atol=1e-7)
+        assert not torch.equal(one["w"], state["w"])
+    with pytest.raises(ValueError, match="entry masks"):
+        noisy_masked_mean(state, [Contribution(first, {}, 1.0, {"w": torch.ones(5, 4)}, 2)],
+                          0.0, 1.5, torch.Generator())

@@ -52,14 +52,23 @@ def test_cohorts_equal_one_client_per_message(tiny_overrides, tmp_path, no_plots
     assert all(c["bytes_up"] < p["bytes_up"] for c, p in zip(fixed, one, strict=True))
 
 
-def test_cohorts_with_central_dp(tiny_overrides, tmp_path, no_plots, task_identity):
+@pytest.mark.parametrize("slots", [1, 3])
+def test_cohorts_with_central_dp(tiny_overrides, tmp_path, no_plots, task_identity, slots):
     sets = federated_sets(tiny_overrides) + [
         "runtime.threads=1", "privacy.mode=central", "privacy.noise-multiplier=0.5",
         "privacy.clip-norm=1.0", "federation.bn-calibration-samples=50"]
-    plain, packed, summary = both(sets, tmp_path, slots=3)
-    assert all(m["cohorts"] == 3 for m in packed)
+    plain, packed, summary = both(sets, tmp_path, slots=slots)
+    assert all(m["cohorts"] == slots for m in packed)
     assert_same_rounds(plain, packed)
+    for p, c in zip(plain, packed, strict=True):  # the same clipping, noise and accounting
+        for key in ("dp_epsilon", "dp_clip_norm", "dp_noise_std", "dp_update_norm_median",
+                    "dp_clipped_fraction"):
+            assert c[key] == pytest.approx(p[key], **TOL), (p["phase"], key)
     assert summary["privacy"]["epsilon"] > 0
+    # fixed-model rounds: one cohort sends the (float64) sum of its 3 members' clipped
+    # deltas instead of 3 float32 updates
+    fixed = [(p, c) for p, c in zip(plain, packed, strict=True) if p["phase"] == "baseline"]
+    assert fixed and all((c["bytes_up"] < p["bytes_up"]) == (slots == 1) for p, c in fixed)
 
 
 def test_a_failing_member_drops_alone(tiny_overrides, tmp_path, no_plots, task_identity):
