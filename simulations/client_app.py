@@ -175,8 +175,13 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         conf = msg.content["config"]
         members = [dict(msg.content[f"member.{i}"]) for i in range(int(conf["cohort-size"]))]
         state = to_state_dict(msg.content["arrays"])
-        outcomes = run_cohort(local_clients(run_cfg), str(conf["cohort-route"]), state,
-                              members)
+        route = str(conf["cohort-route"])
+        if route == "train.meta":  # federated Reptile's meta clients
+            from fednas.meta.fedmeta_client import cohort_updates
+
+            outcomes = cohort_updates(meta_setup(run_cfg), state, members)
+        else:
+            outcomes = run_cohort(local_clients(run_cfg), route, state, members)
         return Message(cohort_reply(outcomes, bool(conf["cohort-presum"]), state,
                                     float(conf.get("cohort-clip", 0.0))), reply_to=msg)
 

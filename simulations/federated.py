@@ -106,6 +106,8 @@ class FederatedPipeline(Runner):
         cfg = self.cfg
         if cfg.federation.cohort_size == 1 or self.cohort_slots is None:
             return None
+        if phase.startswith("meta-"):  # every meta client runs meta-batch equal tasks
+            return Cohorts(cfg.federation.cohort_size, self.cohort_slots)
         cap = cfg.federation.local_steps if phase == "search" else 0
         batch = cfg.search.batch_size if phase == "search" else cfg.retrain.batch_size
         val = cfg.partition.client_val_fraction

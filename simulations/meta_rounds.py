@@ -79,6 +79,7 @@ class MetaRounds:
         strategy = FedReptile([k for k, _ in model.named_parameters()], server_lr=m.server_lr,
                               min_train_nodes=min(cfg.federation.min_fit_clients, m.clients),
                               node_partitions=nodes)
+        strategy.cohorts = self.run.cohorts(phase)
         extra = {"meta-model": json.dumps(model_spec(name, model, genotype), sort_keys=True),
                  "shots": shots, "task-seed": meta_seed(setup, 3, shots),
                  "meta-clients": m.clients}

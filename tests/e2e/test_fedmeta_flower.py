@@ -183,6 +183,41 @@ def test_paused_and_resumed_rounds_make_the_in_process_models(tmp_path, task_ide
     assert summary["meta"]["models"]["conv4"]["1shot"]["meta_train_s"] > 0  # its rounds'
 
 
+def test_meta_clients_in_cohorts_train_as_one_computation(tmp_path, task_identity,
+                                                          monkeypatch):
+    """Cohort mode: both meta clients in one message, their tasks vectorised (never the
+    one-client path); the models equal the in-process path's to float rounding
+    (fednas/training/vectorised.py), and a faulty member is dropped alone."""
+    from pathlib import Path
+
+    from conftest import in_process_run
+
+    import fednas.meta.fedmeta_client as meta_client
+    from fednas.reporting.checkpoint import load_checkpoint
+
+    def one_by_one(*args, **kwargs):
+        raise AssertionError("a cohort ran its members one by one")
+
+    monkeypatch.setattr(meta_client, "local_update", one_by_one)
+    sets = [*flower_overrides(tmp_path), "federation.cohort-size=0"]
+    cfg = load_config(None, sets)
+    metrics, summary, _ = in_process_run(sets, cohort_slots=1)
+    assert all(r["cohorts"] == 1 and r["clients_ok"] == 2 for r in metrics)
+    run_dir = Path(summary["run_dir"])
+    ck = load_checkpoint(run_dir)
+    for shots, got in ((1, ck["meta_done"]["meta-conv4-1shot"]), (2, ck["state"])):
+        expected, losses = in_process(cfg, shots, run_dir)
+        for k in expected:
+            torch.testing.assert_close(got[k], expected[k], rtol=1e-4, atol=1e-5)
+        logged = [r["meta_loss"] for r in metrics if r["phase"] == f"meta-conv4-{shots}shot"]
+        assert logged == pytest.approx(losses, rel=1e-4)
+    for kind, counter in (("raise", "client_errors"), ("nan", "clients_diverged")):
+        faulty, _, _ = in_process_run([*sets, "federation.fault-partitions=[1]",
+                                       f'federation.fault-kind="{kind}"',
+                                       "federation.min-fit-clients=1"], cohort_slots=1)
+        assert all(r["clients_ok"] == 1 and r[counter] == 1 for r in faulty), kind
+
+
 @pytest.mark.slow
 def test_flower_simulation_matches_in_process(tmp_path):
     """Ray + Flower (client app route train.meta): the same models and scores as the
