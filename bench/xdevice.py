@@ -26,6 +26,10 @@ shards of 2), on this machine, every figure from this one invocation (side by si
 ``default_overhead_ratio``
     bench/overhead.py's (a) at the defaults (10 clients, one worker with all cores).
 
+Everything runs with the glibc malloc settings ``fednas run`` gives its Ray workers
+(``simulations.simulation.WORKER_MALLOC``; the script re-executes itself with them unless
+``GLIBC_TUNABLES`` is set), so the floor and stock Flower get them too.
+
 The trained subnet is the genotype fednas's own search derived (the same model for every
 engine). Records (configs, metrics, summaries, no weights) are kept under ``--out-dir``
 (default ``bench/results/xdevice``); a rerun reuses every finished part and prints the same
@@ -56,6 +60,7 @@ from fednas.config.loading import load_config  # noqa: E402
 from fednas.federated.setup import encode_spec  # noqa: E402
 from fednas.federated.shards import gumbel_top_s, slice_state  # noqa: E402
 from fednas.reporting.rundir import read_metrics  # noqa: E402
+from simulations.simulation import WORKER_MALLOC  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "simulations" / "dp_fashion.toml"
@@ -148,6 +153,10 @@ def main() -> None:
     parser.add_argument("--out-dir", default=str(ROOT / "bench" / "results" / "xdevice"))
     parser.add_argument("--fresh", action="store_true")
     args = parser.parse_args()
+    if sys.platform.startswith("linux") and "GLIBC_TUNABLES" not in os.environ:
+        # every engine and the floor with the allocator settings fednas gives its workers
+        os.execve(sys.executable, [sys.executable, *sys.argv],
+                  {**os.environ, "GLIBC_TUNABLES": WORKER_MALLOC})
     out = Path(args.out_dir)
     if args.fresh:
         shutil.rmtree(out, ignore_errors=True)
