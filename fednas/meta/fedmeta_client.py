@@ -26,6 +26,7 @@ from fednas.training.vectorised import ClientJob, VectorisedTrainer
 
 if TYPE_CHECKING:
     from fednas.data.episodes import FewShotSet
+    from fednas.meta.task_sampler import TaskSampler
 
 
 # -- the model a message names -------------------------------------------------------------
@@ -65,29 +66,24 @@ def meta_train_pool(setup: MetaSetup) -> FewShotSet:
 def local_update(setup: MetaSetup, pid: int, state: dict[str, torch.Tensor],
                  conf: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Client ``pid``'s Reptile round on its own classes: (Δ per parameter, metrics)."""
-    from fednas.meta.fedmeta import client_classes, displacement, task_seed
-    from fednas.meta.task_sampler import TaskSampler
+    from fednas.meta.fedmeta import displacement
 
     m = setup.meta
-    seed, rnd = int(conf["task-seed"]), int(conf["server-round"])
     pool = meta_train_pool(setup)
-    share = client_classes(pool, int(conf["meta-clients"]), m.ways, seed)[pid]
     device = client_device()
     model = build_from_spec(setup, json.loads(str(conf["meta-model"])), pool.input_shape)
     model.load_state_dict(state)
-    tasks = TaskSampler(pool.subset(share), ways=m.ways, shots=int(conf["shots"]),
-                        queries=m.queries, seed=task_seed(seed, pid, rnd))
-    update, loss = displacement(model.to(device), tasks, meta_batch=m.meta_batch,
-                                inner_steps=m.local_steps, inner_lr=float(conf["lr"]),
-                                device=device)
+    update, loss = displacement(model.to(device), _tasks(setup, pool, pid, conf),
+                                meta_batch=m.meta_batch, inner_steps=m.local_steps,
+                                inner_lr=float(conf["lr"]), device=device)
     if inject_fault(setup.federation, pid):  # federation.fault-partitions, as in the other phases
         loss = float("nan")
-    return ({k: v.cpu() for k, v in update.items()},
-            {"meta-loss": loss, "num-examples": m.meta_batch, "partition-id": pid,
-             **placement(device)})
+    return {k: v.cpu() for k, v in update.items()}, _metrics(setup, pid, loss, device)
 
 
-def _tasks(setup: MetaSetup, pool: FewShotSet, pid: int, conf: dict[str, Any]) -> Any:
+def _tasks(setup: MetaSetup, pool: FewShotSet, pid: int, conf: dict[str, Any]
+           ) -> TaskSampler:
+    """Client ``pid``'s task sampler of this round: its class share, its round's seed."""
     from fednas.meta.fedmeta import client_classes, task_seed
     from fednas.meta.task_sampler import TaskSampler
 
@@ -97,8 +93,14 @@ def _tasks(setup: MetaSetup, pool: FewShotSet, pid: int, conf: dict[str, Any]) -
                        queries=m.queries, seed=task_seed(seed, pid, int(conf["server-round"])))
 
 
+def _metrics(setup: MetaSetup, pid: int, loss: float, device: torch.device
+             ) -> dict[str, float]:
+    return {"meta-loss": loss, "num-examples": setup.meta.meta_batch, "partition-id": pid,
+            **placement(device)}
+
+
 def cohort_updates(setup: MetaSetup, state: dict[str, torch.Tensor],
-                   confs: list[dict[str, Any]], vectorise: bool = True) -> list[Outcome]:
+                   confs: list[dict[str, Any]]) -> list[Outcome]:
     """The Reptile rounds of a cohort's meta clients (one outcome each, in ``confs`` order).
 
     Every task of every member trains a copy of θ with plain SGD for ``local-steps`` steps on
@@ -106,21 +108,9 @@ def cohort_updates(setup: MetaSetup, state: dict[str, torch.Tensor],
     :class:`~fednas.training.vectorised.VectorisedTrainer` computation over (member, task)
     pairs, with the tasks each member's own sampler draws in its own order. A member's Δ and
     loss are then formed as :func:`local_update` forms them (equal up to float rounding; see
-    that trainer). ``vectorise=False``: :func:`local_update` member after member
-    (bit-identical to one client per message). A member that raises (its tasks cannot be
-    drawn, an injected fault) fails alone; one whose loss becomes non-finite is reported
-    with a non-finite loss and Δ.
+    that trainer). A member that raises (its tasks cannot be drawn, an injected fault) fails
+    alone; one whose loss becomes non-finite is reported with a non-finite loss and Δ.
     """
-    if not vectorise:
-        out = []
-        for conf in confs:
-            pid = int(conf["partition-id"])
-            try:
-                update, metrics = local_update(setup, pid, state, conf)
-                out.append(Outcome(pid, update, metrics))
-            except Exception as exc:  # noqa: BLE001 - the member drops alone
-                out.append(Outcome(pid, error=f"{type(exc).__name__}: {exc}"))
-        return out
     m, device = setup.meta, client_device()
     pool = meta_train_pool(setup)
     model = build_from_spec(setup, json.loads(str(confs[0]["meta-model"])), pool.input_shape)
@@ -171,6 +161,5 @@ def cohort_updates(setup: MetaSetup, state: dict[str, torch.Tensor],
         if pid in faulty:
             loss = math.nan
         out.append(Outcome(pid, {k: v.cpu() for k, v in delta.items()},
-                           {"meta-loss": loss, "num-examples": m.meta_batch,
-                            "partition-id": pid, **placement(device)}))
+                           _metrics(setup, pid, loss, device)))
     return out
