@@ -148,7 +148,8 @@ class Compression:
         cfg = self.run.cfg
         if cfg.compression.teacher == "searched":
             model = self.run.fixed_model({"kind": "subnet", "genotype": self.run.genotype})
-            model.load_state_dict(torch.load(self.run.rundir.path / "searched.pt")["state_dict"])
+            model.load_state_dict(torch.load(self.run.rundir.path / "searched.pt",
+                                                 weights_only=True)["state_dict"])
             entry = {k: self.run.models["searched"][k] for k in ("test_acc", "params", "flops")}
             return model.to(self.run.device), {"kind": "searched", **entry}
         supernet = self.run.trained_supernet().to(self.run.device)
@@ -226,7 +227,7 @@ class Compression:
         init, source = None, "scratch"
         if "baseline" in self.run.state.done and trained.exists():
             full = self.run.fixed_model({"kind": "baseline"})
-            full.load_state_dict(torch.load(trained)["state_dict"])
+            full.load_state_dict(torch.load(trained, weights_only=True)["state_dict"])
             init, source = prune_cnn(full, width), "trained baseline"
         result = self.run.train_fixed("pruned", spec, init=init,
                                       rounds=cfg.compression.fine_tune_rounds)

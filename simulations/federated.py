@@ -19,12 +19,14 @@ from typing import Any
 import torch
 from flwr.serverapp import Grid
 
+from fednas.config.tools import to_dict
 from fednas.data.partition import partition_stats
 from fednas.federated.ema import ModelEMA
 from fednas.federated.server_opt import STAT_SUFFIXES
 from fednas.federated.setup import build_fixed_model, encode_spec, make_space
 from fednas.models.flops import count_flops, count_params
-from fednas.reporting.checkpoint import load_checkpoint
+from fednas.reporting.checkpoint import load_checkpoint, verify_config, verify_data
+from fednas.reporting.fingerprint import config_fingerprint, data_fingerprint
 from fednas.reporting.plots import plot_alpha_evolution, plot_curves, plot_fedex_theta
 from fednas.reporting.rundir import RunDir
 from fednas.spaces.base import Genotype, save_genotype
@@ -69,12 +71,28 @@ class FederatedPipeline(Runner):
         self.compression = Compression(self)
         self.meta = MetaRounds(self)
         self.loop = RoundLoop(cfg.federation, cfg.privacy.epsilon_budget, self.console,
-                              self.state)
+                              self.state, cfg.seed)
 
     # -- server-side setup ---------------------------------------------------------------
     def prepare(self) -> None:
+        """Check the strategy, load the checkpoint being resumed and verify its config, load
+        the data (and verify it against the checkpoint): all before Ray starts."""
         check_strategy(self.cfg)  # federation.strategy names a registered FedNAS strategy
+        state, config = self.state, config_fingerprint(to_dict(self.cfg))
+        if self.resume_dir is not None:
+            state.checkpoint = load_checkpoint(self.resume_dir)
+            verified = verify_config(state.checkpoint, config, self.resume_dir)
         super().prepare()
+        if self.resume_dir is not None or self.cfg.federation.checkpoint_every or \
+                state.stop_after:
+            state.fingerprint = {"config": config,
+                                 "data": data_fingerprint(self.data, self.parts)}
+        if self.resume_dir is not None:
+            verified &= verify_data(state.checkpoint, state.fingerprint["data"],
+                                    self.resume_dir)
+            if not verified:
+                self.console.print(f"[yellow]warning:[/] {self.resume_dir}'s checkpoint has no "
+                                   "config/data fingerprint (an older fednas): not verified")
 
     def open_run_dir(self) -> None:
         state = self.state
@@ -85,8 +103,10 @@ class FederatedPipeline(Runner):
                 self.parts, self.data.train_y.numpy(), self.data.num_classes))
         else:
             state.rundir = RunDir.reopen(self.resume_dir)
-            ck = state.checkpoint = load_checkpoint(self.resume_dir)
+            ck = state.checkpoint
             self.rundir.truncate_metrics(ck["metrics_count"])
+            if "side_counts" in ck:  # older checkpoints did not count them
+                self.rundir.truncate_side_logs(ck["side_counts"])
             state.models, state.timings = ck["models"], ck["timings"]
             if state.accountant is not None:
                 state.accountant.load_state_dict(ck["accountant"])
@@ -226,7 +246,8 @@ class FederatedPipeline(Runner):
         """The aggregated supernet of this run's search (from memory or supernet.pt)."""
         space = self.make_space()
         space.load_state_dict(self.search_state
-                              or torch.load(self.rundir.path / "supernet.pt")["state_dict"])
+                              or torch.load(self.rundir.path / "supernet.pt",
+                                            weights_only=True)["state_dict"])
         return space
 
     def train_fixed(self, phase: str, spec: dict[str, Any], *,

@@ -28,9 +28,10 @@ from typing import Any
 from fednas.config.grid import candidates
 from fednas.config.grid import parse_grid as _parse_grid
 from fednas.config.loading import load_config
+from fednas.config.preflight import check_output_dir
 from fednas.config.run_config import RunConfig
-from fednas.errors import ConfigError
-from fednas.reporting.rundir import read_metrics
+from fednas.errors import ConfigError, FedNASError
+from fednas.reporting.rundir import atomic_write_text, read_metrics
 from fednas.tuning.halving import schedule, successive_halving
 
 ROUND_KEYS = {"search": "federation.rounds", "baseline": "federation.subnet-rounds"}
@@ -89,6 +90,7 @@ def run_halving(scenario: Path | None, overrides: list[str], grid_specs: list[st
     plan = schedule(len(cands), budget, eta)
     horizon = plan[-1][1]
     root = Path(base.runtime.out_dir) / f"{base.name}-halving-{time.strftime('%Y%m%d-%H%M%S')}"
+    check_output_dir(root, "runtime.out-dir")
     configs = []
     for i, cand in enumerate(cands):  # validate every candidate before any work
         sets = [*overrides, *(f"{k}={v}" for k, v in cand.items()),
@@ -110,7 +112,12 @@ def run_halving(scenario: Path | None, overrides: list[str], grid_specs: list[st
         run_dirs[i], reached[i] = run_dir, rounds
         return score(run_dir, phase)
 
-    result = successive_halving(cands, advance, budget=budget, eta=eta)
+    try:
+        result = successive_halving(cands, advance, budget=budget, eta=eta)
+    except FedNASError:  # e.g. a data error of the first candidate: leave nothing behind
+        if not any(root.iterdir()):
+            root.rmdir()
+        raise
     best_dir = run_dirs[result.best]
     summary = json.loads((best_dir / "summary.json").read_text())
     record = {
@@ -126,7 +133,7 @@ def run_halving(scenario: Path | None, overrides: list[str], grid_specs: list[st
         "best": {"index": result.best, "config": result.best_candidate,
                  "run_dir": str(best_dir), "models": summary.get("models", {})},
     }
-    (root / "halving.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic_write_text(root / "halving.json", json.dumps(record, indent=2) + "\n")
     record["dir"] = str(root)
     return record
 

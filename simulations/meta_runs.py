@@ -17,6 +17,7 @@ import torch
 from rich.console import Console
 
 from fednas.config.loading import load_config
+from fednas.config.preflight import check_output_dir, check_run_paths
 from fednas.config.run_config import RunConfig
 from fednas.errors import CheckpointError, ConfigError
 from fednas.meta.phase import run_meta
@@ -41,6 +42,7 @@ def run_meta_only(cfg: RunConfig, device: torch.device, console: Console | None 
     with config.toml, metrics.jsonl, meta.json and summary.json."""
     from fednas.version import __version__
 
+    check_run_paths(cfg)
     run = RunDir(cfg.runtime.out_dir, cfg.name)
     run.write_config(cfg)
     t0 = time.perf_counter()
@@ -69,6 +71,7 @@ def meta_command(target: Path, overrides: list[str], *, out_dir: str | None = No
             raise ConfigError(f"--set {bad[0]!r}: on a finished run only meta.* and runtime.* "
                               "keys may change")
         cfg = with_meta(target / "config.toml", overrides)
+        check_output_dir(target, "meta RUN_DIR")  # meta.json goes there
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
         result = run_meta(meta_setup(cfg), target, resolve_device(cfg.runtime.device), log)

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from fednas.config.run_config import FederationConfig
 from fednas.federated.ema import ModelEMA
+from fednas.federated.faults import planned_faults
 from fednas.reporting.checkpoint import save_checkpoint
 from fednas.training.train import cosine
 from simulations.runner import RunState
@@ -47,11 +48,14 @@ class RoundLoop:
     state
         The run's state: it reads the checkpoint being resumed and the pause point, and
         records the privacy stop; a checkpoint saves it.
+    seed
+        The run seed (the client fault plan derives from it).
     """
 
     def __init__(self, federation: FederationConfig, epsilon_budget: float, console: Console,
-                 state: RunState) -> None:
+                 state: RunState, seed: int = 0) -> None:
         self.f = federation
+        self.seed = seed
         self.epsilon_budget = epsilon_budget
         self.console = console
         self.state = state
@@ -90,6 +94,10 @@ class RoundLoop:
             if ema is not None:
                 ema.update(weights)
             record: dict[str, Any] = {**strategy.round_record(), "lr": float(config["lr"])}
+            if f.faults.enabled or f.fault_partitions:  # the plan, beside what was observed
+                route, pids = strategy.sampled_clients()
+                record.update(planned_faults(f, self.seed, route, rnd, pids))
+                record.setdefault("actor_deaths", 0)
             if train_metrics is not None:
                 record.update({k.replace("-", "_"): v for k, v in train_metrics.items()
                                if k != "steps"})
@@ -137,4 +145,5 @@ class RoundLoop:
             "meta_done": run.meta_done,
             "accountant": run.accountant.state_dict() if run.accountant else None,
             "ema": ema.state_dict() if ema is not None else None,
-            "metrics_count": len(run.rundir.metrics)})
+            "metrics_count": len(run.rundir.metrics),
+            "side_counts": dict(run.rundir.side_counts), "fingerprint": run.fingerprint})

@@ -14,12 +14,14 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
 
+from fednas.config.preflight import check_dataset, check_models, check_run_paths
 from fednas.config.run_config import RunConfig
 from fednas.data.datasets import Dataset
 from fednas.data.partition import partition_indices
@@ -45,7 +47,8 @@ class RunState:
 
     ``checkpoint`` is the checkpoint being resumed (consumed by the first phase it matches),
     ``prior_elapsed`` the seconds each phase ran before a resume, ``stop_after`` the
-    ``(phase, round)`` to pause after.
+    ``(phase, round)`` to pause after, ``fingerprint`` the config and data fingerprints a
+    checkpoint stores (:mod:`fednas.reporting.fingerprint`).
     """
 
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -60,10 +63,13 @@ class RunState:
     checkpoint: dict[str, Any] | None = None
     prior_elapsed: dict[str, float] = field(default_factory=dict)
     stop_after: tuple[str, int] | None = None
+    fingerprint: dict[str, Any] | None = None
 
 
 class Runner(ABC):
     """A run of ``cfg``: its state (:class:`RunState`), data and phases (module docstring)."""
+
+    resume_dir: Path | None = None  # the run dir being resumed (federated runs only)
 
     def __init__(self, cfg: RunConfig, console: Console | None = None) -> None:
         self.cfg = cfg
@@ -104,12 +110,16 @@ class Runner(ABC):
     def prepare(self) -> None:
         """Load the data, partition it and run every phase's checks."""
         cfg = self.cfg
+        if self.resume_dir is None:  # a resumed run writes into its own run dir
+            check_run_paths(cfg)
         if cfg.runtime.threads:
             torch.set_num_threads(cfg.runtime.threads)
         self.device = resolve_device(cfg.runtime.device)
         self.generator = seed_everything(cfg.seed)
         t0 = time.perf_counter()
         self.data: Dataset = run_dataset(cfg.data, cfg.seed, meta_setup(cfg))
+        check_dataset(cfg, self.data)  # >= 2 classes
+        check_models(cfg, self.data)  # the space builds; images not too small for it
         n_train = len(self.data.train_y)
         if cfg.partition.num_clients > n_train:
             raise ConfigError(f"partition.num-clients: {cfg.partition.num_clients} clients but "

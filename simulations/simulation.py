@@ -22,6 +22,7 @@ def backend_config(cfg: RunConfig) -> dict[str, Any]:
 
     ``client-gpus = -1`` means 0.5 GPU per client when CUDA is visible (two clients share a
     GPU), else 0. ``ray-address`` attaches to an existing cluster instead of starting one.
+    Workers are restartable actors (a dead one is replaced; its message fails).
     """
     f = cfg.federation
     gpus = f.client_gpus
@@ -34,7 +35,11 @@ def backend_config(cfg: RunConfig) -> dict[str, Any]:
         init["num_cpus"] = os.cpu_count() or 1
         if torch.cuda.is_available():
             init["num_gpus"] = torch.cuda.device_count()
-    return {"client_resources": {"num_cpus": f.client_cpus, "num_gpus": gpus},
+    # max_restarts: a worker that dies (an exit fault, the OOM killer) is restarted by Ray;
+    # the message it was running fails and counts as a failed client (Flower passes every
+    # client resource to the actor's options and would otherwise reuse the dead actor)
+    return {"client_resources": {"num_cpus": f.client_cpus, "num_gpus": gpus,
+                                 "max_restarts": -1},
             "init_args": init}
 
 
@@ -77,7 +82,7 @@ def run_federated(cfg: RunConfig, console: Console | None = None,
     """
     from flwr.simulation import run_simulation
 
-    from simulations import flower_pump
+    from simulations import actor_restarts, flower_pump
     from simulations.client_app import make_client_app
     from simulations.federated import FederatedPipeline
     from simulations.server_app import make_server_app
@@ -93,6 +98,7 @@ def run_federated(cfg: RunConfig, console: Console | None = None,
     keep_worker_heaps()
     # Ray's notice about a future default; fednas relies on today's (num_gpus=0 hides GPUs).
     warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
+    actor_restarts.install()  # a dead worker fails only the message it was running
     if cfg.runtime.message_pump == "fednas":  # Flower's is O(nodes × messages) per sweep
         flower_pump.install()
     else:

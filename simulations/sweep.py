@@ -35,8 +35,10 @@ from typing import Any
 
 from fednas.config.grid import candidates, parse_grid
 from fednas.config.loading import load_config
+from fednas.config.preflight import check_output_dir
 from fednas.config.tools import to_dict
 from fednas.errors import ConfigError
+from fednas.reporting.rundir import atomic_write_text
 
 FIXED = ("seed", "name", "runtime.out-dir")
 
@@ -99,6 +101,7 @@ def plan(scenario: Path | None, overrides: list[str], grid_specs: list[str], see
     key = {"config": to_dict(base), "grid": grid, "seeds": seeds}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
     root = Path(out_dir or base.runtime.out_dir) / f"{base.name}-sweep-{digest}"
+    check_output_dir(root, "sweep --out-dir" if out_dir else "runtime.out-dir")
     runs = []
     for p, values in enumerate(points):
         for seed in seeds:
@@ -127,12 +130,13 @@ def _command(scenario: Path | None, overrides: list[str], run: SweepRun) -> list
 
 
 def failure_reason(stderr: str, returncode: int) -> str:
-    """The line of a failed run's stderr that says why: fednas' own error line, else the last
+    """The line of a failed run's stderr that says why: fednas' own error line (a user error
+    or an internal one, with its traceback file), else the last
     exception line, else the exit code (with the last output line; progress lines go to
     stderr too, so the last line alone may be an ordinary round record)."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
     for line in reversed(lines):
-        if line.startswith("fednas: error:"):
+        if line.startswith(("fednas: error:", "fednas: internal error")):
             return line
     for line in reversed(lines):
         if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*", line):
@@ -147,7 +151,7 @@ def execute(command: list[str], cell: str) -> dict[str, Any]:
     cell_path = Path(cell)
     cell_path.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    (cell_path / "status.json").write_text(json.dumps({"state": "running", "started": t0}))
+    atomic_write_text(cell_path / "status.json", json.dumps({"state": "running", "started": t0}))
     with open(cell_path / "log.txt", "a") as log:
         proc = subprocess.run(command, stdout=log, stderr=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -156,7 +160,7 @@ def execute(command: list[str], cell: str) -> dict[str, Any]:
                               "returncode": proc.returncode, "seconds": round(time.time() - t0, 1)}
     if proc.returncode:
         status["error"] = failure_reason(proc.stderr, proc.returncode)
-    (cell_path / "status.json").write_text(json.dumps(status, indent=2) + "\n")
+    atomic_write_text(cell_path / "status.json", json.dumps(status, indent=2) + "\n")
     return status
 
 
@@ -190,7 +194,7 @@ def run_sweep(scenario: Path | None, overrides: list[str], grid_specs: list[str]
                         "run_dir": str(run_dir) if run_dir else None,
                         **({"state": "done"} if r.finished() else r.status())})
     manifest = {**spec, "dir": str(root), "runs": records}
-    (root / "sweep.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(root / "sweep.json", json.dumps(manifest, indent=2) + "\n")
     return root, manifest
 
 

@@ -12,7 +12,8 @@ probes a strategy with ``hasattr``. :class:`RoundStrategy` gives the defaults:
 * :meth:`~RoundStrategy.round_record`: what the last round adds to ``metrics.jsonl``
   (``round_stats``) and :meth:`~RoundStrategy.addon_record`: an add-on's own columns, written
   after the clients' metrics (FedEx's θ);
-* ``placements`` (where each client ran) and ``get_state`` / ``set_state`` (checkpoints);
+* ``placements`` (where each client ran), :meth:`~RoundStrategy.sampled_clients` (route and
+  partitions of the last training round) and ``get_state`` / ``set_state`` (checkpoints);
 * ``cohorts`` / :meth:`~RoundStrategy.presummable`: cohort mode, where ``train_round`` packs
   the per-client messages into a few cohort messages (:mod:`strategies.cohorts`).
 
@@ -98,6 +99,11 @@ class RoundStrategy:
         """True when one more round would exceed the privacy budget (no DP: never)."""
         return False
 
+    def sampled_clients(self) -> tuple[str, list[int]]:
+        """The route and partitions of the last training round's messages (for the fault
+        plan that metrics.jsonl records: :func:`fednas.federated.faults.planned_faults`)."""
+        return getattr(self, "_sampled", ("", []))
+
     def round_record(self) -> dict[str, Any]:
         """The last round's statistics for ``metrics.jsonl``."""
         return dict(self.round_stats)
@@ -182,6 +188,9 @@ class StrategyWrapper(RoundStrategy):
 
     def addon_record(self) -> dict[str, Any]:
         return self.base.addon_record()
+
+    def sampled_clients(self) -> tuple[str, list[int]]:
+        return self.base.sampled_clients()
 
     def get_state(self) -> dict[str, Any]:
         return {"base": self.base.get_state()}

@@ -168,6 +168,7 @@ class FedNAS(FedAvg, RoundStrategy):
                                                 self.configrecord_key: cfg}),
                                     dst_node_id=node, message_type=self.train_route))
         self.round_stats = {"clients_sampled": len(messages), "bytes_down": bytes_down}
+        self._sampled = (self.train_route, [pid for pid, _ in sampled])
         log(INFO, "configure_train: %d clients", len(messages))
         return messages
 
@@ -211,6 +212,8 @@ class FedNAS(FedAvg, RoundStrategy):
         self.round_stats.update(clients_ok=len(good), client_errors=screened.errors,
                                 clients_diverged=screened.diverged, client_timeouts=timeouts,
                                 bytes_up=bytes_up)
+        if screened.actor_deaths:
+            self.round_stats["actor_deaths"] = screened.actor_deaths
         if len(good) < max(self.min_train_nodes, 1):
             self.round_stats["round_failed"] = 1
             log(WARNING, "round %d failed: %d successful clients < min %d; global state kept",

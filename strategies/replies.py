@@ -59,6 +59,8 @@ class Screened:
     good: list[Reply]
     errors: int = 0
     diverged: int = 0
+    actor_deaths: int = 0  # errors because the client's worker process died
+
 
 
 def screen_replies(replies: Iterable[Message], expected: Container[int], arrays_key: str, *,
@@ -70,6 +72,7 @@ def screen_replies(replies: Iterable[Message], expected: Container[int], arrays_
     for msg in replies:
         if msg.has_error():
             out.errors += 1
+            out.actor_deaths += worker_died(msg.error.reason)
             log(WARNING, "client error dropped: %s", msg.error.reason)
             continue
         metrics = next(iter(msg.content.metric_records.values()))
@@ -91,6 +94,16 @@ def screen_replies(replies: Iterable[Message], expected: Container[int], arrays_
         out.good.append(Reply(pid, msg.content, metrics, state, record))
     out.good.sort(key=lambda r: r.pid)
     return out
+
+
+WORKER_DEATHS = ("ActorDiedError", "RayActorError", "ActorUnavailableError",
+                 "WorkerCrashedError")
+"""Ray's exceptions for a worker process that died while running a message."""
+
+
+def worker_died(reason: str) -> bool:
+    """Whether an error reply's reason says the client's worker process died."""
+    return any(name in reason for name in WORKER_DEATHS)
 
 
 def finite(content: RecordDict, state: dict[str, torch.Tensor]) -> bool:

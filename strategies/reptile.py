@@ -90,6 +90,7 @@ class FedReptile(FedAvg, RoundStrategy):
                                                 self.configrecord_key: cfg}),
                                     dst_node_id=node, message_type=META_ROUTE))
         self._sent = set(self.node_partitions.values())
+        self._sampled = (META_ROUTE, sorted(self._sent))
         self.round_stats = {"clients_sampled": len(messages),
                             "bytes_down": len(messages) * arrays.count_bytes()}
         return messages
@@ -105,6 +106,8 @@ class FedReptile(FedAvg, RoundStrategy):
                                 clients_diverged=screened.diverged,
                                 client_timeouts=max(len(self._sent) - len(replies), 0),
                                 bytes_up=sum(r.record.count_bytes() for r in good))
+        if screened.actor_deaths:
+            self.round_stats["actor_deaths"] = screened.actor_deaths
         if len(good) < max(self.min_train_nodes, 1):
             self.round_stats["round_failed"] = 1
             log(WARNING, "meta round %d failed: %d successful clients < min %d; global state "

@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from fednas.config.preflight import read_scenario
 from fednas.config.run_config import RunConfig
 from fednas.config.tools import apply_override, from_dict, parse_override
 from fednas.errors import ConfigError
@@ -28,15 +29,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     Raises
     ------
     ConfigError
-        For a missing/unparsable file, an unknown key, a wrong type or a bad value.
+        For a missing, unreadable (a directory, not UTF-8) or unparsable file, an unknown
+        key, a wrong type or a bad value (NaN, or inf where the key does not allow it).
     """
     data: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"scenario file not found: {path}") from None
+            data = tomllib.loads(read_scenario(path))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: invalid TOML: {exc}") from None
         plugins = data.get("runtime", {}).get("plugins") if isinstance(

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from fednas.config.compression import CompressionConfig, check_compression
+from fednas.config.faults import FaultsConfig, check_faults
 from fednas.config.fedex import FedExConfig
 from fednas.config.meta import MetaConfig
+from fednas.config.preflight import check_config
 from fednas.config.privacy import PrivacyConfig, check_alpha_clip, check_secagg
 from fednas.config.tools import option, section
 from fednas.errors import ConfigError
@@ -102,7 +104,8 @@ class SearchConfig:
     weight_decay: float = option(3e-4, ge=0.0)
     arch_lr: float = option(3e-3, gt=0.0, doc="α Adam lr")
     arch_weight_decay: float = option(1e-3, ge=0.0)
-    grad_clip: float = option(5.0, gt=0.0)
+    grad_clip: float = option(5.0, gt=0.0, doc="L2 bound of the weight gradients",
+                              inf="no clipping")
     warmup_epochs: float = option(0.0, ge=0.0, doc="weight-only epochs before α updates")
     sandwich: bool = option(False, doc="width space: sandwich-rule weight steps (largest, "
                             "smallest and random widths, in-place distillation)")
@@ -118,7 +121,8 @@ class TrainConfig:
     momentum: float = option(0.9, ge=0.0, lt=1.0)
     weight_decay: float = option(3e-4, ge=0.0)
     schedule: str = option("cosine", choices=("cosine", "constant", "onecycle"))
-    grad_clip: float = option(5.0, gt=0.0)
+    grad_clip: float = option(5.0, gt=0.0, doc="L2 bound of the weight gradients",
+                              inf="no clipping")
     label_smoothing: float = option(0.0, ge=0.0, lt=1.0)
     inherit_weights: bool = option(True, doc="start from the supernet's weights")
     channels: int = option(0, ge=0, doc="cell space: retrain width (0 = search width)")
@@ -142,7 +146,10 @@ class FederationConfig:
     local_epochs: int = option(1, ge=1, doc="local passes per round (search and training)")
     local_steps: int = option(0, ge=0, doc="cap on local search steps per epoch (0 = full)")
     shard_size: int = option(0, ge=0, doc="candidates per edge/layer a client trains "
-                                          "(0 = all: plain FedNAS)")
+                                          "(0 = all: plain FedNAS); at most the space's "
+                                          "candidates (space.cell.ops, "
+                                          "space.width.width-choices): a larger value is "
+                                          "an error")
     include_argmax: bool = option(True, doc="shards always hold the current best candidate")
     subnet_rounds: int = option(4, ge=0, doc="FedAvg rounds for the derived subnet and the "
                                              "hand-designed baseline")
@@ -177,9 +184,12 @@ class FederationConfig:
     client_gpus: float = option(-1.0, ge=-1.0, doc="Ray GPUs per client (-1 = 0.5 when "
                                 "CUDA is visible, else 0)")
     ray_address: str = option("", doc="attach to this Ray cluster (empty = local)")
-    round_timeout: float = option(1800.0, gt=0.0, doc="seconds to wait for replies")
+    round_timeout: float = option(1800.0, gt=0.0, doc="seconds to wait for replies",
+                                  inf="wait until every reply is in")
     checkpoint_every: int = option(1, ge=0, doc="checkpoint every N rounds (0 = never)")
-    node_wait: float = option(120.0, gt=0.0, doc="seconds to wait for all nodes to register")
+    node_wait: float = option(120.0, gt=0.0, doc="seconds to wait for all nodes to register",
+                              inf="wait until they have")
+    faults: FaultsConfig = section(FaultsConfig)
     fault_partitions: tuple[int, ...] = option((), ge=0, doc="fault injection: these "
                                                "partitions fail every training round")
     fault_kind: str = option("raise", choices=("raise", "nan"),
@@ -256,6 +266,7 @@ class RunConfig:
         if bad:
             raise ConfigError(f"federation.fault-partitions: {bad} outside 0.."
                               f"{self.partition.num_clients - 1}")
+        check_faults(f.faults, f.round_timeout)
         if self.mode == "federated" and f.min_fit_clients > self.partition.num_clients:
             raise ConfigError(f"federation.min-fit-clients: {f.min_fit_clients} exceeds "
                               f"partition.num-clients = {self.partition.num_clients}")
@@ -290,3 +301,4 @@ class RunConfig:
                               'set mode = "federated"')
         if not self.name or "/" in self.name:
             raise ConfigError(f"name: must be a non-empty name without '/' (got {self.name!r})")
+        check_config(self)  # candidate ops, shard size (fednas/config/preflight.py)

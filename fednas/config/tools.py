@@ -8,6 +8,7 @@ type or out-of-range value raises :class:`~fednas.errors.ConfigError` naming the
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -18,10 +19,14 @@ from fednas.errors import ConfigError
 
 def option(default: Any, *, doc: str = "", choices: tuple | None = None,
            ge: float | None = None, gt: float | None = None, le: float | None = None,
-           lt: float | None = None, subset_of: tuple | None = None) -> Any:
-    """A dataclass field with a default, a one-line doc and value constraints."""
+           lt: float | None = None, subset_of: tuple | None = None, inf: str = "") -> Any:
+    """A dataclass field with a default, a one-line doc and value constraints.
+
+    Float values must be finite unless ``inf`` says what ``inf`` means for the key (e.g.
+    ``"no clipping"``); NaN is never accepted.
+    """
     meta = {"doc": doc, "choices": choices, "ge": ge, "gt": gt, "le": le, "lt": lt,
-            "subset_of": subset_of}
+            "subset_of": subset_of, "inf": inf}
     if isinstance(default, list | dict):
         raise TypeError("use tuples for sequence defaults (configs are frozen)")
     return dataclasses.field(default=default, metadata=meta)
@@ -65,6 +70,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and value.strip().lower().lstrip("+-") in ("inf", "nan"):
+            return float(value)  # --set KEY=inf: the range check below says if inf is allowed
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
@@ -88,6 +95,11 @@ def _check_range(value: Any, meta: typing.Mapping[str, Any], key: str) -> None:
     for v in values:
         if not isinstance(v, int | float) or isinstance(v, bool):
             continue
+        if not math.isfinite(v):
+            if v == math.inf and meta.get("inf"):
+                continue
+            allowed = f" (or inf: {meta['inf']})" if meta.get("inf") else ""
+            raise ConfigError(f"{key}: must be a finite number{allowed}, got {v!r}")
         for bound, ok, word in (("ge", v >= (meta.get("ge") or 0), ">="),
                                 ("gt", v > (meta.get("gt") or 0), ">"),
                                 ("le", v <= (meta.get("le") or 0), "<="),

@@ -171,7 +171,12 @@ def read_raw(name: str, root: str | Path, download: bool = False) -> RawData:
     if name not in DATASETS:
         raise ConfigError(f"data.dataset: unknown dataset {name!r}; available: "
                           + ", ".join(available_datasets()))
-    return DATASETS.get(name)(root, download)
+    try:
+        return DATASETS.get(name)(root, download)
+    except (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise DataError(f"data.dataset {name!r}: {exc.strerror or exc}:{where} (data.root = "
+                        f"{root}; is it a writable directory?)") from exc
 
 
 # ----------------------------------------------------------------------------- splits

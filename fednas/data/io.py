@@ -206,6 +206,8 @@ def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
 
 def read_npz(path: Path) -> RawData:
     """Read ``x``/``y`` (and optional ``x_test``/``y_test``, ``class_names``) from an npz file."""
+    if path.is_dir():
+        raise DataError(f"npz dataset {path} is a directory: give an .npz file as npz:PATH")
     if not path.is_file():
         raise DataError(f"npz dataset {path} not found: give an existing file as npz:PATH")
     try:

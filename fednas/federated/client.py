@@ -25,12 +25,12 @@ from torch import nn
 from fednas.data.datasets import Dataset
 from fednas.data.partition import client_train_val, partition_indices
 from fednas.federated.devices import client_device, placement
+from fednas.federated.faults import poison, start_fault
 from fednas.federated.setup import (
     ClientSetup,
     build_fixed_model,
     decode_spec,
     encode_spec,
-    inject_fault,
     local_hps,
     make_space,
 )
@@ -177,6 +177,7 @@ class LocalClients:
         and ``report-val`` (1: report the val loss after training, 2: before and after).
         """
         setup = self.setup
+        nan = start_fault(setup.federation, setup.seed, "train.search", server_round, pid)
         generator = self.seed(server_round, pid, 1)
         device = client_device()
         train, val = self.splits(pid)
@@ -209,14 +210,18 @@ class LocalClients:
         except FloatingPointError:
             metrics["diverged"] = 1
             return {}, metrics
-        self._after_training(metrics, stats, space, val, pid, device, report)
+        self._after_training(metrics, stats, space, val, device, report)
         out = slice_state({k: v.detach().cpu() for k, v in space.state_dict().items()}, slices)
-        return {k: v.clone() for k, v in out.items()}, metrics
+        out = {k: v.clone() for k, v in out.items()}
+        if nan:
+            poison(out, metrics, server_round, pid)
+        return out, metrics
 
     def train(self, pid: int, server_round: int, state: dict[str, torch.Tensor],
               spec: dict[str, Any], conf: dict[str, Any]) -> Result:
         """Local supervised training of a fixed model (the FedAvg route); ``conf`` as in
         :meth:`search`."""
+        nan = start_fault(self.setup.federation, self.setup.seed, "train", server_round, pid)
         generator = self.seed(server_round, pid, 2)
         device = client_device()
         train_split, val = self.splits(pid)
@@ -242,8 +247,11 @@ class LocalClients:
         except FloatingPointError:
             metrics["diverged"] = 1
             return {}, metrics
-        self._after_training(metrics, stats, model, val, pid, device, report)
-        return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, metrics
+        self._after_training(metrics, stats, model, val, device, report)
+        out = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if nan:
+            poison(out, metrics, server_round, pid)
+        return out, metrics
 
     def evaluate(self, pid: int, state: dict[str, torch.Tensor], spec: dict[str, Any]
                  ) -> dict[str, float]:
@@ -262,11 +270,9 @@ class LocalClients:
                         device=device)["eval_loss"]
 
     def _after_training(self, metrics: dict[str, float], stats: dict[str, float],
-                        model: nn.Module, val: Split, pid: int, device: torch.device,
+                        model: nn.Module, val: Split, device: torch.device,
                         report: int) -> None:
-        """Add the training stats, the post-training val loss (if asked) and injected faults."""
+        """Add the training stats and the post-training val loss (if asked)."""
         metrics.update(stats)
         if report >= 1:
             metrics["val_loss"] = self._val_loss(model, val, device)
-        if inject_fault(self.setup.federation, pid):
-            metrics["train_loss"] = float("nan")

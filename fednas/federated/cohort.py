@@ -33,8 +33,9 @@ import torch
 
 from fednas.federated.client import LocalClients
 from fednas.federated.devices import client_device, placement
+from fednas.federated.faults import poison, start_fault
 from fednas.federated.server_opt import STAT_SUFFIXES
-from fednas.federated.setup import decode_spec, inject_fault, local_hps
+from fednas.federated.setup import decode_spec, local_hps
 from fednas.federated.shards import decode_masks, slice_state
 from fednas.privacy.mechanism import clipped_sum
 from fednas.training.train import batches
@@ -127,13 +128,13 @@ def _train_vectorised(clients: LocalClients, state: dict[str, torch.Tensor],
     outcomes: dict[int, Outcome] = {}
     jobs, members = [], []
     report = max(int(c.get("report-val", 0)) for c in confs)
+    poisoned: set[int] = set()
     for conf in confs:
-        pid = int(conf["partition-id"])
+        pid, rnd = int(conf["partition-id"]), int(conf["server-round"])
         try:
-            if pid in setup.federation.fault_partitions and \
-                    setup.federation.fault_kind == "raise":
-                inject_fault(setup.federation, pid)
-            jobs.append(_job(clients, pid, int(conf["server-round"]), conf, device))
+            if start_fault(setup.federation, setup.seed, "train", rnd, pid):
+                poisoned.add(pid)
+            jobs.append(_job(clients, pid, rnd, conf, device))
             members.append(conf)
         except Exception as exc:  # noqa: BLE001 - as in _one
             outcomes[pid] = Outcome(pid, error=f"{type(exc).__name__}: {exc}")
@@ -150,8 +151,8 @@ def _train_vectorised(clients: LocalClients, state: dict[str, torch.Tensor],
         metrics.update({k: v for k, v in res.metrics.items()
                         if not k.startswith("val_loss") or own >= (2 if k.endswith("pre")
                                                                    else 1)})
-        if not res.diverged and inject_fault(setup.federation, pid):
-            metrics["train_loss"] = float("nan")
+        if not res.diverged and pid in poisoned:
+            poison(res.state, metrics, int(conf["server-round"]), pid)
         outcomes[pid] = Outcome(pid, res.state, metrics)
     return [outcomes[int(c["partition-id"])] for c in confs]
 

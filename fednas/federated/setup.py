@@ -2,7 +2,8 @@
 
 :class:`ClientSetup` holds the scenario's sections that clients read (built by the top layer);
 the functions build the supernet and fixed models, apply FedEx's per-client hyperparameters
-(:func:`local_hps`), inject configured faults and encode the model spec that messages carry.
+(:func:`local_hps`) and encode the model spec that messages carry (faults:
+:mod:`fednas.federated.faults`).
 """
 
 from __future__ import annotations
@@ -65,15 +66,6 @@ def build_fixed_model(setup: ClientSetup, spec: dict[str, Any],
                            channels=r.channels or c.channels, layers=r.layers or c.layers,
                            stem_stride=c.stem_stride, allowed_ops=c.ops)
     return make_space(setup.space, setup.seed, input_shape, num_classes).subnet(genotype)
-
-
-def inject_fault(federation: FederationConfig, pid: int) -> bool:
-    """Fault injection (federation.fault-partitions): raise, or return True to report NaN."""
-    if pid not in federation.fault_partitions:
-        return False
-    if federation.fault_kind == "raise":
-        raise RuntimeError(f"injected fault on partition {pid}")
-    return True
 
 
 def local_hps(setup: ClientSetup, phase: str, conf: dict[str, Any]) -> dict[str, float]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from fednas.federated.cohort import Outcome
 from fednas.federated.devices import client_device, placement
-from fednas.federated.setup import inject_fault
+from fednas.federated.faults import poison, start_fault
 from fednas.meta.setup import MetaSetup
 from fednas.spaces.base import Genotype
 from fednas.training.vectorised import ClientJob, VectorisedTrainer
@@ -69,6 +69,8 @@ def local_update(setup: MetaSetup, pid: int, state: dict[str, torch.Tensor],
     from fednas.meta.fedmeta import displacement
 
     m = setup.meta
+    rnd = int(conf["server-round"])
+    nan = start_fault(setup.federation, setup.seed, "train.meta", rnd, pid)  # as elsewhere
     pool = meta_train_pool(setup)
     device = client_device()
     model = build_from_spec(setup, json.loads(str(conf["meta-model"])), pool.input_shape)
@@ -76,9 +78,10 @@ def local_update(setup: MetaSetup, pid: int, state: dict[str, torch.Tensor],
     update, loss = displacement(model.to(device), _tasks(setup, pool, pid, conf),
                                 meta_batch=m.meta_batch, inner_steps=m.local_steps,
                                 inner_lr=float(conf["lr"]), device=device)
-    if inject_fault(setup.federation, pid):  # federation.fault-partitions, as in the other phases
-        loss = float("nan")
-    return {k: v.cpu() for k, v in update.items()}, _metrics(setup, pid, loss, device)
+    out, metrics = {k: v.cpu() for k, v in update.items()}, _metrics(setup, pid, loss, device)
+    if nan:
+        poison(out, metrics, rnd, pid, loss_key="meta-loss")
+    return out, metrics
 
 
 def _tasks(setup: MetaSetup, pool: FewShotSet, pid: int, conf: dict[str, Any]
@@ -118,11 +121,12 @@ def cohort_updates(setup: MetaSetup, state: dict[str, torch.Tensor],
     steps = max(int(m.local_steps), 0)
     jobs: dict[int, list[ClientJob]] = {}
     errors: dict[int, str] = {}
-    faulty: set[int] = set()  # federation.fault-partitions, as in local_update
+    faulty: set[int] = set()  # injected non-finite replies, as in local_update
     for conf in confs:
         pid = int(conf["partition-id"])
         try:
-            if inject_fault(setup.federation, pid):
+            if start_fault(setup.federation, setup.seed, "train.meta",
+                           int(conf["server-round"]), pid):
                 faulty.add(pid)
             tasks = _tasks(setup, pool, pid, conf)
             jobs[pid] = []
@@ -158,8 +162,9 @@ def cohort_updates(setup: MetaSetup, state: dict[str, torch.Tensor],
             for k, d in delta.items():  # as reptile_round accumulates it
                 d += (res.state[k] - theta[k]) / m.meta_batch
         loss = sum(losses) / len(losses) if losses and steps else math.nan
+        update, metrics = {k: v.cpu() for k, v in delta.items()}, _metrics(setup, pid, loss,
+                                                                           device)
         if pid in faulty:
-            loss = math.nan
-        out.append(Outcome(pid, {k: v.cpu() for k, v in delta.items()},
-                           _metrics(setup, pid, loss, device)))
+            poison(update, metrics, int(conf["server-round"]), pid, loss_key="meta-loss")
+        out.append(Outcome(pid, update, metrics))
     return out

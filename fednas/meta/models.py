@@ -45,7 +45,8 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor]) -> int:
 
 def saved_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor] | None:
     path = run_dir / f"{name}.pt"
-    return torch.load(path, map_location="cpu")["state_dict"] if path.is_file() else None
+    return (torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+            if path.is_file() else None)
 
 
 def meta_space(setup: MetaSetup, input_shape: tuple[int, int, int], ways: int, *,

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from fednas.config.preflight import check_output_file
 from fednas.errors import CheckpointError, FedNASError
 from fednas.version import __version__
 
@@ -94,8 +95,9 @@ def export(run_dir: str | Path, model: str = "distilled", out: str | Path | None
     if model not in models or not weights.is_file():
         raise FedNASError(f"export: {run_dir} has no model {model!r}; it has "
                           f"{sorted(m for m in models if (run_dir / f'{m}.pt').is_file())}")
+    out = check_output_file(out if out else run_dir / f"{model}.fednas.pt", "export --out")
     cfg = load_config(run_dir / "config.toml")
-    saved = torch.load(weights, map_location="cpu")
+    saved = torch.load(weights, map_location="cpu", weights_only=True)
     data = summary["dataset"]
     shape = tuple(data["input_shape"])
     recipe = _recipe(cfg, _spec(run_dir, model, saved.get("meta", {}), cfg), shape,
@@ -110,7 +112,6 @@ def export(run_dir: str | Path, model: str = "distilled", out: str | Path | None
               "source": {"run_dir": str(run_dir), "model": model, "seed": summary.get("seed"),
                          "scenario": summary.get("scenario")},
               "versions": {"fednas": __version__, "torch": str(torch.__version__)}}
-    out = Path(out) if out else run_dir / f"{model}.fednas.pt"
     tmp = out.with_suffix(".tmp")
     torch.save(bundle, tmp)
     if verify:

@@ -28,6 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from fednas.config.preflight import check_output_dir  # noqa: E402
 from fednas.errors import FedNASError  # noqa: E402
 from fednas.reporting.rundir import read_metrics  # noqa: E402
 from fednas.reporting.summary import format_count  # noqa: E402
@@ -272,7 +273,7 @@ def write_report(inputs: list[Path], out: Path | None = None) -> dict[str, Any]:
     runs, failed = collect(inputs)
     if not runs:
         raise FedNASError("report: no finished runs in " + ", ".join(map(str, inputs)))
-    out = Path(out) if out else Path(inputs[0]) / "report"
+    out = check_output_dir(Path(out) if out else Path(inputs[0]) / "report", "report --out")
     out.mkdir(parents=True, exist_ok=True)
     table = rows(runs)
     title = "fednas report: " + ", ".join(sorted({r["scenario"] for r in runs}))

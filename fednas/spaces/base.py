@@ -104,7 +104,10 @@ class SearchSpace(nn.Module, ABC):
 
 def save_genotype(genotype: Genotype, path: str | Path) -> None:
     """Write ``genotype`` as pretty JSON."""
-    Path(path).write_text(json.dumps(genotype, indent=2, sort_keys=True) + "\n")
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")  # replaced in one step: never half-written
+    tmp.write_text(json.dumps(genotype, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
 
 
 def load_genotype(path: str | Path) -> Genotype:

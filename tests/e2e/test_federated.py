@@ -169,7 +169,10 @@ def test_resume_of_a_run_without_checkpoint_is_a_clear_error(tiny_overrides, tmp
 
 
 def test_failing_clients_are_dropped_and_counted(tiny_overrides):
-    """A client that raises and one that returns NaN leave the round to the other two."""
+    """A fixed partition that raises leaves the round to the other three; under the seeded
+    fault model a client raises, returns NaN, hangs past the round's timeout or kills its
+    Ray worker, and the run goes on with exactly the planned clients failing."""
+    from fednas.federated.faults import client_fault
     from simulations.simulation import run_federated
 
     cfg = load_config(None, tiny_overrides + FEDERATED + [
@@ -178,11 +181,22 @@ def test_failing_clients_are_dropped_and_counted(tiny_overrides):
     for m in read_metrics(run_dir):
         assert (m["clients_ok"], m["client_errors"], m["round_failed"]) == (3, 1, 0)
     cfg = load_config(None, tiny_overrides + FEDERATED + [
-        'phases=["search"]', "federation.fault-partitions=[0, 2, 3]",
-        "federation.fault-kind=nan", "federation.min-fit-clients=2"])
+        'phases=["search"]', "federation.min-fit-clients=1", "federation.client-cpus=0.5",
+        "federation.faults.p-exit=0.2", "federation.faults.p-hang=0.1",
+        "federation.faults.p-raise=0.1", "federation.faults.p-nan=0.1",
+        "federation.faults.seed=4", "federation.round-timeout=20"])
+    plan = [[client_fault(cfg.federation, cfg.seed, "train.search", r, p) for p in range(4)]
+            for r in (1, 2)]
+    assert plan == [["nan", "exit", "raise", None], [None, "exit", None, "hang"]]
     run_dir, _ = run_federated(cfg)
-    for m in read_metrics(run_dir):
-        assert (m["clients_ok"], m["clients_diverged"], m["round_failed"]) == (1, 3, 1)
+    metrics = read_metrics(run_dir)
+    assert [m["step"] for m in metrics] == [1, 2]  # every round ran
+    for m, kinds in zip(metrics, plan, strict=True):
+        assert m["actor_deaths"] == m["faults_exit"] == kinds.count("exit")
+        assert m["client_errors"] == kinds.count("raise") + kinds.count("exit")
+        assert m["clients_diverged"] == kinds.count("nan")
+        assert m["client_timeouts"] == m["faults_hang"] == kinds.count("hang")
+        assert m["clients_ok"] == kinds.count(None)
     assert json.loads((run_dir / "summary.json").read_text())["genotype"]["space"] == "cell"
 
 

@@ -1,6 +1,6 @@
 """Every ``fednas`` command in a fenced block of README.md and docs/ works as written.
 
-Each command is parsed by the real CLI parser (:func:`simulations.cli.build_parser`); when it
+Each command is parsed by the real CLI parser (:func:`simulations.cli_parser.build_parser`); when it
 names a scenario file, that file must exist and the scenario, with the command's ``--set``
 overrides and every ``--grid`` value, must load (:func:`fednas.config.loading.load_config`
 checks every key and value) — a dry run of what the command would start. Commands written
@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO
 
 from fednas.config.loading import load_config
-from simulations.cli import build_parser
+from simulations.cli_parser import build_parser
 
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.M | re.S)

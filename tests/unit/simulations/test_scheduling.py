@@ -18,7 +18,7 @@ FEDERATED = ["mode=federated", "federation.rounds=1", 'phases=["search"]',
 def test_backend_config_from_scenario():
     cfg = load_config(None, ["federation.client-cpus=2", "federation.client-gpus=0.25"])
     backend = backend_config(cfg)
-    assert backend["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.25}
+    assert backend["client_resources"] == {"num_cpus": 2.0, "num_gpus": 0.25, "max_restarts": -1}
     auto = backend_config(load_config())
     assert auto["client_resources"]["num_gpus"] == (0.5 if torch.cuda.is_available() else 0.0)
     remote = backend_config(load_config(None, ['federation.ray-address="10.0.0.5:6379"']))
