@@ -138,9 +138,14 @@ class RunDir:
     def save_model(self, name: str, model: torch.nn.Module, /, **meta: Any) -> Path:
         path = self.path / f"{name}.pt"
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save({"state_dict": state, "meta": _clean(meta)}, tmp)
-        tmp.replace(path)
+        # written under its own name in a side dir, then moved in one step: never
+        # half-written, and the same bytes as a direct save (torch.save names the archive's
+        # root after the file, and weight fingerprints hash the bytes)
+        side = self.path / ".partial"
+        side.mkdir(exist_ok=True)
+        torch.save({"state_dict": state, "meta": _clean(meta)}, side / path.name)
+        (side / path.name).replace(path)
+        side.rmdir()
         return path
 
 
