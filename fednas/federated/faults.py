@@ -104,10 +104,12 @@ def start_fault(federation: FederationConfig, seed: int, route: str, server_roun
 
 def poison(state: dict[str, torch.Tensor], metrics: dict[str, float], server_round: int,
            pid: int, loss_key: str = "train_loss") -> None:
-    """Make a reply non-finite in place: its loss and the first floating tensor of its update
-    (NaN or Inf, alternating by round and partition)."""
+    """Make a reply non-finite in place: its loss (and val loss, if reported) and the first
+    floating tensor of its update (NaN or Inf, alternating by round and partition)."""
     value = math.nan if (server_round + pid) % 2 == 0 else math.inf
     metrics[loss_key] = value
+    if "val_loss" in metrics:  # FedEx scores the val loss: a poisoned reply scores as diverged
+        metrics["val_loss"] = value
     for key, tensor in state.items():
         if tensor.is_floating_point() and tensor.numel():
             state[key] = tensor.clone()

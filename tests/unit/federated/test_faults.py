@@ -86,3 +86,9 @@ def test_poison_makes_the_loss_and_the_update_non_finite_without_touching_the_so
 def test_bad_fault_settings_are_config_errors(sets, culprit):
     with pytest.raises(ConfigError, match=culprit):
         federation(*sets)
+
+
+def test_poison_also_spoils_a_reported_val_loss():
+    metrics = {"train_loss": 0.5, "val_loss": 0.4}
+    poison({"w": torch.ones(2)}, metrics, 1, 0)
+    assert not math.isfinite(metrics["val_loss"]) and not math.isfinite(metrics["train_loss"])
