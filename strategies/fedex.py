@@ -5,7 +5,10 @@ Wraps a :class:`strategies.fednas.FedNAS` (search or fixed-model training): in
 from the tuner's θ; in ``aggregate_train`` the clients' post-training validation losses
 (weighted by their validation sizes) update θ by exponentiated gradient
 (:class:`fednas.tuning.fedex.FedEx`), then the base strategy aggregates the weights as usual.
-Diverged or failed clients score as non-finite losses: penalised, never fatal.
+Diverged clients (marked diverged, or with a non-finite val loss) score as non-finite losses,
+which the tuner penalises (``fedex.divergence-penalty``); clients whose reply is an error or
+never came (a crash, a time-out) carry no loss and are left out of the θ update, as they are
+of the aggregation. Neither is fatal.
 """
 
 from __future__ import annotations

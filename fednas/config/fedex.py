@@ -44,8 +44,12 @@ class FedExConfig:
                                        "product: values per hyperparameter")
     perturbation_scale: float = option(0.5, gt=0.0, le=1.0, doc="joint: perturbation size as "
                                        "a fraction of each range (log space for log ranges)")
-    eta0: float = option(0.0, ge=0.0, doc="step size (0 = sqrt(2 ln k), aggressive)")
-    schedule: str = option("aggressive", choices=("aggressive", "constant"))
+    eta0: float = option(0.0, ge=0.0, doc="step size (0 = sqrt(2 ln k))")
+    schedule: str = option("aggressive", choices=("aggressive", "constant", "adaptive",
+                                                  "auto", "scale"),
+                           doc="step size of the exponentiated gradient (mkhodak/FedEx sched): "
+                               "eta0/|grad|_inf, eta0, eta0/sqrt(sum |grad|_inf^2), "
+                               "eta0/sqrt(t), eta0*sqrt(2 ln k)")
     baseline_discount: float = option(0.9, ge=0.0, le=1.0)
     entropy_cutoff: float = option(1e-4, ge=0.0)
     use_improvement: bool = option(False, doc="score L_after - L_before instead of L_after")

@@ -15,6 +15,10 @@ Choices, against the reference (mkhodak/FedEx ``hyper.py``):
   the reference; γ = ``baseline_discount`` (0: last round, 1: plain mean; default 0.9).
 - A factor stops once its entropy < ``entropy_cutoff`` (default 1e-4, the reference wrapper's)
   and then yields its argmax; the reference stops all factors on the joint entropy.
+- The step-size schedules are the reference's ``sched`` options; "auto" counts a factor's
+  rounds (the reference counts calls of ``step``, the same while it has not stopped) and
+  "scale" multiplies η0 by √(2 ln k) (the reference passes the scale as ``eta0``). Steps are
+  computed from ∇ = g·e^u without forming ∇ (1/θ can overflow) and capped at 1e3 per entry.
 - A non-finite score (divergence) becomes ``divergence_penalty`` or, by default, max(1, 2·M),
   M the largest finite |score| seen so far: worse than any finite result (no such guard in
   the reference).
@@ -30,77 +34,20 @@ from typing import Any
 import numpy as np
 
 from fednas.errors import CheckpointError, ConfigError
+from fednas.tuning.fedex_factor import MAX_EXP, Categorical
 from fednas.tuning.fedex_space import HPRange, centre_and_perturbations, product_grid
 
 __all__ = ["FedEx", "HPRange", "centre_and_perturbations", "product_grid"]
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("aggressive", "constant")
-_Z_FLOOR = -1e4  # logits never reach -inf (exp(-1e4) is already 0.0)
-_MAX_STEP = 1e3  # per-entry cap of a step, so z stays finite with "constant" steps
-_MAX_EXP = 700.0  # cap of the exponent when 1/θ is rebuilt from a scaled gradient
+SCHEDULES = ("aggressive", "constant", "adaptive", "auto", "scale")
 _MAX_SCORE = 1e150  # |scores| are clipped here, so sums and differences never overflow
-
-
-def _logsumexp(z: np.ndarray) -> float:
-    m = float(np.max(z))
-    return m + math.log(float(np.sum(np.exp(z - m))))
 
 
 def _plain(value: Any) -> Any:
     """numpy scalars -> Python scalars (for JSON)."""
     return value.item() if isinstance(value, np.generic) else value
-
-
-class Categorical:
-    """One factor: a distribution over ``k`` options, its baseline and stopping state."""
-
-    def __init__(self, k: int) -> None:
-        self.z = np.full(k, -math.log(k))
-        self.baseline_sum = 0.0  # Σ γ^age x over past rounds
-        self.baseline_weight = 0.0  # Σ γ^age
-        self.steps = 0  # exponentiated-gradient steps applied
-        self.stopped = False
-
-    def theta(self) -> np.ndarray:
-        return np.exp(self.z)
-
-    def entropy(self) -> float:
-        return max(0.0, float(-np.sum(self.theta() * self.z)))  # log θ = z, always finite
-
-    def baseline(self) -> float:
-        return self.baseline_sum / self.baseline_weight if self.baseline_weight > 0 else 0.0
-
-    def sample(self, rng: np.random.Generator) -> int:
-        """Draw an index from θ (inverse CDF; a stopped factor returns its argmax)."""
-        if self.stopped:
-            return int(np.argmax(self.z))
-        cdf = np.cumsum(self.theta())
-        return min(int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right")), len(cdf) - 1)
-
-    def scaled_gradient(self, idx: np.ndarray, coef: np.ndarray) -> tuple[np.ndarray, float]:
-        """(g, u) with ∇ = g·e^u, ∇_j = Σ_i coef_i 1[idx_i = j] / θ_j; |1/θ| never overflows."""
-        u = float(np.max(-self.z[idx], initial=0.0))  # z <= 0, so u >= 0 anyway
-        g = np.zeros_like(self.z)
-        np.add.at(g, idx, coef * np.exp(-self.z[idx] - u))
-        return g, u
-
-    def step(self, idx: np.ndarray, scores: np.ndarray, w: np.ndarray, *, eta0: float,
-             schedule: str, discount: float, cutoff: float) -> None:
-        """One FedEx round: gradient step with the pre-round baseline, then fold the round in."""
-        if not self.stopped:
-            g, u = self.scaled_gradient(idx, w * (scores - self.baseline()))
-            norm = float(np.max(np.abs(g)))
-            if norm > 0:  # aggressive: η∇ = η0 ∇ / ‖∇‖_∞ = η0 g / ‖g‖_∞
-                scale = 1 / norm if schedule == "aggressive" else math.exp(min(u, _MAX_EXP))
-                delta = np.clip(eta0 * scale * g, -_MAX_STEP, _MAX_STEP)
-                z = np.maximum(self.z - delta, _Z_FLOOR)
-                self.z = z - _logsumexp(z)
-                self.steps += 1
-            self.stopped = self.entropy() < cutoff
-        self.baseline_sum = discount * self.baseline_sum + float(np.dot(w, scores))
-        self.baseline_weight = discount * self.baseline_weight + 1.0
 
 
 class FedEx:
@@ -119,7 +66,9 @@ class FedEx:
     eta0
         Base step size; None = √(2 ln k) per factor.
     schedule
-        "aggressive": η = η0 / ‖∇‖_∞ (no step when ∇ = 0); "constant": η = η0.
+        η of a factor's step, as the reference's ``sched``: "aggressive" η0 / ‖∇‖_∞,
+        "constant" η0, "auto" η0 / √t (t: the factor's rounds so far), "adaptive"
+        η0 / √(Σ_rounds ‖∇‖²_∞), "scale" η0 · √(2 ln k); no step when ∇ = 0.
     baseline_discount
         γ in [0, 1] of the baseline (0: last round's loss, 1: mean of all past rounds).
     entropy_cutoff
@@ -224,7 +173,7 @@ class FedEx:
         out = []
         for f, factor in enumerate(self.factors):
             g, u = factor.scaled_gradient(idx[:, f], w * (s - factor.baseline()))
-            out.append(g * math.exp(min(u, _MAX_EXP)))
+            out.append(g * math.exp(min(u, MAX_EXP)))
         return out
 
     def update(self, choices: Sequence[Sequence[int]], losses: Sequence[float],
@@ -255,6 +204,7 @@ class FedEx:
                 "rounds": self.rounds, "max_abs_score": self.max_abs_score,
                 "factors": [{"z": f.z.tolist(), "baseline_sum": f.baseline_sum,
                              "baseline_weight": f.baseline_weight, "steps": f.steps,
+                             "rounds": f.rounds, "log_store": f.log_store,
                              "stopped": f.stopped} for f in self.factors]}
 
     @classmethod
@@ -279,6 +229,8 @@ class FedEx:
             f.z = np.asarray(saved["z"], dtype=np.float64)
             f.baseline_sum, f.baseline_weight = saved["baseline_sum"], saved["baseline_weight"]
             f.steps, f.stopped = int(saved["steps"]), bool(saved["stopped"])
+            f.rounds = int(saved.get("rounds", saved["steps"]))  # older states: steps
+            f.log_store = saved.get("log_store")
 
 
 def _check_options(*, eta0: float | None, schedule: str, baseline_discount: float,

@@ -193,7 +193,7 @@ def test_product_grid_values():
     (lambda: FedEx([{"lr": 0.1}, {"wd": 0.1}]), "fedex.configs"),
     (lambda: FedEx(grid={"lr": []}), "fedex.grid.lr"),
     (lambda: FedEx(grid={"lr": [0.1]}, base={"wd": 0.0}), "fedex.grid.lr"),
-    (lambda: FedEx(CONFIGS, schedule="auto"), "fedex.schedule"),
+    (lambda: FedEx(CONFIGS, schedule="sometimes"), "fedex.schedule"),
     (lambda: FedEx(CONFIGS, eta0=0.0), "fedex.eta0"),
     (lambda: FedEx(CONFIGS, baseline_discount=1.5), "fedex.baseline-discount"),
     (lambda: FedEx(CONFIGS, entropy_cutoff=-1.0), "fedex.entropy-cutoff"),
@@ -221,3 +221,35 @@ def test_bad_replies_raise_value_error():
         tuner.update([(0,)], [1.0, 2.0], [1])
     with pytest.raises(ValueError, match="weights"):
         tuner.update([(0,)], [1.0], [-1])
+
+
+@pytest.mark.parametrize("schedule, eta0", [("auto", None), ("adaptive", None),
+                                            ("scale", 0.1), ("constant", 0.2),
+                                            ("aggressive", None)])
+def test_schedules_match_hand_computed_steps(schedule, eta0):
+    """Two rounds of three configs, computed by the formulas of mkhodak/FedEx ``hyper.py``:
+    ∇_j = Σ_i w_i (s_i − λ) 1[c_i = j] / θ_j and z ← z − η∇, z ← z − logsumexp(z)."""
+    rounds = [([0, 1], [1.0, 2.0]), ([2, 0], [0.5, 1.0])]
+    k, base = 3, math.sqrt(2 * math.log(3))
+    z, store, baseline = np.full(k, -math.log(k)), 0.0, 0.0
+    for t, (choices, losses) in enumerate(rounds, start=1):
+        theta, w = np.exp(z), np.array([0.5, 0.5])
+        grad = np.zeros(k)
+        for c, s, wi in zip(choices, losses, w, strict=True):
+            grad[c] += wi * (s - baseline) / theta[c]
+        store += np.abs(grad).max() ** 2
+        e0 = base if eta0 is None else eta0
+        eta = {"auto": e0 / math.sqrt(t), "adaptive": e0 / math.sqrt(store),
+               "scale": e0 * base, "constant": e0,
+               "aggressive": e0 / np.abs(grad).max()}[schedule]
+        z = z - eta * grad
+        z = z - np.log(np.exp(z).sum())
+        baseline = float(np.dot(w, losses))  # discount 0: the last round's weighted mean
+    tuner = FedEx([{"lr": v} for v in (0.1, 0.01, 0.001)], schedule=schedule, eta0=eta0,
+                  baseline_discount=0.0, entropy_cutoff=0.0)
+    for choices, losses in rounds:
+        tuner.update([[c] for c in choices], losses, [1, 1])
+    np.testing.assert_allclose(tuner.theta()[0], np.exp(z), rtol=1e-12, atol=1e-15)
+    restored = FedEx.from_state_dict(json.loads(json.dumps(tuner.state_dict())))
+    assert [f.rounds for f in restored.factors] == [2]
+    assert restored.factors[0].log_store == tuner.factors[0].log_store
