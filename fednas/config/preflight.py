@@ -7,7 +7,7 @@ naming the culprit; the CLI prints it and exits 2. In order of use:
 * :func:`read_scenario`: a scenario path that is missing, a directory, unreadable or not
   UTF-8 text;
 * :func:`check_config`: rules of :class:`~fednas.config.run_config.RunConfig` that involve
-  the search space (candidate ops, ``federation.shard-size``);
+  the search space (candidate ops, ``federation.shard-size``, ``federation.warmup-rounds``);
 * :func:`check_output_dir` / :func:`check_output_file` / :func:`check_run_paths`: outputs
   below a regular file or in a place that cannot be written, data dirs below a file;
 * :func:`check_count`: CLI integers (``--parallel``, ``--budget``, ...);
@@ -79,6 +79,11 @@ def check_config(cfg: Any) -> None:
     limit = shard_limit(cfg.space)
     if cfg.mode == "federated" and limit is not None:
         check_shard_size(cfg.federation.shard_size, *limit)
+    f = cfg.federation
+    if cfg.mode == "federated" and "search" in cfg.phases and f.warmup_rounds >= f.rounds:
+        raise ConfigError(f"federation.warmup-rounds: {f.warmup_rounds} warm-up rounds leave "
+                          f"none of the federation.rounds = {f.rounds} search rounds to learn "
+                          f"α; allowed: 0..{f.rounds - 1}")
 
 
 def _first_existing(path: Path) -> tuple[Path, os.stat_result | None]:

@@ -145,6 +145,9 @@ class FederationConfig:
     min_fit_clients: int = option(2, ge=1, doc="a round fails below this many successes")
     local_epochs: int = option(1, ge=1, doc="local passes per round (search and training)")
     local_steps: int = option(0, ge=0, doc="cap on local search steps per epoch (0 = full)")
+    warmup_rounds: int = option(0, ge=0, doc="search rounds at the start in which clients "
+                                "train only the supernet's weights (α frozen): α is then "
+                                "learned on trained weights (DARTS-style warm-up)")
     shard_size: int = option(0, ge=0, doc="candidates per edge/layer a client trains "
                                           "(0 = all: plain FedNAS); at most the space's "
                                           "candidates (space.cell.ops, "

@@ -174,7 +174,8 @@ class LocalClients:
         """Local first-order bi-level search on the client's shard; returns trained regions.
 
         ``conf`` is the message's config: ``lr`` and optional ``hp.*`` overrides (FedEx),
-        and ``report-val`` (1: report the val loss after training, 2: before and after).
+        ``report-val`` (1: report the val loss after training, 2: before and after) and
+        ``warmup-rounds`` (α is not updated in rounds up to it).
         """
         setup = self.setup
         nan = start_fault(setup.federation, setup.seed, "train.search", server_round, pid)
@@ -197,6 +198,8 @@ class LocalClients:
         steps = steps_per_epoch(len(train[1]), batch, setup.federation.local_steps) \
             * int(hp["local-epochs"])
         report = int(conf.get("report-val", 0))
+        if server_round <= int(conf.get("warmup-rounds", 0)):
+            a_opt = None  # warm-up round: the weights train, α stays as the server sent it
         metrics: dict[str, float] = {"num-examples": len(train[1]), "partition-id": pid,
                                      "diverged": 0, "steps": steps, "num-val": len(val[1]),
                                      **placement(device)}
