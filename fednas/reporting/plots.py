@@ -61,9 +61,19 @@ def plot_alpha(alphas: dict[str, np.ndarray], columns: list[str], out: Path,
     return path
 
 
+def alpha_entropies(alpha: dict[str, Any]) -> dict[str, float]:
+    """Mean entropy (nats) of the softmax(α) rows of each group of an ``alpha`` snapshot."""
+    out = {}
+    for group, rows in alpha.items():
+        p = np.clip(np.asarray(rows, dtype=float), 1e-12, 1.0)
+        out[group] = float((-(p * np.log(p)).sum(-1)).mean())
+    return out
+
+
 def plot_alpha_evolution(metrics: list[dict[str, Any]], columns: list[str], out: Path,
                          phase: str = "search") -> Path | None:
-    """Mean softmax(α) weight of each candidate over rounds, one panel per α group.
+    """Mean softmax(α) weight of each candidate over rounds, one panel per α group, and a
+    last panel with each group's mean entropy against the uniform distribution's ln k.
 
     Reads the ``alpha`` entry of each ``phase`` record: ``{group: rows × candidates}``.
     """
@@ -71,18 +81,31 @@ def plot_alpha_evolution(metrics: list[dict[str, Any]], columns: list[str], out:
     if not rows:
         return None
     groups = list(rows[0]["alpha"])
-    fig, axes = plt.subplots(1, len(groups), figsize=(5.2 * len(groups), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups) + 1, figsize=(5.2 * (len(groups) + 1), 3.8),
+                             squeeze=False)
     steps = [m["step"] for m in rows]
-    for ax, group in zip(axes[0], groups, strict=True):
+    for ax, group in zip(axes[0], groups, strict=False):
         series = np.array([np.asarray(m["alpha"][group], dtype=float).mean(0) for m in rows])
         for k, name in enumerate(columns):
             ax.plot(steps, series[:, k], marker="o", label=name)
-        ax.set_xlabel("round or epoch")
-        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.axhline(1 / len(columns), color="grey", linestyle="--", linewidth=0.8)
         ax.set_ylabel("mean softmax(α)")
         ax.set_title(f"α evolution: {group}")
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    ent = axes[0][-1]
+    for group in groups:
+        ent.plot(steps, [alpha_entropies(m["alpha"])[group] for m in rows], marker="o",
+                 label=group)
+    ent.axhline(float(np.log(len(columns))), color="grey", linestyle="--", linewidth=0.8,
+                label="uniform (ln k)")
+    ent.ticklabel_format(axis="y", useOffset=False)  # near-uniform α: show the digits
+    ent.set_ylabel("mean entropy of softmax(α) (nats)")
+    ent.set_title("α entropy")
+    ent.legend(fontsize=7)
+    for ax in axes[0]:
+        ax.set_xlabel("round or epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     path = out / "alpha_evolution.png"
     fig.savefig(path, dpi=110)
