@@ -10,7 +10,7 @@ import numpy as np
 
 from fednas.data.episodes import ClassSplit, FewShotSet, official_split, split_classes
 from fednas.data.fewshot import load_fewshot
-from fednas.errors import ConfigError
+from fednas.errors import ConfigError, DataError
 from fednas.meta.setup import MetaSetup
 
 
@@ -29,12 +29,17 @@ def fewshot_data(setup: MetaSetup) -> tuple[FewShotSet, ClassSplit]:
 
         options = GlyphOptions(scripts=m.glyph_scripts or None, max_per_script=m.glyph_letters,
                                samples_per_class=m.glyph_samples)
+    root = Path(m.root or setup.data.root).expanduser()
     try:
-        data = load_fewshot(m.dataset, Path(m.root or setup.data.root).expanduser(),
-                            glyph_options=options, image_size=m.image_size,
+        data = load_fewshot(m.dataset, root, glyph_options=options, image_size=m.image_size,
                             download=setup.data.download)
     except ConfigError as exc:  # the loaders name data.dataset
         raise ConfigError(str(exc).replace("data.dataset", "meta.dataset", 1)) from None
+    except (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+        key = "meta.root" if m.root else "data.root"
+        where = f" {exc.filename}" if exc.filename else ""
+        raise DataError(f"meta.dataset {m.dataset!r}: {exc.strerror or exc}:{where} ({key} = "
+                        f"{root}; is it a readable, writable directory?)") from exc
     seed = setup.seed + m.seed_offset
     try:
         if m.split_by == "official":

@@ -62,3 +62,16 @@ def test_search_retrain_on_meta_train_classes_feed_the_meta_phase(meta_train_cfg
     saved = torch.load(run_dir / "searched.pt")["state_dict"]
     heads = [k for k, v in saved.items() if v.shape[:1] == (len(split.train),)]
     assert heads  # the run's head spans the meta-train classes; the meta phase made a new one
+
+
+def test_file_system_errors_of_the_meta_loader_are_data_errors(meta_train_cfg, monkeypatch):
+    from fednas.errors import DataError
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/some/glyph/cache")
+
+    monkeypatch.setattr("fednas.meta.tasks.load_fewshot", denied)
+    fewshot_data.cache_clear()  # a pool loaded by an earlier test would answer instead
+    with pytest.raises(DataError, match=r"meta.dataset 'glyphs': Permission denied: "
+                                        r"/some/glyph/cache \(meta.root = "):
+        fewshot_data(meta_setup(meta_train_cfg))
