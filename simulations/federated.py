@@ -35,6 +35,7 @@ from fednas.training.train import evaluate, recalibrate_bn, steps_per_epoch
 from fednas.version import __version__
 from simulations.client_app import client_setup
 from simulations.compression_phases import Compression
+from simulations.crash import note_run_dir
 from simulations.handshake import wait_for_nodes
 from simulations.meta_rounds import MetaRounds
 from simulations.phase_strategy import check_strategy, phase_strategy
@@ -113,6 +114,7 @@ class FederatedPipeline(Runner):
             state.privacy_stop = ck.get("privacy_stop")
             state.done = list(ck.get("phases_done", []))
             state.genotype = ck.get("genotype")
+        note_run_dir(self.rundir.path)  # a bug's traceback goes there (simulations/crash.py)
         self.console.print(f"[bold]fednas[/] run dir: {self.rundir.path}")
 
     def cohorts(self, phase: str) -> Cohorts | None:

@@ -24,6 +24,7 @@ from fednas.meta.phase import run_meta
 from fednas.meta.setup import meta_setup
 from fednas.reporting.rundir import RunDir
 from fednas.training.train import resolve_device
+from simulations.crash import note_run_dir
 
 RUN_DIR_KEYS = ("meta.", "runtime.")  # what --set may change on a finished run
 
@@ -44,6 +45,7 @@ def run_meta_only(cfg: RunConfig, device: torch.device, console: Console | None 
 
     check_run_paths(cfg)
     run = RunDir(cfg.runtime.out_dir, cfg.name)
+    note_run_dir(run.path)  # a bug's traceback goes there (simulations/crash.py)
     run.write_config(cfg)
     t0 = time.perf_counter()
     meta = run_meta(meta_setup(cfg), run, device, console)

@@ -35,6 +35,7 @@ from fednas.training.train import (
     train_epoch,
 )
 from fednas.version import __version__
+from simulations.crash import note_run_dir
 from simulations.runner import MODEL_NAME, Runner
 
 
@@ -59,6 +60,7 @@ class Pipeline(Runner):
         self.rundir.write_config(cfg)
         self.rundir.write_json("partitions.json", partition_stats(
             self.parts, self.data.train_y.numpy(), self.data.num_classes))
+        note_run_dir(self.rundir.path)  # a bug's traceback goes there (simulations/crash.py)
         self.console.print(f"[bold]fednas[/] run dir: {self.rundir.path}")
         with make_progress(cfg.runtime.progress, self.console) as progress:
             self.progress = progress

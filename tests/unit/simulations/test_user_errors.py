@@ -196,6 +196,7 @@ def boom(monkeypatch, tmp_path):
     """``fednas datasets`` raises a RuntimeError; traceback files go to tmp_path."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.delenv("FEDNAS_DEBUG", raising=False)
+    monkeypatch.setattr("simulations.crash._RUN_DIRS", [])  # no run dir opened yet
 
     def crash(_):
         raise RuntimeError("boom\nsecond line")
@@ -216,6 +217,20 @@ def test_unexpected_errors_are_one_line_and_a_saved_traceback(boom, tmp_path, ca
     assert "Traceback (most recent call last)" in text and "second line" in text
     assert "def crash" not in text and "in crash" in text
     assert failure_reason(err, 1) == lines[0]  # what a sweep records for such a run
+
+
+def test_a_bug_during_a_run_saves_its_traceback_in_the_run_dir(boom, tmp_path, capsys):
+    from simulations.crash import note_run_dir
+
+    run_dir = tmp_path / "runs" / "x-20261207-000000"
+    run_dir.mkdir(parents=True)
+    note_run_dir(run_dir)
+    assert cli.main(["datasets"]) == 1
+    line = capsys.readouterr().err.strip()
+    assert line.endswith(f"traceback saved to {run_dir / 'traceback.txt'} (rerun with --debug "
+                         "to print it)"), line
+    assert "RuntimeError: boom" in (run_dir / "traceback.txt").read_text()
+    assert not list(tmp_path.glob("fednas-traceback-*"))
 
 
 @pytest.mark.parametrize("how", ["flag", "env"])
