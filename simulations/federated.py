@@ -228,7 +228,10 @@ class FederatedPipeline(Runner):
         return genotype
 
     def random_genotype(self) -> Genotype:
-        return random_genotype(self.make_space(), self.cfg.seed)
+        r, space = self.cfg.random, self.make_space()
+        target = count_params(space.subnet(self.genotype)) if r.params_tolerance else 0
+        return random_genotype(space, self.cfg.seed, target_params=target,
+                               tolerance=r.params_tolerance, draw=r.draw)
 
     def meta_rounds(self) -> Any:
         """With ``meta.clients``, the meta models are meta-trained by Flower rounds."""

@@ -145,7 +145,10 @@ class Pipeline(Runner):
         return {**entry, "genotype_source": "search"} if phase == "retrain" else entry
 
     def random_genotype(self) -> Genotype:
-        return random_genotype(self.space, self.cfg.seed)
+        r = self.cfg.random
+        target = count_params(self.space.subnet(self.genotype)) if r.params_tolerance else 0
+        return random_genotype(self.space, self.cfg.seed, target_params=target,
+                               tolerance=r.params_tolerance, draw=r.draw)
 
     def derive_model(self, space: SearchSpace, genotype: Genotype, r: TrainConfig
                      ) -> torch.nn.Module:

@@ -17,6 +17,7 @@ from fednas.config.fedex import FedExConfig
 from fednas.config.meta import MetaConfig
 from fednas.config.preflight import check_config
 from fednas.config.privacy import PrivacyConfig, check_alpha_clip, check_secagg
+from fednas.config.random_arch import RandomConfig
 from fednas.config.tools import option, section
 from fednas.errors import ConfigError
 from fednas.registry import Registry
@@ -242,6 +243,7 @@ class RunConfig:
     search: SearchConfig = section(SearchConfig)
     retrain: TrainConfig = section(TrainConfig)
     baseline: BaselineConfig = section(BaselineConfig)
+    random: RandomConfig = section(RandomConfig)
     federation: FederationConfig = section(FederationConfig)
     fedex: FedExConfig = section(FedExConfig)
     privacy: PrivacyConfig = section(PrivacyConfig)

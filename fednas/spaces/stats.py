@@ -9,9 +9,38 @@ import torch
 from fednas.spaces.base import Genotype, SearchSpace
 
 
-def random_genotype(space: SearchSpace, seed: int) -> Genotype:
-    """The run's random architecture: a function of the seed only."""
-    return space.random_genotype(torch.Generator().manual_seed(seed + 3))
+def random_genotype(space: SearchSpace, seed: int, *, target_params: int = 0,
+                    tolerance: float = 0.0, draw: int = 0, max_tries: int = 5000) -> Genotype:
+    """The run's random architecture: a function of the seed (and the options) only.
+
+    The ``draw``-th architecture of the seed's uniform sequence; with ``tolerance`` > 0,
+    the ``draw``-th of those whose subnet has ``target_params`` ± ``tolerance`` parameters
+    (measured on the built subnet). ``tolerance = 0, draw = 0`` is the seed's first draw.
+
+    Raises
+    ------
+    ConfigError
+        When ``max_tries`` draws hold fewer than ``draw + 1`` size-matched architectures.
+    """
+    from fednas.errors import ConfigError
+    from fednas.models.flops import count_params
+
+    generator = torch.Generator().manual_seed(seed + 3)
+    found, sizes = 0, []
+    for _ in range(max_tries if tolerance > 0 else draw + 1):
+        genotype = space.random_genotype(generator)
+        if tolerance > 0:
+            params = count_params(space.subnet(genotype))
+            sizes.append(params)
+            if abs(params - target_params) > tolerance * target_params:
+                continue
+        if found == draw:
+            return genotype
+        found += 1
+    raise ConfigError(f"random.params-tolerance: {found} of {max_tries} random architectures "
+                      f"have {target_params} ± {tolerance:.0%} params (drawn: "
+                      f"{min(sizes)}..{max(sizes)}), random.draw = {draw} needs {draw + 1}; "
+                      "widen the tolerance or lower the draw")
 
 
 def alpha_snapshot(space: SearchSpace) -> dict[str, list[list[float]]]:
