@@ -82,18 +82,16 @@ class FederatedPipeline(Runner):
         state, config = self.state, config_fingerprint(to_dict(self.cfg))
         if self.resume_dir is not None:
             state.checkpoint = load_checkpoint(self.resume_dir)
-            verified = verify_config(state.checkpoint, config, self.resume_dir)
+            verify_config(state.checkpoint, config, self.resume_dir)
         super().prepare()
         if self.resume_dir is not None or self.cfg.federation.checkpoint_every or \
                 state.stop_after:
             state.fingerprint = {"config": config,
                                  "data": data_fingerprint(self.data, self.parts)}
-        if self.resume_dir is not None:
-            verified &= verify_data(state.checkpoint, state.fingerprint["data"],
-                                    self.resume_dir)
-            if not verified:
-                self.console.print(f"[yellow]warning:[/] {self.resume_dir}'s checkpoint has no "
-                                   "config/data fingerprint (an older fednas): not verified")
+        if self.resume_dir is not None and not verify_data(
+                state.checkpoint, state.fingerprint["data"], self.resume_dir):
+            self.console.print(f"[yellow]warning:[/] {self.resume_dir}'s checkpoint has no "
+                               "config/data fingerprint (an older fednas): not verified")
 
     def open_run_dir(self) -> None:
         state = self.state
@@ -228,9 +226,8 @@ class FederatedPipeline(Runner):
         return genotype
 
     def random_genotype(self) -> Genotype:
-        r, space = self.cfg.random, self.make_space()
-        target = count_params(space.subnet(self.genotype)) if r.params_tolerance else 0
-        return random_genotype(space, self.cfg.seed, target_params=target,
+        r = self.cfg.random
+        return random_genotype(self.make_space(), self.cfg.seed, searched=self.genotype,
                                tolerance=r.params_tolerance, draw=r.draw)
 
     def meta_rounds(self) -> Any:

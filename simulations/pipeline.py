@@ -146,8 +146,7 @@ class Pipeline(Runner):
 
     def random_genotype(self) -> Genotype:
         r = self.cfg.random
-        target = count_params(self.space.subnet(self.genotype)) if r.params_tolerance else 0
-        return random_genotype(self.space, self.cfg.seed, target_params=target,
+        return random_genotype(self.space, self.cfg.seed, searched=self.genotype,
                                tolerance=r.params_tolerance, draw=r.draw)
 
     def derive_model(self, space: SearchSpace, genotype: Genotype, r: TrainConfig

@@ -62,7 +62,6 @@ class Screened:
     actor_deaths: int = 0  # errors because the client's worker process died
 
 
-
 def screen_replies(replies: Iterable[Message], expected: Container[int], arrays_key: str, *,
                    need_arrays: bool = False,
                    well_formed: Callable[[dict[str, torch.Tensor]], bool] | None = None

@@ -28,14 +28,14 @@ class FaultsConfig:
                        "route, round, partition), so they replay exactly on resume")
 
     def check(self) -> None:
-        total = self.p_raise + self.p_nan + self.p_hang + self.p_exit
+        total = sum(self.probabilities())
         if total > 1.0:
             raise ConfigError(f"federation.faults: p-raise + p-nan + p-hang + p-exit = "
                               f"{total:g} exceeds 1")
 
     @property
     def enabled(self) -> bool:
-        return (self.p_raise + self.p_nan + self.p_hang + self.p_exit) > 0.0
+        return sum(self.probabilities()) > 0.0
 
     def probabilities(self) -> tuple[float, ...]:
         """The chance of each kind of :data:`KINDS`."""

@@ -9,13 +9,15 @@ import torch
 from fednas.spaces.base import Genotype, SearchSpace
 
 
-def random_genotype(space: SearchSpace, seed: int, *, target_params: int = 0,
-                    tolerance: float = 0.0, draw: int = 0, max_tries: int = 5000) -> Genotype:
+def random_genotype(space: SearchSpace, seed: int, *, searched: Genotype | None = None,
+                    target_params: int = 0, tolerance: float = 0.0, draw: int = 0,
+                    max_tries: int = 5000) -> Genotype:
     """The run's random architecture: a function of the seed (and the options) only.
 
     The ``draw``-th architecture of the seed's uniform sequence; with ``tolerance`` > 0,
-    the ``draw``-th of those whose subnet has ``target_params`` ± ``tolerance`` parameters
-    (measured on the built subnet). ``tolerance = 0, draw = 0`` is the seed's first draw.
+    the ``draw``-th of those whose subnet's parameters are within ± ``tolerance`` of the
+    ``searched`` subnet's (both measured on the built subnets; or of ``target_params``).
+    ``tolerance = 0, draw = 0`` is the seed's first draw.
 
     Raises
     ------
@@ -25,6 +27,8 @@ def random_genotype(space: SearchSpace, seed: int, *, target_params: int = 0,
     from fednas.errors import ConfigError
     from fednas.models.flops import count_params
 
+    if tolerance > 0 and searched is not None:
+        target_params = count_params(space.subnet(searched))
     generator = torch.Generator().manual_seed(seed + 3)
     found, sizes = 0, []
     for _ in range(max_tries if tolerance > 0 else draw + 1):

@@ -28,13 +28,14 @@ def test_off_is_the_seeds_first_uniform_draw(space):
 
 
 def test_matched_draws_are_within_the_tolerance_distinct_and_seeded(space):
-    target = count_params(space.subnet(space.random_genotype(torch.Generator().manual_seed(0))))
-    draws = [random_genotype(space, 1, target_params=target, tolerance=0.15, draw=d)
+    searched = space.random_genotype(torch.Generator().manual_seed(0))
+    target = count_params(space.subnet(searched))
+    draws = [random_genotype(space, 1, searched=searched, tolerance=0.15, draw=d)
              for d in range(4)]
     for g in draws:
         assert abs(count_params(space.subnet(g)) - target) <= 0.15 * target
     assert len({str(g) for g in draws}) == 4
-    assert draws == [random_genotype(space, 1, target_params=target, tolerance=0.15, draw=d)
+    assert draws == [random_genotype(space, 1, searched=searched, tolerance=0.15, draw=d)
                      for d in range(4)]
 
 
