@@ -1,7 +1,8 @@
 """The compression phases of a federated run: ``compress``, ``same-size`` and ``pruned``.
 
 * ``compress``: the server derives the student under ``[compression]``'s budget from the
-  aggregated supernet (by α or DARTS-PT), distils the teacher into it on its proxy split
+  aggregated supernet (by α, DARTS-PT, or DAP's channel gates: :mod:`fednas.compression.
+  dap_student`), distils the teacher into it on its proxy split
   (the dataset's val split, which no client holds), then the clients fine-tune it by FedAvg
   (optionally with FedDF's ensemble distillation after every round).
 * ``same-size``: the same architecture trained by FedAvg from scratch, same round count.
@@ -36,6 +37,7 @@ from fednas.spaces.base import Genotype, load_genotype, save_genotype
 from fednas.training.train import evaluate, recalibrate_bn
 
 STUDENT_FILE = "student_genotype.json"
+STUDENT_DAP_FILE = "student_dap.json"  # DAP's student: block widths and kept channels
 RECORD_FILE = "compression.json"
 
 
@@ -47,6 +49,7 @@ class Compression:
     def __init__(self, run: Any) -> None:
         self.run = run
         self._checked = False
+        self._dap_student: torch.nn.Module | None = None
 
     def check_budget(self) -> None:
         """Fail before the run starts when the budget cannot be met (the phases' ``check``;
@@ -61,18 +64,30 @@ class Compression:
             return
         limits, _ = self._limits()
         if phases & {"compress", "same-size"}:
-            from fednas.compression.budget import smallest_cost
-
-            small = smallest_cost(self.run.make_space())
+            small, what = self._smallest()
             for key, lim, low in zip(("params", "flops"), limits, small, strict=True):
                 if lim is not None and lim < low:
                     raise ConfigError(
                         f"compression.{key}: the budget resolves to {lim} {key}, below the "
-                        f"smallest model of the search space ({small[0]} params, {small[1]} "
-                        "FLOPs); raise the budget or shrink the space")
+                        f"smallest {what} ({small[0]} params, {small[1]} FLOPs); raise the "
+                        "budget or shrink the space")
         if "pruned" in phases:
             data = self.run.data
             pruned_width(cfg.baseline.width, data.input_shape, data.num_classes, limits)
+
+    def _smallest(self) -> tuple[tuple[int, int], str]:
+        """The cost of the smallest student the selection can reach, and what it is."""
+        space = self.run.make_space()
+        if self.run.cfg.compression.selection != "dap":
+            from fednas.compression.budget import smallest_cost
+
+            return smallest_cost(space), "model of the search space"
+        from fednas.compression.dap import prunable
+        from fednas.compression.dap_gates import DapGates
+
+        gates = DapGates(prunable(space), self.run.data.input_shape,
+                         group_size=self.run.cfg.compression.dap_group_size)
+        return gates.smallest(), "network DAP can reach (one channel per block)"
 
     def casd_hook(self, space: Any, total: int) -> Callable[[dict], dict[str, Any]]:
         """CASD between search rounds (a no-op unless ``compression.casd-every``)."""
@@ -139,6 +154,54 @@ class Compression:
                            f"(limit {limits[1]})")
         return genotype
 
+    def student_spec(self) -> dict[str, Any]:
+        """The student's model spec: a subnet of the derived genotype, or DAP's pruned
+        ResNet (``compression.selection = "dap"``)."""
+        if self.run.cfg.compression.selection == "dap":
+            return {"kind": "pruned-resnet", "mids": self._dap_record()["mids"]}
+        return {"kind": "subnet", "genotype": self.student_genotype()}
+
+    def _dap_record(self) -> dict[str, Any]:
+        """DAP's pruning of the full-width subnet (run once, then read from the run)."""
+        path = self.run.rundir.path / STUDENT_DAP_FILE
+        if path.exists():
+            return json.loads(path.read_text())
+        from fednas.compression.dap_student import dap_student
+
+        t0 = time.perf_counter()
+        limits, budget = self._limits()
+        cfg = self.run.cfg
+        self._dap_student, record = dap_student(
+            self.run.trained_supernet(), limits, cfg.compression, self._proxy(), cfg.seed,
+            self.run.device, cfg.runtime.eval_batch_size)
+        self.run.rundir.write_json(STUDENT_DAP_FILE, record)
+        self._save_record(budget=budget, derivation={
+            **{k: v for k, v in record.items() if k != "keep"},
+            "wall_s": time.perf_counter() - t0})
+        self.run.console.print(f"\\[compress] DAP pruned the full-width subnet to "
+                               f"{record['params']} params (limit {limits[0]}), "
+                               f"{record['flops']} FLOPs (limit {limits[1]})")
+        return record
+
+    def _inherited(self, spec: dict[str, Any]) -> torch.nn.Module:
+        """The student with the supernet's weights (DAP: the kept channels' weights)."""
+        if spec["kind"] == "subnet":
+            return self.run.trained_supernet().subnet(spec["genotype"])
+        if self._dap_student is None:  # resumed after DAP ran: same source, same channels
+            from fednas.compression.dap_student import rebuild_student
+
+            self._dap_student = rebuild_student(
+                self.run.trained_supernet(), self._dap_record(), self.run.cfg.compression,
+                self._proxy()[0], self.run.device)
+        return self._dap_student
+
+    @staticmethod
+    def _arch(spec: dict[str, Any]) -> dict[str, Any]:
+        """The summary's description of the student's architecture."""
+        if spec["kind"] == "subnet":
+            return {"genotype": spec["genotype"]}
+        return {"mids": spec["mids"], "selection": "dap"}
+
     def _test(self, model: torch.nn.Module) -> dict[str, float]:
         result = evaluate(model, self.run._split("test"),
                           batch_size=self.run.cfg.runtime.eval_batch_size, device=self.run.device)
@@ -169,16 +232,14 @@ class Compression:
     # -- the phases ----------------------------------------------------------------------
     def compress(self) -> dict[str, Any]:
         cfg, c = self.run.cfg, self.run.cfg.compression
-        genotype = self.student_genotype()
-        spec = {"kind": "subnet", "genotype": genotype}
+        spec = self.student_spec()
         checkpoint = self.run.state.checkpoint
         resuming = checkpoint is not None and checkpoint["phase"] == "compress"
         init = None
         if not resuming:
             t0 = time.perf_counter()
             torch.manual_seed(cfg.seed + 4)
-            init = (self.run.trained_supernet().subnet(genotype) if c.inherit_weights
-                    else self.run.fixed_model(spec))
+            init = self._inherited(spec) if c.inherit_weights else self.run.fixed_model(spec)
             init.to(self.run.device)
             entry: dict[str, Any] = {"start": self._test(init)}
             if c.teacher != "none":
@@ -205,17 +266,16 @@ class Compression:
         result = self.run.train_fixed("compress", spec, init=init,
                                       rounds=c.fine_tune_rounds, wrap=wrap)
         distillation = self._record().get("distillation", {})
-        return {**result, "genotype": genotype, **self._budget_entry(result),
+        return {**result, **self._arch(spec), **self._budget_entry(result),
                 "teacher": distillation.get("teacher"),
                 "after_distillation_acc": distillation.get("after_distillation", {}).get(
                     "test_acc"), "feddf": c.feddf}
 
     def same_size(self) -> dict[str, Any]:
-        genotype = self.student_genotype()
-        spec = {"kind": "subnet", "genotype": genotype}
+        spec = self.student_spec()
         result = self.run.train_fixed("same-size", spec,
                                       rounds=self.run.cfg.compression.fine_tune_rounds)
-        return {**result, "genotype": genotype, **self._budget_entry(result)}
+        return {**result, **self._arch(spec), **self._budget_entry(result)}
 
     def pruned(self) -> dict[str, Any]:
         cfg = self.run.cfg

@@ -24,9 +24,12 @@ class CompressionConfig:
     reference: str = option("baseline", choices=("baseline", "searched"),
                             doc="model whose params/FLOPs a fractional budget refers to: the "
                                 "hand-designed baseline of [baseline], or the searched subnet")
-    selection: str = option("alpha", choices=("alpha", "perturbation"),
-                            doc="candidate importance: softmax(α), or DARTS-PT (accuracy drop "
-                                "of the supernet on the proxy split when it is removed)")
+    selection: str = option("alpha", choices=("alpha", "perturbation", "dap"),
+                            doc="how the student is chosen: by softmax(α), by DARTS-PT "
+                                "(accuracy drop of the supernet on the proxy split when a "
+                                "candidate is removed), or by DAP (gates over the channels of "
+                                "the full-width subnet trained on the proxy split with the "
+                                "weights frozen; width space)")
     teacher: str = option("searched", choices=("searched", "supernet", "none"),
                           doc="distillation teacher: the retrained searched subnet (needs the "
                               "retrain phase), the aggregated supernet (full α mixture), or "
@@ -53,6 +56,19 @@ class CompressionConfig:
                              "block losses (0 = off: search, then distil once)")
     casd_epochs: int = option(1, ge=1, doc="CASD: distillation passes per step")
     casd_penalty: float = option(0.5, ge=0.0, doc="CASD: α penalty scale λ")
+    dap_steps: int = option(300, ge=1, doc="DAP: Adam steps on the gate logits")
+    dap_lr: float = option(0.05, gt=0.0, doc="DAP: gate learning rate")
+    dap_lambda: float = option(5.0, ge=0.0, doc="DAP: weight λ of the complexity penalty")
+    dap_penalty: str = option("hinge", choices=("hinge", "linear"),
+                              doc="DAP: penalise the relative overshoot of the expected cost "
+                                  "over the budget (hinge) or the expected cost itself (linear)")
+    dap_group_size: int = option(1, ge=1, doc="DAP: channels per gate (contiguous groups)")
+    dap_t_start: float = option(1.0, gt=0.0, doc="DAP: probability temperature T at the "
+                                "first step (π = σ(θ/T)), annealed geometrically")
+    dap_t_end: float = option(0.1, gt=0.0, doc="DAP: probability temperature T at the last step")
+    dap_tau_start: float = option(1.0, gt=0.0, doc="DAP: sampling (binary-concrete) "
+                                  "temperature τ at the first step")
+    dap_tau_end: float = option(0.1, gt=0.0, doc="DAP: sampling temperature τ at the last step")
     inherit_weights: bool = option(True, doc="the student starts from the supernet's weights "
                                    "(false: fresh initialisation, then distillation)")
 
@@ -85,6 +101,14 @@ def check_compression(cfg: Any) -> None:
                           'rounds with a budget relative to the baseline (mode = '
                           '"federated", "search" in phases, compression.reference = '
                           '"baseline")')
+    if c.selection == "dap" and cfg.space.name != "width" and (
+            {"compress", "same-size"} & set(phases)):
+        raise ConfigError(f"compression.selection: 'dap' prunes the channels of width-space "
+                          f"subnets; space.name = {cfg.space.name!r} (use 'alpha' or "
+                          "'perturbation', or space.name = 'width')")
+    if c.selection == "dap" and c.dna_weight:
+        raise ConfigError("compression.dna-weight: DNA's blockwise loss matches cells of the "
+                          "cell space; compression.selection = 'dap' prunes width subnets")
     if c.feddf and cfg.privacy.mode != "off":
         raise ConfigError("compression.feddf: FedDF distils the individual client models, "
                           "which differential privacy hides; turn one of them off")

@@ -24,6 +24,7 @@ from fednas.config.run_config import (
     TrainConfig,
 )
 from fednas.models.baselines import build_model
+from fednas.models.resnet import CifarResNet
 from fednas.spaces.base import Genotype, SearchSpace
 from fednas.spaces.cellnet import CellNetwork
 from fednas.spaces.registry import build_space
@@ -53,11 +54,17 @@ def make_space(space: SpaceConfig, seed: int, input_shape: tuple[int, int, int],
 
 def build_fixed_model(setup: ClientSetup, spec: dict[str, Any],
                       input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    """A fixed (non-supernet) model from a spec: the derived subnet or the baseline."""
+    """A fixed (non-supernet) model from a spec: the derived subnet, the baseline, or a
+    ResNet of the width space's stages with per-block inner widths ``mids`` (DAP's student).
+    """
     if spec["kind"] == "baseline":
         b = setup.baseline
         return build_model(b.model, input_shape=input_shape, num_classes=num_classes,
                            width=int(spec.get("width", b.width)))
+    if spec["kind"] == "pruned-resnet":
+        w = setup.space.width
+        return CifarResNet(input_shape[0], num_classes, w.base_channels,
+                           [int(m) for m in spec["mids"]], w.stem_stride)
     genotype: Genotype = spec["genotype"]
     r = setup.retrain
     if genotype["space"] == "cell" and (r.channels or r.layers):

@@ -33,6 +33,10 @@ def _recipe(cfg: Any, spec: dict[str, Any], input_shape: tuple[int, ...], num_cl
     if spec["kind"] == "baseline":
         return {"kind": cfg.baseline.model, "width": int(spec.get("width", cfg.baseline.width)),
                 **common}
+    if spec["kind"] == "pruned-resnet":
+        w = cfg.space.width
+        return {"kind": "pruned-resnet", "mids": [int(m) for m in spec["mids"]],
+                "base_channels": w.base_channels, "stem_stride": w.stem_stride, **common}
     genotype = spec["genotype"]
     if genotype["space"] == "cell":
         c = cfg.space.cell
@@ -58,6 +62,11 @@ def build(recipe: dict[str, Any]) -> nn.Module:
 
         space = build_space("width", input_shape=shape, num_classes=classes, **recipe["space"])
         return space.subnet(recipe["genotype"])
+    if kind == "pruned-resnet":
+        from fednas.models.resnet import CifarResNet
+
+        return CifarResNet(shape[0], classes, recipe["base_channels"], recipe["mids"],
+                           recipe["stem_stride"])
     from fednas.models.baselines import build_model
 
     return build_model(kind, input_shape=shape, num_classes=classes, width=recipe["width"])
