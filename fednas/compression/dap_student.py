@@ -103,7 +103,7 @@ def dap_student(space: SearchSpace, limits: Limits, c: CompressionConfig, proxy:
     report = train_gates(full, gates, (x, labels.cpu()), budget=budget, device=device,
                          generator=torch.Generator().manual_seed(seed + 45),
                          steps=c.dap_steps, batch_size=c.batch_size, lr=c.dap_lr,
-                         lam=c.dap_lambda, mode=c.dap_penalty,
+                         lam=c.dap_penalty_weight, mode=c.dap_penalty,
                          schedule=Schedule((c.dap_t_start, c.dap_t_end),
                                            (c.dap_tau_start, c.dap_tau_end)))
     keep = select(gates, budget)

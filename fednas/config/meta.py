@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fednas.config.meta_dap import DapMetaConfig
 from fednas.config.tools import option, section
 from fednas.errors import ConfigError
 
-META_MODELS = ("searched", "supernet", "conv4", "conv4-pretrained", "metanas")
+META_MODELS = ("searched", "supernet", "conv4", "conv4-pretrained", "metanas", "dap")
 META_ALGORITHMS = ("maml", "fomaml", "anil", "metasgd")
 ATNAS_PRIORS = ("uniform", "metanas")
 
@@ -101,7 +102,9 @@ class MetaConfig:
                                          "run's baseline phase, baseline.model = 'conv4': "
                                          "the same federated pretraining as the subnet), "
                                          "metanas (α meta-learned on the tasks, then the "
-                                         "derived subnet: [meta.metanas])")
+                                         "derived subnet: [meta.metanas]), dap (a trained "
+                                         "network pruned by DAP on the meta-train classes: "
+                                         "[meta.dap])")
     init: str = option("searched", choices=("searched", "scratch"),
                        doc="searched/supernet: start from the run's trained weights where "
                            "shapes match (the ways-class head is always new), or from scratch")
@@ -143,6 +146,7 @@ class MetaConfig:
     log_every: int = option(10, ge=1, doc="outer steps per metrics.jsonl record")
     atnas: AtnasConfig = section(AtnasConfig)
     metanas: MetanasConfig = section(MetanasConfig)
+    dap: DapMetaConfig = section(DapMetaConfig)
 
     def check(self) -> None:
         if len(self.split) != 3 or abs(sum(self.split) - 1.0) > 1e-6:
@@ -216,9 +220,27 @@ class MetaConfig:
                 raise ConfigError("meta.clients: federated Reptile rounds have no DP or secure "
                                   "aggregation; set meta.clients = 0 (the server meta-trains) "
                                   "or turn privacy.mode and privacy.secure-aggregation off")
+        if "dap" in self.models:
+            self._check_dap(cfg)
         if self.atnas.enabled and cfg.space.name != "cell":
             raise ConfigError('meta.atnas.enabled: AT-NAS searches the cell space; set '
                               'space.name = "cell"')
+
+    def _check_dap(self, cfg: Any) -> None:
+        source = self.dap.source
+        if source == "conv4-pretrained" and ("baseline" not in cfg.phases
+                                             or cfg.baseline.model != "conv4"):
+            raise ConfigError("meta.dap.source: 'conv4-pretrained' prunes the run's Conv-4 "
+                              "baseline; add 'baseline' to phases with baseline.model = "
+                              "'conv4', or use source = 'searched' (width space)")
+        if source == "searched" and ("search" not in cfg.phases or cfg.space.name != "width"):
+            raise ConfigError(f"meta.dap.source: 'searched' prunes the channels of a width-"
+                              f"space subnet (this run: space.name = {cfg.space.name!r}, "
+                              f"phases {list(cfg.phases)}); use 'conv4-pretrained'")
+        if self.clients and cfg.mode == "federated":
+            raise ConfigError("meta.models: 'dap' is meta-trained by the server or in-process "
+                              "(its pruned architecture has no Flower-round spec yet); set "
+                              "meta.clients = 0 or run centrally")
 
     @property
     def first_order(self) -> bool:

@@ -5,7 +5,8 @@ of the meta-train classes (same seeded task stream for every model) and scored o
 seeded test tasks (mean ± 95 % CI of query accuracy after ``eval-inner-steps`` steps):
 
 The models (``searched``, ``supernet``, ``conv4``, ``metanas``) and their initial weights are
-built by :mod:`fednas.meta.models`; ``metanas`` first meta-learns the supernet's α with its
+built by :mod:`fednas.meta.models` (``dap``, a trained network pruned by DAP on the meta-train
+classes, by :mod:`fednas.meta.dap_model`); ``metanas`` first meta-learns the supernet's α with its
 weights (:mod:`fednas.meta.metanas`), then its derived subnet is meta-trained like ``searched``
 (the genotype and the genes MetaNAS changed are in its per-shot entry).
 
@@ -35,6 +36,7 @@ from fednas.data.episodes import FewShotSet
 from fednas.errors import ConfigError
 from fednas.meta import store as meta_store
 from fednas.meta.atnas_phase import MetanasState, run_atnas
+from fednas.meta.dap_model import DapSource
 from fednas.meta.models import initial_model, meta_seed
 from fednas.meta.setup import MetaSetup
 from fednas.meta.steps import metanas_supernet, metrics_logger, task_kwargs
@@ -117,13 +119,18 @@ def run_meta(setup: MetaSetup, run_dir: Path | RunDir, device: torch.device,
         "eval_split": m.eval_split,
         "models": {}, "atnas": {}}
     metanas_states: dict[int, MetanasState] = {}  # AT-NAS's prior, when it asks
+    dap = DapSource(m.dap, train_pool, meta_seed(setup, 6, 0), device)  # pruned on first use
     for shots in m.shots:
         tasks = metalib.fixed_tasks(test_pool, ways=m.ways, shots=shots, queries=m.queries,
                                     num_tasks=m.eval_tasks, seed=meta_seed(setup, 1, shots))
         accs: dict[str, Any] = {}
         for name in m.models:
-            model, source = initial_model(name, setup, run.path, shots, data.input_shape)
             derived: dict[str, Any] = {}
+            if name == "dap":  # the source pruned on the meta-train classes (once)
+                model, source, derived["dap"] = dap.model(lambda n, k=shots: initial_model(
+                    n, setup, run.path, k, data.input_shape))
+            else:
+                model, source = initial_model(name, setup, run.path, shots, data.input_shape)
             pre_s = 0.0  # MetaNAS's seconds before the subnet's own meta-training
             if name == "metanas":  # central only (meta.clients = 0): the subnet trains below
                 supernet = model
@@ -145,6 +152,8 @@ def run_meta(setup: MetaSetup, run_dir: Path | RunDir, device: torch.device,
                     "params": count_params(model), "init": source,
                     "flops": count_flops(model, tuple(data.input_shape), batch=2)}
             entry = result["models"][name]
+            if "dap" in derived:  # the same pruning for every shot count
+                entry["dap"] = derived.pop("dap")
             entry[f"{shots}shot"] = {"acc": mean, "ci95": ci, "meta_train_s": train_s,
                                      "eval_s": time.perf_counter() - t0, "weights": weights,
                                      "reused": reused, **derived}

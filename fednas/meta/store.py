@@ -37,10 +37,10 @@ from fednas.reporting.rundir import RunDir
 
 # [meta] keys that only change how models are scored or listed, not their weights
 EVAL_ONLY = ("models", "shots", "eval_tasks", "eval_inner_steps", "eval_split", "log_every",
-             "root", "atnas", "metanas")
+             "root", "atnas", "metanas", "dap")
 ATNAS_TRAINING = ("iterations", "prior", "temperature")
 KINDS = ("searched", "supernet", "conv4", "conv4-pretrained", "metanas", "metanas-supernet",
-         "atnas-supernet", "atnas-prior")
+         "atnas-supernet", "atnas-prior", "dap")
 
 
 RUN_WEIGHTS = ("supernet.pt", "searched.pt")  # the run's files meta-models start from
@@ -85,7 +85,11 @@ def training_key(setup: MetaSetup, what: str, shots: int, run_dir: Path | None =
         "meta": {k: v for k, v in dataclasses.asdict(m).items() if k not in EVAL_ONLY},
         "space": dataclasses.asdict(setup.space),
         "retrain": {"channels": setup.retrain.channels, "layers": setup.retrain.layers}}
-    if what in PRETRAINED:  # always from the run (meta.init is about the search's weights)
+    if what == "dap":  # the pruned source: its weights and DAP's settings
+        key["dap"] = dataclasses.asdict(m.dap)
+        key["run_weights"] = run_weights(run_dir, PRETRAINED.get(m.dap.source, RUN_WEIGHTS))
+        key["baseline"] = dataclasses.asdict(setup.baseline)
+    elif what in PRETRAINED:  # always from the run (meta.init is about the search's weights)
         key["run_weights"] = run_weights(run_dir, PRETRAINED[what])
         key["baseline"] = dataclasses.asdict(setup.baseline)
     elif what != "conv4" and m.init == "searched":
