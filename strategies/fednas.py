@@ -4,7 +4,8 @@ A thin :class:`flwr.serverapp.strategy.FedAvg` subclass that implements the roun
 protocol (:class:`strategies.base.RoundStrategy`). What it changes:
 
 * **per-client messages**: each sampled client gets its own shard (Gumbel-top-s over
-  softmax(α) per edge/layer) and only the shard's tensor regions;
+  softmax(α) per edge/layer; within its device tier's candidates when it has one, see
+  :mod:`fednas.federated.tiers`) and only the shard's tensor regions;
 * **aggregation**: every entry of every tensor is averaged over the clients that trained it,
   weighted by ``num-examples`` (:func:`fednas.federated.aggregation.masked_weighted_mean`); full
   shards
@@ -44,6 +45,7 @@ from fednas.federated.shards import (
     gumbel_top_s,
     slice_state,
 )
+from fednas.federated.tiers import tier_shard
 from fednas.spaces.base import SearchSpace
 from strategies.base import RoundStrategy
 from strategies.cohorts import WEIGHT, Cohorts
@@ -105,6 +107,9 @@ class FedNAS(FedAvg, RoundStrategy):
         self.keep_client_states = False  # FedDF distils the client models of a round
         self.client_states: list[dict[str, torch.Tensor]] = []
         self.cohorts: Cohorts | None = None  # cohort mode (set by the runner)
+        # device tiers: per partition id, the candidates its device may train (set by the
+        # runner; fednas.federated.tiers); a partition without an entry may train any
+        self.allowed: dict[int, Masks] = {}
 
     # -- bookkeeping -------------------------------------------------------------------
     def summary(self) -> None:
@@ -153,7 +158,7 @@ class FedNAS(FedAvg, RoundStrategy):
         sampled = self._sample(self.fraction_train, self.min_train_nodes)
         messages, bytes_down = [], 0
         for pid, node in sampled:
-            masks, slices = self._shard()
+            masks, slices = self._shard(pid)
             if self.cohorts is None:
                 regions = to_record(slice_state(self._state, slices))
                 bytes_down += regions.count_bytes()
@@ -185,11 +190,14 @@ class FedNAS(FedAvg, RoundStrategy):
     def presum_clip_norm(self) -> float:
         return self.dp.clip_norm if self.dp is not None and self.presummable() else 0.0
 
-    def _shard(self) -> tuple[Masks | None, Slices]:
+    def _shard(self, pid: int = -1) -> tuple[Masks | None, Slices]:
         if self.space is None:
             return None, dict.fromkeys(self._state)
         alphas = [self._state[k] for k in self.alpha_keys]
-        if self.shard_size and self.shard_size < max(a.shape[-1] for a in alphas):
+        if pid in self.allowed:  # a device tier: the shard is drawn within its candidates
+            masks = tier_shard(alphas, self.allowed[pid], self.shard_size, self.generator,
+                               self.include_argmax)
+        elif self.shard_size and self.shard_size < max(a.shape[-1] for a in alphas):
             masks = [gumbel_top_s(a, self.shard_size, self.generator, self.include_argmax)
                      for a in alphas]
         else:

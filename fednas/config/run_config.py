@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fednas.config.compression import CompressionConfig, check_compression
+from fednas.config.devices import DevicesConfig, check_devices
 from fednas.config.faults import FaultsConfig, check_faults
 from fednas.config.fedex import FedExConfig
 from fednas.config.meta import MetaConfig
@@ -249,6 +250,7 @@ class RunConfig:
     privacy: PrivacyConfig = section(PrivacyConfig)
     meta: MetaConfig = section(MetaConfig)
     compression: CompressionConfig = section(CompressionConfig)
+    devices: DevicesConfig = section(DevicesConfig)
     runtime: RuntimeConfig = section(RuntimeConfig)
 
     def server_bn_reason(self) -> str:
@@ -272,6 +274,7 @@ class RunConfig:
             raise ConfigError(f"federation.fault-partitions: {bad} outside 0.."
                               f"{self.partition.num_clients - 1}")
         check_faults(f.faults, f.round_timeout)
+        check_devices(self)
         if self.mode == "federated" and f.min_fit_clients > self.partition.num_clients:
             raise ConfigError(f"federation.min-fit-clients: {f.min_fit_clients} exceeds "
                               f"partition.num-clients = {self.partition.num_clients}")
