@@ -93,7 +93,8 @@ def cohort_reply(outcomes: list[Outcome], presummed: bool,
 def local_clients(cfg: RunConfig) -> client.LocalClients:
     """This process's clients of scenario ``cfg`` (dataset and partitions loaded once)."""
     return client.LocalClients(client_setup(cfg),
-                               lambda: run_dataset(cfg.data, cfg.seed, meta_setup(cfg)))
+                               lambda: run_dataset(cfg.data, cfg.seed, meta_setup(cfg),
+                                                   cfg.partition.group_by()))
 
 
 class BoundClientApp(ClientApp):

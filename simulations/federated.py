@@ -20,7 +20,6 @@ import torch
 from flwr.serverapp import Grid
 
 from fednas.config.tools import to_dict
-from fednas.data.partition import partition_stats
 from fednas.federated.ema import ModelEMA
 from fednas.federated.server_opt import STAT_SUFFIXES
 from fednas.federated.setup import build_fixed_model, encode_spec, make_space
@@ -98,8 +97,7 @@ class FederatedPipeline(Runner):
         if self.resume_dir is None:
             state.rundir = RunDir(self.cfg.runtime.out_dir, self.cfg.name)
             self.rundir.write_config(self.cfg)
-            self.rundir.write_json("partitions.json", partition_stats(
-                self.parts, self.data.train_y.numpy(), self.data.num_classes))
+            self.rundir.write_json("partitions.json", self.partition_record())
         else:
             state.rundir = RunDir.reopen(self.resume_dir)
             ck = state.checkpoint

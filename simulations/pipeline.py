@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fednas.config.run_config import TrainConfig
-from fednas.data.partition import partition_stats
 from fednas.models.baselines import build_model
 from fednas.models.flops import count_flops, count_params
 from fednas.reporting.plots import plot_alpha_evolution, plot_curves
@@ -58,8 +57,7 @@ class Pipeline(Runner):
         cfg = self.cfg
         self.state.rundir = RunDir(cfg.runtime.out_dir, cfg.name)
         self.rundir.write_config(cfg)
-        self.rundir.write_json("partitions.json", partition_stats(
-            self.parts, self.data.train_y.numpy(), self.data.num_classes))
+        self.rundir.write_json("partitions.json", self.partition_record())
         note_run_dir(self.rundir.path)  # a bug's traceback goes there (simulations/crash.py)
         self.console.print(f"[bold]fednas[/] run dir: {self.rundir.path}")
         with make_progress(cfg.runtime.progress, self.console) as progress:

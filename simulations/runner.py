@@ -24,7 +24,8 @@ from rich.console import Console
 from fednas.config.preflight import check_dataset, check_models, check_run_paths
 from fednas.config.run_config import RunConfig
 from fednas.data.datasets import Dataset
-from fednas.data.partition import partition_indices
+from fednas.data.natural import client_ids
+from fednas.data.partition import partition_indices, partition_stats
 from fednas.data.run_data import run_dataset
 from fednas.errors import ConfigError
 from fednas.meta.setup import meta_setup
@@ -117,7 +118,8 @@ class Runner(ABC):
         self.device = resolve_device(cfg.runtime.device)
         self.generator = seed_everything(cfg.seed)
         t0 = time.perf_counter()
-        self.data: Dataset = run_dataset(cfg.data, cfg.seed, meta_setup(cfg))
+        self.data: Dataset = run_dataset(cfg.data, cfg.seed, meta_setup(cfg),
+                                         cfg.partition.group_by())
         check_dataset(cfg, self.data)  # >= 2 classes
         check_models(cfg, self.data)  # the space builds; images not too small for it
         n_train = len(self.data.train_y)
@@ -132,7 +134,8 @@ class Runner(ABC):
         p = cfg.partition
         self.parts = partition_indices(labels, p.num_clients, p.scheme, alpha=p.alpha,
                                        classes_per_client=p.classes_per_client, seed=cfg.seed,
-                                       min_size=p.min_partition_size)
+                                       min_size=p.min_partition_size,
+                                       groups=self.data.train_groups, by=self.data.group_field)
         for phase in self.phases:
             phase.check(self)
         self.timings["data"] = time.perf_counter() - t0
@@ -143,6 +146,13 @@ class Runner(ABC):
             if phase.name not in self.state.done:
                 phase.run(self)
                 self.state.done.append(phase.name)
+
+    def partition_record(self) -> dict[str, Any]:
+        """partitions.json: every client's size and class histogram (natural: and its id)."""
+        groups = self.data.train_groups
+        return partition_stats(self.parts, self.data.train_y.numpy(), self.data.num_classes,
+                               ids=None if groups is None else client_ids(groups),
+                               by=self.data.group_field)
 
     def _split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self.data, f"{name}_x"), getattr(self.data, f"{name}_y")

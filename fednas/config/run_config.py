@@ -46,12 +46,21 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    num_clients: int = option(10, ge=1, doc="number of simulated clients")
-    scheme: str = option("dirichlet", choices=("iid", "dirichlet", "pathological"))
+    num_clients: int = option(10, ge=1, doc="number of simulated clients ('natural': must "
+                              "equal the number of distinct ids in the training split)")
+    scheme: str = option("dirichlet", choices=("iid", "dirichlet", "pathological", "natural"),
+                         doc="'natural': one client per distinct id of partition.by")
     alpha: float = option(0.5, gt=0.0, doc="Dirichlet concentration (smaller = more non-IID)")
     classes_per_client: int = option(2, ge=1, doc="classes per client for 'pathological'")
     client_val_fraction: float = option(0.2, gt=0.0, lt=1.0, doc="each client's val split")
     min_partition_size: int = option(10, ge=1, doc="Dirichlet resamples below this size")
+    by: str = option("", doc="'natural': the per-sample client id field (glyphs: font, "
+                     "femnist: writer_id, parquet:/hf-disk: a column); '' = the dataset's "
+                     "own (parquet/hf-disk: writer_id, client_id, user_id or font)")
+
+    def group_by(self) -> str | None:
+        """The id field the data must carry (``""``: its own), None unless 'natural'."""
+        return self.by if self.scheme == "natural" else None
 
 
 @dataclass(frozen=True)

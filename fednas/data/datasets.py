@@ -2,7 +2,10 @@
 
 ``load_dataset(name, root=...)`` returns a :class:`Dataset` with train/val/test tensors.
 Names are registry entries (``digits``, ``fashion-mnist``, ``mnist``, ``cifar10``,
-``cifar100``, ``glyphs``) or the forms ``npz:PATH`` and ``folder:PATH``.
+``cifar100``, ``glyphs``, ``femnist``) or the forms ``npz:PATH``, ``folder:PATH``,
+``parquet:PATH`` and ``hf-disk:PATH`` (Hugging Face-format data, :mod:`fednas.data.hf_io`).
+Datasets with a natural client id (glyphs: ``font``, femnist: ``writer_id``, an id column of
+parquet/hf-disk data) carry it per training sample for ``partition.scheme = "natural"``.
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fednas.data import hf_io
 from fednas.data import io as io
 from fednas.data.io import RawData
+from fednas.data.natural import select_groups
 from fednas.errors import ConfigError, DataError
 from fednas.registry import Registry
 
@@ -29,7 +34,7 @@ SYSTEM_DIRS: dict[str, list[Path]] = {
 }
 TEST_SPLIT_FRACTION = 0.2  # held-out test fraction for datasets without an official test set
 TEST_SPLIT_SEED = 0  # fixed, so the test set does not change with the run seed
-PATH_FORMS = ("npz:PATH", "folder:PATH")
+PATH_FORMS = ("npz:PATH", "folder:PATH", "parquet:PATH", "hf-disk:PATH")
 
 Loader = Callable[[Path, bool], RawData]
 DATASETS: Registry[Loader] = Registry("dataset", "data.dataset")
@@ -40,7 +45,9 @@ class Dataset:
     """An in-memory image classification dataset, split and normalised.
 
     Images are float32 ``N×C×H×W``, normalised per channel with ``mean``/``std`` computed on
-    the train split; labels are int64 in ``0..num_classes-1``.
+    the train split; labels are int64 in ``0..num_classes-1``. ``train_groups`` is the
+    natural client id (field ``group_field``) of every train sample, loaded only for
+    ``partition.scheme = "natural"``.
     """
 
     name: str
@@ -55,10 +62,12 @@ class Dataset:
     input_shape: tuple[int, int, int]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    train_groups: np.ndarray | None = None
+    group_field: str = ""
 
     def describe(self) -> dict:
         """Return a JSON-able summary (sizes, shape, classes, normalisation) for logs."""
-        return {
+        out = {
             "name": self.name,
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
@@ -68,6 +77,10 @@ class Dataset:
             "mean": [round(m, 6) for m in self.mean],
             "std": [round(s, 6) for s in self.std],
         }
+        if self.train_groups is not None:
+            out["groups"] = {"field": self.group_field,
+                             "ids": int(len(np.unique(self.train_groups)))}
+        return out
 
 
 def register_dataset(name: str) -> Callable[[Loader], Loader]:
@@ -77,7 +90,7 @@ def register_dataset(name: str) -> Callable[[Loader], Loader]:
 
 
 def available_datasets() -> list[str]:
-    """Return the registered names plus the ``npz:PATH`` and ``folder:PATH`` forms."""
+    """Return the registered names plus the path forms (:data:`PATH_FORMS`)."""
     return DATASETS.names() + list(PATH_FORMS)
 
 
@@ -133,6 +146,7 @@ register_dataset("fashion-mnist")(
 register_dataset("mnist")(_idx_loader("mnist", "MNIST", MNIST_CLASSES, None))
 register_dataset("cifar10")(_cifar_loader("cifar10", "cifar-10-batches-py", "CIFAR10", False))
 register_dataset("cifar100")(_cifar_loader("cifar100", "cifar-100-python", "CIFAR100", True))
+register_dataset("femnist")(hf_io.load_femnist)
 
 
 @register_dataset("digits")
@@ -149,7 +163,8 @@ def _load_glyphs(root: Path, download: bool) -> RawData:
     from fednas.data import glyphs
 
     x, y, classes = glyphs.load_glyphs(root)
-    return RawData(x[..., None], y, tuple(c["name"] for c in classes))
+    return RawData(x[..., None], y, tuple(c["name"] for c in classes),
+                   groups=glyphs.glyph_fonts(root), group_field="font")
 
 
 def _resolve_path(spec: str, root: Path) -> Path:
@@ -159,20 +174,25 @@ def _resolve_path(spec: str, root: Path) -> Path:
     return path
 
 
-def read_raw(name: str, root: str | Path, download: bool = False) -> RawData:
+def read_raw(name: str, root: str | Path, download: bool = False,
+             group_by: str | None = None) -> RawData:
     """Read dataset ``name`` from disk (no splitting); see :func:`load_dataset`."""
     root = Path(root).expanduser()
     prefix, sep, spec = name.partition(":")
-    if sep and prefix in ("npz", "folder"):
+    if sep and prefix in ("npz", "folder", "parquet", "hf-disk"):
         if not spec:
             raise ConfigError(f"data.dataset {name!r}: give a path after '{prefix}:'")
         path = _resolve_path(spec, root)
-        return io.read_npz(path) if prefix == "npz" else io.read_folder(path)
+        if prefix in ("parquet", "hf-disk"):
+            read = hf_io.read_parquet if prefix == "parquet" else hf_io.read_hf_disk
+            return select_groups(read(path, group_by), name, group_by)
+        raw = io.read_npz(path) if prefix == "npz" else io.read_folder(path)
+        return select_groups(raw, name, group_by)
     if name not in DATASETS:
         raise ConfigError(f"data.dataset: unknown dataset {name!r}; available: "
                           + ", ".join(available_datasets()))
     try:
-        return DATASETS.get(name)(root, download)
+        return select_groups(DATASETS.get(name)(root, download), name, group_by)
     except (PermissionError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
         where = f" {exc.filename}" if exc.filename else ""
         raise DataError(f"data.dataset {name!r}: {exc.strerror or exc}:{where} (data.root = "
@@ -201,12 +221,14 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
-def _split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, what: str, name: str):
+def _split(y: np.ndarray, fraction: float, seed: int, what: str,
+           name: str) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`stratified_split` indices ``(keep, take)``; DataError when one side is empty."""
     keep, take = stratified_split(y, fraction, seed)
     if len(keep) == 0 or len(take) == 0:
         raise DataError(f"dataset {name!r}: {len(y)} samples are too few for a {what} split "
                         f"of {fraction:g}; use more data (data.max-train) or another fraction")
-    return x[keep], y[keep], x[take], y[take]
+    return keep, take
 
 
 def _to_unit_float(x: np.ndarray) -> np.ndarray:
@@ -221,14 +243,14 @@ def _normalise(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor
 
 
 def load_dataset(name: str, *, root: str | Path, val_fraction: float = 0.1, seed: int = 0,
-                 download: bool = False, max_train: int = 0, raw: RawData | None = None
-                 ) -> Dataset:
+                 download: bool = False, max_train: int = 0, raw: RawData | None = None,
+                 group_by: str | None = None) -> Dataset:
     """Load, split and normalise a dataset.
 
     Parameters
     ----------
     name : str
-        A registry name (see :func:`available_datasets`), ``npz:PATH`` or ``folder:PATH``.
+        A registry name or a path form (see :func:`available_datasets`).
     root : str or Path
         Data directory (downloads and caches go here).
     val_fraction : float
@@ -243,6 +265,10 @@ def load_dataset(name: str, *, root: str | Path, val_fraction: float = 0.1, seed
     raw : RawData, optional
         Samples already read (e.g. :func:`fednas.data.run_data.meta_train_raw`): split and
         normalised like a registry dataset's; ``name`` only labels them.
+    group_by : str, optional
+        Load the natural client ids of this field (``""``: the dataset's own) as
+        ``train_groups``, kept aligned with the train samples through every split; None
+        loads none (see :func:`select_groups`).
 
     Returns
     -------
@@ -254,16 +280,19 @@ def load_dataset(name: str, *, root: str | Path, val_fraction: float = 0.1, seed
         raise ConfigError(f"data.val-fraction must be in (0, 1), got {val_fraction}")
     if max_train < 0:
         raise ConfigError(f"data.max-train must be >= 0, got {max_train}")
-    raw = raw if raw is not None else read_raw(name, root, download)
-    x, y = raw.x, raw.y
+    raw = read_raw(name, root, download, group_by) if raw is None else \
+        select_groups(raw, name, group_by)
+    x, y, g = raw.x, raw.y, raw.groups
     if raw.x_test is None:
-        x, y, x_test, y_test = _split(x, y, TEST_SPLIT_FRACTION, TEST_SPLIT_SEED, "test", name)
+        keep, take = _split(y, TEST_SPLIT_FRACTION, TEST_SPLIT_SEED, "test", name)
+        x, y, g, x_test, y_test = x[keep], y[keep], _at(g, keep), x[take], y[take]
     else:
         x_test, y_test = raw.x_test, raw.y_test
     if 0 < max_train < len(y):
         _, take = stratified_split(y, max_train / len(y), seed)
-        x, y = x[take], y[take]
-    x, y, x_val, y_val = _split(x, y, val_fraction, seed + 1, "validation", name)
+        x, y, g = x[take], y[take], _at(g, take)
+    keep, take = _split(y, val_fraction, seed + 1, "validation", name)
+    x, y, g, x_val, y_val = x[keep], y[keep], _at(g, keep), x[take], y[take]
     unit = _to_unit_float(x)
     mean = unit.mean(axis=(0, 1, 2), dtype=np.float64)
     std = unit.std(axis=(0, 1, 2), dtype=np.float64)
@@ -279,4 +308,9 @@ def load_dataset(name: str, *, root: str | Path, val_fraction: float = 0.1, seed
         num_classes=len(raw.class_names), class_names=raw.class_names,
         input_shape=(x.shape[3], x.shape[1], x.shape[2]),
         mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std),
+        train_groups=g, group_field=raw.group_field if g is not None else "",
     )
+
+
+def _at(groups: np.ndarray | None, index: np.ndarray) -> np.ndarray | None:
+    return None if groups is None else groups[index]

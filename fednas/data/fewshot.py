@@ -89,7 +89,8 @@ def load_fewshot(name: str, root: str | Path, *, glyph_options=None, image_size:
         raise ConfigError(f"meta.dataset: glyph options given for dataset {name!r}")
     from fednas.data.datasets import available_datasets, read_raw
 
-    if name not in available_datasets() and name.partition(":")[0] not in ("npz", "folder"):
+    if name not in available_datasets() and \
+            name.partition(":")[0] not in ("npz", "folder", "parquet", "hf-disk"):
         names = dict.fromkeys(["glyphs", *OFFICIAL_DATASETS, *available_datasets()])
         raise ConfigError(f"meta.dataset: unknown dataset {name!r}; available: "
                           + ", ".join(names))

@@ -161,7 +161,8 @@ def _candidates(opts: GlyphOptions, fonts: list[Path]) -> list[tuple[str, str, l
 def build_glyphs(options: GlyphOptions | None = None, *,
                  font_dirs: tuple[Path, ...] | None = None,
                  ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-    """Render the glyph set (no caching).
+    """Render the glyph set (no caching); :func:`render_glyphs` also says which font drew
+    each sample.
 
     Returns
     -------
@@ -173,6 +174,14 @@ def build_glyphs(options: GlyphOptions | None = None, *,
         Per label: ``name`` (``"greek:α"``), ``script``, ``char``, ``codepoint``,
         ``unicode_name``, ``num_fonts``.
     """
+    return render_glyphs(options, font_dirs=font_dirs)[:3]
+
+
+def render_glyphs(options: GlyphOptions | None = None, *,
+                  font_dirs: tuple[Path, ...] | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray, list[dict], np.ndarray]:
+    """:func:`build_glyphs` and the font file name (str) that drew each sample: the natural
+    client id of the set (every font a "writer", as FEMNIST's writers)."""
     opts = options or DEFAULT_OPTIONS
     opts.validate()
     fonts = find_fonts(font_dirs)
@@ -191,17 +200,19 @@ def build_glyphs(options: GlyphOptions | None = None, *,
     kept = [k for k, ok in zip(kept, keep, strict=True) if ok]
     n = opts.samples_per_class
     x = np.empty((len(kept) * n, SIZE, SIZE), dtype=np.uint8)
+    drawn_by = np.empty(len(kept) * n, dtype=object)
     classes = []
     for label, (script, ch, usable) in enumerate(kept):
         rng = np.random.default_rng([opts.seed, ord(ch)])
         order = rng.permutation(len(usable))
         for j in range(n):
-            x[label * n + j] = place(usable[order[j % len(usable)]][1], rng)
+            font, glyph = usable[order[j % len(usable)]]
+            x[label * n + j], drawn_by[label * n + j] = place(glyph, rng), font.name
         classes.append({"name": f"{script}:{ch}", "script": script, "char": ch,
                         "codepoint": f"U+{ord(ch):04X}",
                         "unicode_name": unicodedata.name(ch, ""), "num_fonts": len(usable)})
     y = np.repeat(np.arange(len(kept), dtype=np.int64), n)
-    return x, y, classes
+    return x, y, classes, drawn_by.astype(str)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -216,13 +227,14 @@ def cache_path(root: str | Path, options: GlyphOptions | None = None) -> Path:
 
 
 def _save(path: Path, x: np.ndarray, y: np.ndarray, classes: list[dict],
-          opts: GlyphOptions) -> None:
+          opts: GlyphOptions, fonts: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             np.savez_compressed(fh, x=x, y=y.astype(np.int32),
                                 classes=np.array(json.dumps(classes, ensure_ascii=False)),
+                                fonts=fonts,
                                 options=np.array(json.dumps(asdict(opts), sort_keys=True)))
         os.replace(tmp, path)
     finally:
@@ -253,8 +265,8 @@ def load_glyphs(root: str | Path, options: GlyphOptions | None = None, *,
         cached = _load(path, opts)
         if cached is not None:
             return cached
-    x, y, classes = build_glyphs(opts)
-    _save(path, x, y, classes, opts)
+    x, y, classes, fonts = render_glyphs(opts)
+    _save(path, x, y, classes, opts, fonts)
     log.info("built %d glyph classes × %d samples into %s", len(classes),
              opts.samples_per_class, path)
     return x, y, classes
@@ -263,3 +275,21 @@ def load_glyphs(root: str | Path, options: GlyphOptions | None = None, *,
 def glyph_classes(root: str | Path, options: GlyphOptions | None = None) -> list[dict]:
     """Per-label class records (``name``, ``script``, ``char``, ...) of the glyph set."""
     return load_glyphs(root, options)[2]
+
+
+def glyph_fonts(root: str | Path, options: GlyphOptions | None = None) -> np.ndarray:
+    """The font file name that drew each sample of :func:`load_glyphs` (aligned with its
+    ``x``/``y``); a cache written before fonts were recorded is rebuilt (same images)."""
+    opts = options or DEFAULT_OPTIONS
+    path = cache_path(root, opts)
+    for rebuild in (False, True):
+        if rebuild or not path.is_file():
+            load_glyphs(root, opts, rebuild=rebuild)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                same = json.loads(str(npz["options"])) == json.loads(json.dumps(asdict(opts)))
+                if same and "fonts" in npz.files:
+                    return npz["fonts"]
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            log.warning("glyph cache %s unreadable (%s); rebuilding it", path, exc)
+    raise DataError(f"glyph cache {path} records no fonts after a rebuild; delete it")

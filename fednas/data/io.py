@@ -26,7 +26,9 @@ class RawData:
     """A dataset as read from disk, before splitting and normalisation.
 
     ``x`` is ``N×H×W×C`` (uint8 in 0..255, or float in [0, 1]); ``x_test``/``y_test`` are
-    ``None`` when the format has no official test set.
+    ``None`` when the format has no official test set. ``groups`` is the natural client id
+    of every training sample (aligned with ``x``/``y``; field ``group_field``, e.g. a FEMNIST
+    ``writer_id``) for ``partition.scheme = "natural"``, ``None`` when the data has none.
     """
 
     x: np.ndarray
@@ -34,6 +36,8 @@ class RawData:
     class_names: tuple[str, ...]
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    groups: np.ndarray | None = None
+    group_field: str = ""
 
 
 # ----------------------------------------------------------------------------- IDX

@@ -1,23 +1,28 @@
-"""Split a labelled dataset over federated clients (IID, Dirichlet, pathological non-IID).
+"""Split a labelled dataset over federated clients (IID, Dirichlet, pathological non-IID,
+natural ids).
 
 The schemes are flwr-datasets partitioners run on an in-memory ``datasets.Dataset`` of
-``{"label", "idx"}``; what comes back is one array of sample indices per client.
+``{"label", "idx"}`` (and ``"group"``, the natural client id, for ``natural``); what comes
+back is one array of sample indices per client.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import logging
 import warnings
 
 import numpy as np
 
+from fednas.data.natural import check_natural
 from fednas.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("iid", "dirichlet", "pathological")
+SCHEMES = ("iid", "dirichlet", "pathological", "natural")
 
 
 def _quiet_datasets() -> None:
@@ -86,9 +91,12 @@ def _make_partitioner(scheme: str, num_clients: int, alpha: float, classes_per_c
     from flwr_datasets.partitioner import (
         DirichletPartitioner,
         IidPartitioner,
+        NaturalIdPartitioner,
         PathologicalPartitioner,
     )
 
+    if scheme == "natural":
+        return NaturalIdPartitioner(partition_by="group")
     if scheme == "iid":
         return IidPartitioner(num_partitions=num_clients)
     if scheme == "dirichlet":
@@ -101,8 +109,8 @@ def _make_partitioner(scheme: str, num_clients: int, alpha: float, classes_per_c
 
 
 def partition_indices(labels: np.ndarray, num_clients: int, scheme: str, *, alpha: float = 0.5,
-                      classes_per_client: int = 2, seed: int = 0,
-                      min_size: int = 10) -> list[np.ndarray]:
+                      classes_per_client: int = 2, seed: int = 0, min_size: int = 10,
+                      groups: np.ndarray | None = None, by: str = "") -> list[np.ndarray]:
     """Split sample indices over ``num_clients`` clients.
 
     Parameters
@@ -113,9 +121,10 @@ def partition_indices(labels: np.ndarray, num_clients: int, scheme: str, *, alph
         Number of clients (1..N).
     scheme : str
         ``"iid"`` (seeded shuffle, equal shards), ``"dirichlet"`` (per-class proportions
-        ~ Dir(alpha), Hsu et al. 2019) or ``"pathological"`` (each client holds exactly
+        ~ Dir(alpha), Hsu et al. 2019), ``"pathological"`` (each client holds exactly
         ``classes_per_client`` classes; class ``i % C`` first, so all classes are used when
-        ``num_clients >= C``).
+        ``num_clients >= C``) or ``"natural"`` (one client per distinct ``groups`` id, with
+        all its samples; ``num_clients`` must equal the number of ids).
     alpha : float
         Dirichlet concentration (> 0); smaller is more heterogeneous.
     classes_per_client : int
@@ -124,24 +133,34 @@ def partition_indices(labels: np.ndarray, num_clients: int, scheme: str, *, alph
         Seed; the partition is deterministic for a given seed.
     min_size : int
         Minimum client size for ``"dirichlet"`` (resampled up to 10 times).
+    groups : numpy.ndarray, optional
+        The natural client id of every sample (``"natural"`` only; str or int).
+    by : str
+        The field ``groups`` came from, for messages (``partition.by``).
 
     Returns
     -------
     list of numpy.ndarray
-        Disjoint sorted int64 index arrays, one per client. IID and Dirichlet cover all
-        samples; pathological may leave classes unused when ``num_clients·k < C``.
+        Disjoint sorted int64 index arrays, one per client. IID, Dirichlet and natural
+        cover all samples (natural client ``i`` holds the ``i``-th id of
+        :func:`fednas.data.natural.client_ids`); pathological may leave classes unused when
+        ``num_clients·k < C``.
     """
     labels = np.asarray(labels)
+    if scheme == "natural":
+        check_natural(groups, len(labels), num_clients, by)
     _check_args(labels, num_clients, scheme, alpha, classes_per_client, min_size)
     _quiet_datasets()
     n = len(labels)
     order = np.random.default_rng(seed).permutation(n) if scheme == "iid" else np.arange(n)
-    ds = _label_table_class().from_dict({"label": labels[order].astype(np.int64),
-                                         "idx": order})
+    columns = {"label": labels[order].astype(np.int64), "idx": order}
+    if scheme == "natural":
+        columns["group"] = np.asarray(groups)
+    ds = _label_table_class().from_dict(columns)
     part = _make_partitioner(scheme, num_clients, alpha, classes_per_client, seed, min_size)
     part.dataset = ds
-    try:
-        with warnings.catch_warnings():
+    try:  # NaturalIdPartitioner draws a tqdm bar on stderr
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             parts = [_indices(part.load_partition(i)) for i in range(num_clients)]
     except ValueError as exc:
@@ -189,8 +208,12 @@ def client_train_val(indices: np.ndarray, val_fraction: float,
     return np.sort(indices[perm[n_val:]]), np.sort(indices[perm[:n_val]])
 
 
-def partition_stats(parts: list[np.ndarray], labels: np.ndarray, num_classes: int) -> dict:
+def partition_stats(parts: list[np.ndarray], labels: np.ndarray, num_classes: int, *,
+                    ids: list[str] | None = None, by: str = "") -> dict:
     """JSON-able per-client sizes and class histograms, with a size summary.
+
+    ``ids`` (a natural partition's client ids, field ``by``) add ``"scheme": "natural"``,
+    ``"by"`` and each client's ``"id"``; the other schemes' records stay as they were.
 
     Returns
     -------
@@ -206,6 +229,8 @@ def partition_stats(parts: list[np.ndarray], labels: np.ndarray, num_classes: in
         clients.append({"client": i, "samples": int(len(idx)),
                         "num_classes": int((hist > 0).sum()),
                         "class_hist": [int(h) for h in hist]})
+        if ids is not None:
+            clients[-1]["id"] = ids[i]
     sizes = np.array([c["samples"] for c in clients], dtype=np.float64)
     summary = {
         "num_clients": len(parts),
@@ -217,4 +242,6 @@ def partition_stats(parts: list[np.ndarray], labels: np.ndarray, num_classes: in
         "mean_classes_per_client": (float(np.mean([c["num_classes"] for c in clients]))
                                     if clients else 0.0),
     }
-    return {"clients": clients, "summary": summary}
+    if ids is None:
+        return {"clients": clients, "summary": summary}
+    return {"scheme": "natural", "by": by, "clients": clients, "summary": summary}

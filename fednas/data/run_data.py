@@ -38,14 +38,17 @@ def meta_train_raw(setup: Any) -> RawData:
                    names)
 
 
-def run_dataset(d: DataConfig, seed: int, meta: Any = None) -> Dataset:
+def run_dataset(d: DataConfig, seed: int, meta: Any = None,
+                group_by: str | None = None) -> Dataset:
     """The training data of ``[data]`` (``d``), split and normalised with ``seed``.
 
     ``meta`` (a :class:`fednas.meta.setup.MetaSetup`) is needed for ``meta-train`` only (see
-    the module docstring).
+    the module docstring); ``group_by`` (``PartitionConfig.group_by()``) loads the natural
+    client ids of the train split.
     """
     if d.dataset == META_TRAIN and meta is None:
         raise ValueError("run_dataset: data.dataset = 'meta-train' needs the meta setup")
     raw = meta_train_raw(meta) if d.dataset == META_TRAIN else None
     return load_dataset(d.dataset, root=Path(d.root).expanduser(), val_fraction=d.val_fraction,
-                        seed=seed, download=d.download, max_train=d.max_train, raw=raw)
+                        seed=seed, download=d.download, max_train=d.max_train, raw=raw,
+                        group_by=group_by)

@@ -81,7 +81,8 @@ class LocalClients:
         p = self.setup.partition
         return partition_indices(self.data.train_y.numpy(), p.num_clients, p.scheme,
                                  alpha=p.alpha, classes_per_client=p.classes_per_client,
-                                 seed=self.setup.seed, min_size=p.min_partition_size)
+                                 seed=self.setup.seed, min_size=p.min_partition_size,
+                                 groups=self.data.train_groups, by=self.data.group_field)
 
     def splits(self, pid: int, device: torch.device | None = None) -> tuple[Split, Split]:
         """Client ``pid``'s own train and val splits of its partition (deterministic).

@@ -2,7 +2,8 @@
 
 A checkpoint stores the resolved configuration (every key that can change the numbers) and
 a digest of the data the run trained on (dataset name, sizes, shape, classes, a hash of the
-images and labels of every split, and of the client partitions). ``fednas resume`` compares
+images and labels of every split, of the natural client ids when the run has them, and of
+the client partitions). ``fednas resume`` compares
 both with what the run directory would now load *before* Ray starts, and refuses a resume
 that could not reproduce the interrupted run, naming what changed.
 
@@ -75,6 +76,9 @@ def data_fingerprint(data: Any, parts: list[np.ndarray] | None = None) -> dict[s
         "sizes": [int(len(getattr(data, f"{s}_y"))) for s in splits],
         "content": _digest(t for s in splits for t in (getattr(data, f"{s}_x"),
                                                         getattr(data, f"{s}_y")))}
+    groups = getattr(data, "train_groups", None)
+    if groups is not None:  # natural partitions: absent otherwise, so older digests still match
+        out["groups"] = _digest([np.asarray(groups).astype(str)])
     if parts is not None:
         out["partitions"] = _digest(np.asarray(p, dtype=np.int64) for p in parts)
     return out

@@ -69,7 +69,7 @@ def test_wrong_types_are_named(tmp_path, text, match):
     ("search.lr=-0.1", r"search.lr: must be > 0.0 \(got -0.1\)"),
     ("partition.alpha=0", r"partition.alpha: must be > 0.0 \(got 0.0\)"),
     ("partition.scheme=random", r"partition.scheme: 'random' is not allowed; allowed values: "
-                                r"\['iid', 'dirichlet', 'pathological'\]"),
+                                r"\['iid', 'dirichlet', 'pathological', 'natural'\]"),
     ("data.val-fraction=1.0", r"data.val-fraction: must be < 1.0"),
     ("search.momentum=1.0", r"search.momentum: must be < 1.0"),
     ('space.cell.ops=["skip_connect", "conv_9x9"]', r"space.cell.ops: \['conv_9x9'\] not allowed"),
