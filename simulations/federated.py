@@ -40,6 +40,7 @@ from simulations.meta_rounds import MetaRounds
 from simulations.phase_strategy import check_strategy, phase_strategy
 from simulations.round_loop import RoundLoop, RunPaused
 from simulations.runner import MODEL_NAME, Runner
+from simulations.tier_phases import Tiers
 from strategies.cohorts import Cohorts
 from strategies.dp import privacy_summary
 
@@ -69,6 +70,7 @@ class FederatedPipeline(Runner):
         self.result: tuple[Path, dict[str, Any]] | None = None
         self.error: BaseException | None = None
         self.compression = Compression(self)
+        self.tiers = Tiers(self)
         self.meta = MetaRounds(self)
         self.loop = RoundLoop(cfg.federation, cfg.privacy.epsilon_budget, self.console,
                               self.state, cfg.seed)
@@ -112,6 +114,10 @@ class FederatedPipeline(Runner):
             state.genotype = ck.get("genotype")
         note_run_dir(self.rundir.path)  # a bug's traceback goes there (simulations/crash.py)
         self.console.print(f"[bold]fednas[/] run dir: {self.rundir.path}")
+
+    def partition_record(self) -> dict[str, Any]:
+        """partitions.json, with every client's device tier when ``[devices]`` has tiers."""
+        return self.tiers.record(super().partition_record())
 
     def cohorts(self, phase: str) -> Cohorts | None:
         """The cohort packing of ``phase``'s rounds (None: one client per message).
@@ -192,7 +198,8 @@ class FederatedPipeline(Runner):
         t0 = time.perf_counter()
         space = self.make_space()
         strategy = phase_strategy(cfg, "search", space, self.node_partitions,
-                                  self.state.accountant, cohorts=self.cohorts("search"))
+                                  self.state.accountant, cohorts=self.cohorts("search"),
+                                  allowed=self.tiers.allowed(space))
         test = self._server_test()
         proxy = self.data.val_x[: f.bn_calibration_samples]  # server-side split, no client's
 
@@ -252,22 +259,25 @@ class FederatedPipeline(Runner):
 
     def train_fixed(self, phase: str, spec: dict[str, Any], *,
                     init: torch.nn.Module | None = None, rounds: int = 0,
-                    wrap: Any = None) -> dict[str, Any]:
+                    wrap: Any = None, clients: dict[int, int] | None = None,
+                    model_name: str = "") -> dict[str, Any]:
         """FedAvg of a fixed model (derived subnet or baseline) for ``subnet-rounds``.
 
         ``init`` gives the initial weights (a model built from ``spec``), ``rounds`` overrides
-        the round count, ``wrap`` wraps the strategy (see :func:`phase_strategy`).
+        the round count, ``wrap`` wraps the strategy (see :func:`phase_strategy`),
+        ``clients`` restricts the rounds to those nodes (node id -> partition id; a device
+        tier's), ``model_name`` names the saved weights (default: the phase's).
         """
         cfg, f, r = self.cfg, self.cfg.federation, self.cfg.retrain
         t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed + PHASE_SEED[phase])
+        torch.manual_seed(cfg.seed + PHASE_SEED.get(phase, sum(map(ord, phase))))
         model = self.fixed_model(spec)
         if init is not None:
             model = init.cpu()
         elif phase in ("retrain", "random") and r.inherit_weights and not (r.channels
                                                                            or r.layers):
             model = self.trained_supernet().subnet(spec["genotype"])
-        strategy = phase_strategy(cfg, phase, None, self.node_partitions,
+        strategy = phase_strategy(cfg, phase, None, clients or self.node_partitions,
                                   self.state.accountant, wrap=wrap, cohorts=self.cohorts(phase))
         test = self._server_test()
         extra = {"model": encode_spec(spec)}
@@ -297,7 +307,7 @@ class FederatedPipeline(Runner):
         model.load_state_dict(state)
         final = evaluate(model, self._split("test"), batch_size=cfg.runtime.eval_batch_size,
                          device=self.device)
-        self.rundir.save_model(MODEL_NAME[phase], model, spec=spec)
+        self.rundir.save_model(model_name or MODEL_NAME[phase], model, spec=spec)
         self.timings[phase] = self.elapsed(phase, t0)
         return {"test_acc": final["eval_acc"], "test_loss": final["eval_loss"],
                 "params": count_params(model), "flops": count_flops(model, self.data.input_shape),

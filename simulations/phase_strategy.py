@@ -49,7 +49,8 @@ def check_strategy(cfg: RunConfig) -> type[FedNAS]:
 def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
                    node_partitions: dict[int, int], accountant: Any = None,
                    wrap: Callable[[FedNAS], Any] | None = None,
-                   cohorts: Cohorts | None = None) -> Any:
+                   cohorts: Cohorts | None = None,
+                   allowed: dict[int, Any] | None = None) -> Any:
     """The strategy of ``phase`` (``space`` for the search, None for fixed-model training).
 
     ``accountant`` (the run's :class:`fednas.privacy.mechanism.PrivacyAccountant`) turns on central
@@ -58,15 +59,21 @@ def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
     the strategy in :class:`strategies.fedex.FedExWrapper`; ``wrap`` (e.g.
     :class:`strategies.feddf.FedDF`) wraps the FedNAS strategy first;
     ``privacy.secure-aggregation`` makes it a :class:`strategies.secagg.SecAggFedNAS`;
-    ``cohorts`` turns on cohort messages (:mod:`strategies.cohorts`).
+    ``cohorts`` turns on cohort messages (:mod:`strategies.cohorts`); ``allowed`` maps
+    partition ids to their device tier's candidates (:mod:`fednas.federated.tiers`).
+    ``node_partitions`` may be a subset of the run's nodes (a tier's clients): at most that
+    many clients are then required per round.
     """
     f = cfg.federation
     dp = None
     if accountant is not None:
         from strategies.dp import CentralDP
 
-        dp = CentralDP(cfg.privacy, accountant, seed=cfg.seed + 31 + PHASE_OFFSET[phase])
-    common = {"fraction_train": f.fraction_train, "min_train_nodes": f.min_fit_clients,
+        dp = CentralDP(cfg.privacy, accountant,
+                       seed=cfg.seed + 31 + PHASE_OFFSET.get(phase, 7 + sum(map(ord, phase))))
+    common = {"fraction_train": f.fraction_train,
+              "min_train_nodes": min(f.min_fit_clients,
+                                     len(node_partitions) or f.min_fit_clients),
               "server_lr": f.server_lr, "server_momentum": f.server_momentum, "dp": dp,
               "cls": check_strategy(cfg)}
     if cfg.privacy.secure_aggregation:  # config validation rules out shards, DP and FedEx
@@ -82,6 +89,7 @@ def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
                                  min_evaluate_nodes=1, **common)
     strategy.node_partitions = node_partitions
     strategy.cohorts = cohorts
+    strategy.allowed = dict(allowed or {})
     if wrap is not None:
         strategy = wrap(strategy)
     if not cfg.fedex.enabled:

@@ -34,6 +34,11 @@ class DevicesConfig:
                             doc="what a fractional budget refers to: the largest subnet of the "
                                 "search space, or the hand-designed baseline of [baseline]")
     seed: int = option(0, ge=0, doc="the tier draw uses the run seed + this offset")
+    fine_tune: str = option("able", choices=("able", "own"),
+                            doc="who fine-tunes a tier's model in the 'tiers' phase: every "
+                                "client whose device can run it (its tier and those with "
+                                "larger budgets; more data for the small models), or only the "
+                                "tier's own clients")
 
     def check(self) -> None:
         n = len(self.names)
@@ -81,6 +86,9 @@ def check_devices(cfg: Any) -> None:
     """The tiers' constraints on the rest of the run config (``cfg``)."""
     d = cfg.devices
     if not d.tiers:
+        if "tiers" in cfg.phases:
+            raise ConfigError("phases: 'tiers' trains one model per device tier; set "
+                              "[devices] names, fractions and budgets")
         return
     if cfg.mode != "federated":
         raise ConfigError('devices.names: device tiers are clients of a federation; set '
@@ -92,6 +100,15 @@ def check_devices(cfg: Any) -> None:
     if d.tiers > cfg.partition.num_clients:
         raise ConfigError(f"devices.names: {d.tiers} tiers need at least as many clients; "
                           f"partition.num-clients = {cfg.partition.num_clients}")
+    if cfg.privacy.mode != "off" or cfg.privacy.secure_aggregation:
+        raise ConfigError("devices.names: device tiers with differential privacy or secure "
+                          "aggregation are not supported yet (their accounting assumes every "
+                          "client can train every region); turn privacy off")
+    if "tiers" in cfg.phases and cfg.compression.teacher == "searched" \
+            and "retrain" not in cfg.phases:
+        raise ConfigError("compression.teacher: 'searched' distils the retrained searched "
+                          "subnet into every tier's model; add 'retrain' to phases or pick "
+                          "'supernet' / 'none'")
     if d.reference == "baseline" and cfg.baseline.model != "cnn":
         raise ConfigError("devices.reference: 'baseline' budgets are fractions of the "
                           "hand-designed CNN; set baseline.model = 'cnn' or use 'largest'")
