@@ -184,7 +184,7 @@ def smallest_cost(space: SearchSpace) -> Cost:
     """
     units = _units(space)
     if units.smallest is None:
-        zeros = [torch.zeros(a.shape) for a in space.arch_parameters()]
+        zeros = [torch.zeros(a.shape) for a in space.alpha_parameters()]
         out = []
         for d in range(2):
             choice = [min(range(len(opts)), key=lambda k, o=opts: (o[k][d], o[k][1 - d]))
@@ -243,8 +243,10 @@ def _greedy(units: _Units, scores: list[list[float]], limits: Limits) -> list[in
 
 
 def alpha_scores(space: SearchSpace) -> list[torch.Tensor]:
-    """softmax(α) of every α tensor (on the CPU): the default importance of each candidate."""
-    return [a.detach().float().softmax(-1).cpu() for a in space.arch_parameters()]
+    """softmax(α) of every α tensor (on the CPU): the default importance of each candidate
+    (:meth:`SearchSpace.alpha_weights`: times softmax(β) under the cell space's edge
+    normalisation)."""
+    return [w.detach().float().cpu() for w in space.alpha_weights()]
 
 
 def derive_under_budget(space: SearchSpace, budget_abs: Limits, mode: str = "alpha",
@@ -278,7 +280,7 @@ def derive_under_budget(space: SearchSpace, budget_abs: Limits, mode: str = "alp
     if mode == "alpha":
         matrices = alpha_scores(space)
     elif mode == "perturbation":
-        shapes = [tuple(a.shape) for a in space.arch_parameters()]
+        shapes = [tuple(a.shape) for a in space.alpha_parameters()]
         if scores is None or [tuple(s.shape) for s in scores] != shapes:
             raise ConfigError(f"compression.selection: 'perturbation' needs scores of shapes "
                               f"{shapes} (see perturbation_scores)")

@@ -43,14 +43,14 @@ def op_costs(space: SearchSpace) -> list[torch.Tensor]:
     """Relative cost (params at the search width, max = 1) of every candidate, α-shaped."""
     if space.space_name == "width":
         w = torch.tensor(space.width_choices, dtype=torch.float32)
-        return [w / w.max() for _ in space.arch_parameters()]
+        return [w / w.max() for _ in space.alpha_parameters()]
     from fednas.spaces.ops import OPS
 
     c = space.channels
     params = torch.tensor([float(sum(p.numel() for p in OPS[name](c, 1, True).parameters()))
                            for name in space.op_names])
     params = params / params.max().clamp(min=1.0)
-    return [params.expand_as(a).clone() for a in space.arch_parameters()]
+    return [params.expand_as(a).clone() for a in space.alpha_parameters()]
 
 
 @torch.no_grad()
@@ -120,7 +120,7 @@ def casd_step(space: SearchSpace, state: dict[str, torch.Tensor], limits,
     losses = block_losses(student, space, x, batch_size=c.batch_size, device=device)
     weights = _penalty_rows(space, losses)
     names = {id(p): n for n, p in space.named_parameters()}
-    for alpha, cost, w in zip(space.arch_parameters(), op_costs(space), weights, strict=True):
+    for alpha, cost, w in zip(space.alpha_parameters(), op_costs(space), weights, strict=True):
         key = names[id(alpha)]
         state[key] = (state[key] - c.casd_penalty * w * cost).to(state[key].dtype)
     return {"casd_student_params": derivation["params"], "casd_student_flops":

@@ -37,10 +37,14 @@ def perturbation_scores(space: SearchSpace, data: Split, device: torch.device,
     Returns
     -------
     list[torch.Tensor]
-        CPU tensors shaped like ``space.arch_parameters()``: full accuracy minus accuracy
+        CPU tensors shaped like ``space.alpha_parameters()``: full accuracy minus accuracy
         without the candidate (higher = more important; 0 for a row's only candidate).
+        Other arch parameters (the cell space's edge-normalisation β) are not scored; they
+        stay in every mask and weigh the supernet's edges as trained.
     """
-    alphas, saved = space.arch_parameters(), space.shard
+    arch, saved = space.arch_parameters(), space.shard
+    alphas = space.alpha_parameters()
+    slot = {id(p): i for i, p in enumerate(arch)}  # mask index of each α tensor
     out = [torch.zeros(a.shape) for a in alphas]
     # The width space can be switched to hard widths; score its α mixture instead.
     mixture = space.active_widths(None) if hasattr(space, "active_widths") else nullcontext()
@@ -51,8 +55,8 @@ def perturbation_scores(space: SearchSpace, data: Split, device: torch.device,
             for t, a in enumerate(alphas):  # α tensors are (rows, candidates) or (candidates,)
                 n = a.shape[-1]
                 for row, k in itertools.product(range(a.numel() // n), range(n if n > 1 else 0)):
-                    masks = [torch.ones(b.shape, dtype=torch.bool) for b in alphas]
-                    masks[t].view(-1, n)[row, k] = False
+                    masks = [torch.ones(b.shape, dtype=torch.bool) for b in arch]
+                    masks[slot[id(a)]].view(-1, n)[row, k] = False
                     space.set_shard(masks)
                     acc = evaluate(space, data, batch_size=batch_size, device=device)["eval_acc"]
                     out[t].view(-1, n)[row, k] = base - acc

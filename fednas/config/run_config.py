@@ -70,10 +70,19 @@ class CellSpaceConfig:
     nodes: int = option(4, ge=1, doc="intermediate nodes per cell")
     stem_stride: int = option(2, choices=(1, 2), doc="2: search 28×28 inputs at 14×14")
     ops: tuple[str, ...] = option(DARTS_OPS, subset_of=tuple(OPS), doc="candidate ops")
+    partial_channels: int = option(1, ge=1, doc="PC-DARTS K: MixedOps run on 1/K of the "
+                                   "channels (1 = off; must divide channels); the derived "
+                                   "subnet's cell ops then start fresh, not inherited")
+    edge_normalisation: bool = option(False, doc="PC-DARTS β: softmax-weighted edges per "
+                                      "node; derivation ranks by softmax(α)·softmax(β)")
 
     def check(self) -> None:
         if self.channels % 2:
             raise ConfigError(f"space.cell.channels: must be even (got {self.channels})")
+        if self.channels % self.partial_channels:  # later cells have 2^r × channels
+            raise ConfigError(f"space.cell.partial-channels = {self.partial_channels} must "
+                              f"divide the channel count of every cell, but cell 0 has "
+                              f"{self.channels} channels")
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,8 @@ class TrainConfig:
     grad_clip: float = option(5.0, gt=0.0, doc="L2 bound of the weight gradients",
                               inf="no clipping")
     label_smoothing: float = option(0.0, ge=0.0, lt=1.0)
-    inherit_weights: bool = option(True, doc="start from the supernet's weights")
+    inherit_weights: bool = option(True, doc="start from the supernet's weights (not the "
+                                   "cell ops under space.cell.partial-channels > 1)")
     channels: int = option(0, ge=0, doc="cell space: retrain width (0 = search width)")
     layers: int = option(0, ge=0, doc="cell space: retrain depth (0 = search depth)")
 

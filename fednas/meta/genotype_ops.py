@@ -17,6 +17,7 @@ import torch
 
 from fednas.errors import ConfigError
 from fednas.spaces.base import Genotype, SearchSpace
+from fednas.spaces.pcdarts import node_log_softmax
 
 KINDS = ("normal", "reduce")
 Sampler = Callable[[torch.Generator], Genotype]
@@ -28,12 +29,14 @@ def check_cell_space(space: SearchSpace) -> None:
 
 
 def genotype_masks(space: SearchSpace, genotype: Genotype) -> list[torch.Tensor]:
-    """One-op-per-edge shard masks (normal, reduce) that make the supernet ``genotype``."""
+    """One-op-per-edge shard masks (normal, reduce) that make the supernet ``genotype``,
+    then all-True masks for any other arch parameters (edge normalisation's β, which then
+    still weighs each node's two edges)."""
     check_cell_space(space)
     space.check_genotype(genotype)
     ops = space.op_names
     masks = []
-    for kind, alpha in zip(KINDS, space.arch_parameters(), strict=True):
+    for kind, alpha in zip(KINDS, space.alpha_parameters(), strict=True):
         mask = torch.zeros(alpha.shape, dtype=torch.bool)
         mask[:, ops.index("none")] = True
         for k, (op, j) in enumerate(genotype[kind]):
@@ -43,7 +46,7 @@ def genotype_masks(space: SearchSpace, genotype: Genotype) -> list[torch.Tensor]
             mask[edge] = False
             mask[edge, ops.index(op)] = True
         masks.append(mask)
-    return masks
+    return masks + [torch.ones(b.shape, dtype=torch.bool) for b in space.beta_parameters()]
 
 
 def genotype_key(genotype: Genotype) -> str:
@@ -93,10 +96,11 @@ class ArchPrior:
 
     α is copied when the prior is made. Per node, two distinct inputs are drawn without
     replacement with probability ∝ ``w_j ** (1 / temperature)``, ``w_j`` being edge j's
-    strongest non-``none`` softmax(α) weight (what the supernet's ``genotype()`` ranks edges
-    by); each chosen edge's op is drawn from softmax(α / temperature) over its non-``none``
-    ops. :meth:`mode` is the supernet's derived genotype; as ``temperature`` → 0 every draw
-    is the mode. :meth:`log_prob` scores a genotype by the same factors (inputs as if drawn
+    strongest non-``none`` softmax(α) weight, times its node-softmax(β) under edge
+    normalisation (what the supernet's ``genotype()`` ranks edges by); each chosen edge's
+    op is drawn from softmax(α / temperature) over its non-``none`` ops. :meth:`mode` is
+    the supernet's derived genotype; as ``temperature`` → 0 every draw is the mode.
+    :meth:`log_prob` scores a genotype by the same factors (inputs as if drawn
     independently), to break fitness ties in favour of what the prior prefers.
     """
 
@@ -108,11 +112,15 @@ class ArchPrior:
         self._mode = space.genotype()
         self._keep = [k for k, name in enumerate(space.op_names) if name != "none"]
         self._ops = list(space.op_names)
+        alphas = dict(zip(KINDS, space.alpha_parameters(), strict=True))
         self._logits = {kind: alpha.detach().cpu().double()[:, self._keep] / temperature
-                        for kind, alpha in zip(KINDS, space.arch_parameters(), strict=True)}
+                        for kind, alpha in alphas.items()}
         self._edge_logw = {kind: alpha.detach().cpu().double().log_softmax(-1)[:, self._keep]
-                           .amax(-1) / temperature
-                           for kind, alpha in zip(KINDS, space.arch_parameters(), strict=True)}
+                           .amax(-1) for kind, alpha in alphas.items()}
+        for kind, beta in zip(KINDS, space.beta_parameters(), strict=False):  # edge norm.
+            self._edge_logw[kind] = self._edge_logw[kind] + node_log_softmax(
+                beta.detach().cpu().double(), space.nodes)
+        self._edge_logw = {kind: w / temperature for kind, w in self._edge_logw.items()}
 
     def mode(self) -> Genotype:
         """The genotype α prefers (a copy)."""

@@ -43,6 +43,10 @@ KINDS = ("searched", "supernet", "conv4", "conv4-pretrained", "metanas", "metana
          "atnas-supernet", "atnas-prior", "dap")
 
 
+# [space.*] keys added after weights were first stored: left out of the key while at these
+# (their default) values, so the keys of earlier settings, and their files, stay the same
+LATER_SPACE_KEYS = {"cell": {"partial_channels": 1, "edge_normalisation": False}}
+
 RUN_WEIGHTS = ("supernet.pt", "searched.pt")  # the run's files meta-models start from
 PRETRAINED = {"conv4-pretrained": ("baseline.pt",)}  # kinds that start from other files
 
@@ -69,6 +73,17 @@ def run_weights(run_dir: Path | None, names: tuple[str, ...] = RUN_WEIGHTS) -> d
             if (Path(run_dir) / name).is_file()}
 
 
+def _space_key(setup: MetaSetup) -> dict[str, Any]:
+    """``[space]`` as a dict, without the :data:`LATER_SPACE_KEYS` at their defaults."""
+    space = dataclasses.asdict(setup.space)
+    for section, defaults in LATER_SPACE_KEYS.items():
+        sub = space.get(section, {})
+        for key, default in defaults.items():
+            if key in sub and sub[key] == default:
+                del sub[key]
+    return space
+
+
 def training_key(setup: MetaSetup, what: str, shots: int, run_dir: Path | None = None
                  ) -> dict[str, Any]:
     """The settings that determine the meta-trained weights of ``what`` at ``shots``.
@@ -83,7 +98,7 @@ def training_key(setup: MetaSetup, what: str, shots: int, run_dir: Path | None =
     key: dict[str, Any] = {
         "what": what, "shots": shots, "seed": setup.seed,
         "meta": {k: v for k, v in dataclasses.asdict(m).items() if k not in EVAL_ONLY},
-        "space": dataclasses.asdict(setup.space),
+        "space": _space_key(setup),
         "retrain": {"channels": setup.retrain.channels, "layers": setup.retrain.layers}}
     if what == "dap":  # the pruned source: its weights and DAP's settings
         key["dap"] = dataclasses.asdict(m.dap)

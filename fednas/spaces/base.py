@@ -35,7 +35,19 @@ class SearchSpace(nn.Module, ABC):
 
     @abstractmethod
     def arch_parameters(self) -> list[nn.Parameter]:
-        """Architecture parameters α (one tensor per edge or layer)."""
+        """Architecture parameters α (one tensor per edge or layer), and any others the
+        space has (the cell space's edge-normalisation β): what the α optimiser trains, the
+        server aggregates and shards mask (one mask per tensor)."""
+
+    def alpha_parameters(self) -> list[nn.Parameter]:
+        """The arch parameters that score candidates (``rows × candidates``): what plots,
+        α entropy, budgets and DARTS-PT read. By default all of :meth:`arch_parameters`."""
+        return self.arch_parameters()
+
+    def alpha_weights(self) -> list[torch.Tensor]:
+        """What derivation ranks candidates by, one tensor per :meth:`alpha_parameters` tensor:
+        softmax(α) by default (the cell space multiplies in edge normalisation's β)."""
+        return [a.softmax(-1) for a in self.alpha_parameters()]
 
     @abstractmethod
     def genotype(self) -> Genotype:
@@ -82,7 +94,7 @@ class SearchSpace(nn.Module, ABC):
     def candidate_names(self) -> list[str]:
         """Names of the candidates along the last axis of every α tensor (plots, reports);
         by default their indices. The cell space names its ops, the width space its widths."""
-        return [str(i) for i in range(self.arch_parameters()[0].shape[-1])]
+        return [str(i) for i in range(self.alpha_parameters()[0].shape[-1])]
 
     def weights(self) -> list[nn.Parameter]:
         """All trainable parameters that are not architecture parameters."""

@@ -3,6 +3,8 @@
 Each cell has two input nodes (the two previous cells' outputs), ``nodes`` intermediate
 nodes, and one MixedOp edge from every earlier node to every intermediate node. α has one
 row per edge and one column per candidate op, shared by all normal (resp. reduction) cells.
+PC-DARTS' partial channel connections and edge normalisation (β) are options
+(:mod:`fednas.spaces.pcdarts`).
 """
 
 from __future__ import annotations
@@ -14,19 +16,43 @@ from fednas.errors import ConfigError
 from fednas.spaces.base import Genotype, SearchSpace
 from fednas.spaces.cellnet import CellNetwork, macro_layout, make_preprocess, make_stem
 from fednas.spaces.ops import DARTS_OPS, OPS
+from fednas.spaces.pcdarts import (
+    PartialBypass,
+    channel_shuffle,
+    check_partial_channels,
+    node_offsets,
+    node_softmax,
+)
 from fednas.spaces.registry import register_space
 
 
 class MixedOp(nn.Module):
-    """Softmax(α)-weighted sum of the candidate ops on one edge. ``none`` is never computed."""
+    """Softmax(α)-weighted sum of the candidate ops on one edge. ``none`` is never computed.
 
-    def __init__(self, c: int, stride: int, op_names: tuple[str, ...]) -> None:
+    With ``partial`` = K > 1 (PC-DARTS) the ops are built for ``c // K`` channels and see
+    only the first ``c // K`` input channels; the rest bypass them (:class:`PartialBypass`)
+    and the concatenation is channel-shuffled with K groups.
+    """
+
+    def __init__(self, c: int, stride: int, op_names: tuple[str, ...], partial: int = 1) -> None:
         super().__init__()
         self.op_names = op_names
-        self.ops = nn.ModuleDict({name: OPS[name](c, stride, True) for name in op_names})
+        self.partial = partial
+        self.ops = nn.ModuleDict({name: OPS[name](c // partial, stride, True)
+                                  for name in op_names})
+        self.bypass = PartialBypass(stride) if partial > 1 else None
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
                 active: list[bool] | None = None) -> torch.Tensor:
+        if self.bypass is None:
+            return self._mix(x, weights, active)
+        part = x.shape[1] // self.partial
+        mixed = self._mix(x[:, :part], weights, active)
+        return channel_shuffle(torch.cat([mixed, self.bypass(x[:, part:])], dim=1),
+                               self.partial)
+
+    def _mix(self, x: torch.Tensor, weights: torch.Tensor,
+             active: list[bool] | None) -> torch.Tensor:
         out: torch.Tensor | None = None
         for k, (w, name) in enumerate(zip(weights, self.op_names, strict=True)):
             if name == "none" or (active is not None and not active[k]):
@@ -39,10 +65,10 @@ class MixedOp(nn.Module):
 
 
 class SearchCell(nn.Module):
-    """One cell of the supernet: every edge is a :class:`MixedOp`."""
+    """One cell of the supernet: every edge is a :class:`MixedOp` (``partial``: its K)."""
 
     def __init__(self, nodes: int, c_pp: int, c_p: int, c: int, reduction: bool,
-                 reduction_prev: bool, op_names: tuple[str, ...]) -> None:
+                 reduction_prev: bool, op_names: tuple[str, ...], partial: int = 1) -> None:
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
@@ -51,18 +77,23 @@ class SearchCell(nn.Module):
         for i in range(nodes):
             for j in range(2 + i):
                 stride = 2 if reduction and j < 2 else 1
-                self.edges.append(MixedOp(c, stride, op_names))
+                self.edges.append(MixedOp(c, stride, op_names, partial))
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor,
-                active: list[list[bool]] | None = None) -> torch.Tensor:
+                active: list[list[bool]] | None = None,
+                edge_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``weights``: softmax(α) rows; ``edge_weights``: one weight per edge (edge
+        normalisation's per-node softmax(β)), None for the plain sum."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.nodes):
-            node = sum(
-                self.edges[offset + j](h, weights[offset + j],
-                                       None if active is None else active[offset + j])
-                for j, h in enumerate(states)
-            )
+            outs = (self.edges[offset + j](h, weights[offset + j],
+                                           None if active is None else active[offset + j])
+                    for j, h in enumerate(states))
+            if edge_weights is None:
+                node = sum(outs)
+            else:
+                node = sum(edge_weights[offset + j] * y for j, y in enumerate(outs))
             offset += len(states)
             states.append(node)
         return torch.cat(states[2:], dim=1)
@@ -86,12 +117,21 @@ class CellSupernet(SearchSpace):
         Candidate op names (keys of :data:`fednas.spaces.ops.OPS`).
     stem_stride
         Stride of the stem conv: 2 searches 28×28 inputs at 14×14 (≈6× cheaper).
+    partial_channels
+        PC-DARTS' K: each MixedOp's ops see ``C/K`` of its ``C`` channels (1 = off). The ops
+        are then narrower than a derived subnet's, so :meth:`subnet` initialises its cell ops
+        afresh (stem, preprocessing and classifier are still copied).
+    edge_normalisation
+        PC-DARTS' β (``beta_normal``, ``beta_reduce``: one row per edge, shape
+        ``(edges, 1)``): a node weighs its incoming edges by softmax(β) over them, and
+        derivation ranks by softmax(α)·softmax(β). β follows α in :meth:`arch_parameters`.
     """
 
     def __init__(self, *, input_shape: tuple[int, int, int], num_classes: int,
                  channels: int = 8, layers: int = 4, nodes: int = 4,
                  ops: tuple[str, ...] = DARTS_OPS, stem_stride: int = 1,
-                 stem_multiplier: int = 3) -> None:
+                 stem_multiplier: int = 3, partial_channels: int = 1,
+                 edge_normalisation: bool = False) -> None:
         super().__init__()
         ops = tuple(ops)
         unknown = [o for o in ops if o not in OPS]
@@ -105,37 +145,59 @@ class CellSupernet(SearchSpace):
         self.op_names = ops
         self.channels, self.layers, self.nodes = channels, layers, nodes
         self.stem_stride, self.stem_multiplier = stem_stride, stem_multiplier
+        layout = list(macro_layout(layers, channels, nodes, stem_multiplier))
+        check_partial_channels(partial_channels, [cell[-1] for cell in layout])
+        self.partial_channels, self.edge_normalisation = partial_channels, edge_normalisation
         self.stem = make_stem(input_shape[0], stem_multiplier * channels, stem_stride)
         self.cells = nn.ModuleList()
         c = channels
-        for reduction, reduction_prev, c_pp, c_p, c in macro_layout(layers, channels, nodes,
-                                                                    stem_multiplier):
-            self.cells.append(SearchCell(nodes, c_pp, c_p, c, reduction, reduction_prev, ops))
+        for reduction, reduction_prev, c_pp, c_p, c in layout:
+            self.cells.append(SearchCell(nodes, c_pp, c_p, c, reduction, reduction_prev, ops,
+                                         partial_channels))
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(nodes * c, num_classes)
         num_edges = sum(2 + i for i in range(nodes))
         self.alpha_normal = nn.Parameter(1e-3 * torch.randn(num_edges, len(ops)))
         self.alpha_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, len(ops)))
+        if edge_normalisation:  # as PC-DARTS initialises β
+            self.beta_normal = nn.Parameter(1e-3 * torch.randn(num_edges, 1))
+            self.beta_reduce = nn.Parameter(1e-3 * torch.randn(num_edges, 1))
 
     def arch_parameters(self) -> list[nn.Parameter]:
+        """``[α_normal, α_reduce]``, then ``[β_normal, β_reduce]`` with edge normalisation
+        (β's rows have one candidate each, so shards always keep them)."""
+        return [*self.alpha_parameters(), *self.beta_parameters()]
+
+    def alpha_parameters(self) -> list[nn.Parameter]:
         return [self.alpha_normal, self.alpha_reduce]
 
-    def edge_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Softmax(α) for normal and reduction cells, shape ``(edges, ops)`` each.
+    def beta_parameters(self) -> list[nn.Parameter]:
+        """Edge normalisation's ``[β_normal, β_reduce]``; empty without it."""
+        return [self.beta_normal, self.beta_reduce] if self.edge_normalisation else []
 
-        Under a shard, the softmax is renormalised over each edge's active candidates.
-        """
-        return self.alpha_normal.softmax(dim=-1), self.alpha_reduce.softmax(dim=-1)
+    def edge_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What derivation ranks by, for normal and reduction cells, shape ``(edges, ops)``:
+        softmax(α), times each edge's node-softmax(β) with edge normalisation."""
+        weights = self.alpha_normal.softmax(dim=-1), self.alpha_reduce.softmax(dim=-1)
+        if not self.edge_normalisation:
+            return weights
+        beta = [node_softmax(b, self.nodes)[:, None] for b in self.beta_parameters()]
+        return weights[0] * beta[0], weights[1] * beta[1]
+
+    def alpha_weights(self) -> list[torch.Tensor]:
+        return list(self.edge_weights())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w_normal, w_reduce = self.shard_softmax()
+        w_normal, w_reduce = self.shard_softmax()[:2]
+        b_normal, b_reduce = ([node_softmax(b, self.nodes) for b in self.beta_parameters()]
+                              or (None, None))
         active = (None, None) if self.shard is None else [m.tolist() for m in self.shard]
         s0 = s1 = self.stem(x)
         for cell in self.cells:
             if cell.reduction:
-                s0, s1 = s1, cell(s0, s1, w_reduce, active[1])
+                s0, s1 = s1, cell(s0, s1, w_reduce, active[1], b_reduce)
             else:
-                s0, s1 = s1, cell(s0, s1, w_normal, active[0])
+                s0, s1 = s1, cell(s0, s1, w_normal, active[0], b_normal)
         return self.classifier(self.pool(s1).flatten(1))
 
     def shard_slices(self, masks: list[torch.Tensor]) -> dict[str, tuple[slice, ...] | None]:
@@ -152,18 +214,17 @@ class CellSupernet(SearchSpace):
         return slices
 
     def _derive(self, weights: torch.Tensor) -> list[list]:
-        """Top-2 incoming edges per node by their best non-``none`` op weight."""
+        """Top-2 incoming edges per node by their best non-``none`` op weight (``weights``:
+        :meth:`edge_weights`, so softmax(α)·softmax(β) with edge normalisation)."""
         ops = self.op_names
         keep = [k for k, name in enumerate(ops) if name != "none"]
         gene: list[list] = []
-        offset = 0
-        for i in range(self.nodes):
-            rows = weights[offset: offset + 2 + i]
-            best = [(float(rows[j, keep].max()), j) for j in range(2 + i)]
+        for offset, n in node_offsets(self.nodes):
+            rows = weights[offset: offset + n]
+            best = [(float(rows[j, keep].max()), j) for j in range(n)]
             for _, j in sorted(best, key=lambda t: (-t[0], t[1]))[:2]:
                 k = keep[int(rows[j, keep].argmax())]
                 gene.append([ops[k], j])
-            offset += 2 + i
         return gene
 
     def candidate_names(self) -> list[str]:
@@ -191,6 +252,10 @@ class CellSupernet(SearchSpace):
                 "reduce": genes["reduce"], "reduce_concat": concat}
 
     def subnet(self, genotype: Genotype) -> CellNetwork:
+        """The genotype's :class:`CellNetwork` with the supernet's weights: the stem, the
+        cells' preprocessing and the classifier always, the kept ops' only when
+        ``partial_channels`` is 1 (with K > 1 the supernet's ops are ``C/K`` wide and the
+        subnet's ``C``: its cell ops keep their fresh initialisation)."""
         self.check_genotype(genotype)
         net = CellNetwork(genotype, input_shape=self.input_shape, num_classes=self.num_classes,
                           channels=self.channels, layers=self.layers,
@@ -201,6 +266,8 @@ class CellSupernet(SearchSpace):
         for super_cell, cell in zip(self.cells, net.cells, strict=True):
             cell.preprocess0.load_state_dict(super_cell.preprocess0.state_dict())
             cell.preprocess1.load_state_dict(super_cell.preprocess1.state_dict())
+            if self.partial_channels > 1:
+                continue
             for op, (name, edge) in zip(cell.ops, cell.edge_ids, strict=True):
                 op.load_state_dict(super_cell.edges[edge].ops[name].state_dict())
         return net

@@ -53,7 +53,7 @@ def alpha_snapshot(space: SearchSpace) -> dict[str, list[list[float]]]:
     if space.space_name == "cell":
         groups = {"normal": space.alpha_normal, "reduce": space.alpha_reduce}
     else:
-        groups = {"layers": torch.stack(list(space.arch_parameters()))}
+        groups = {"layers": torch.stack(list(space.alpha_parameters()))}
     return {k: v.detach().softmax(-1).cpu().tolist() for k, v in groups.items()}
 
 
@@ -63,9 +63,10 @@ def alpha_columns(space: SearchSpace) -> list[str]:
 
 
 def alpha_entropy(space: SearchSpace) -> float:
-    """Mean entropy (nats) of softmax(α) rows: falls as the search commits to choices."""
+    """Mean entropy (nats) of softmax(α) rows: falls as the search commits to choices
+    (α only: the cell space's edge-normalisation β is left out)."""
     ents = []
-    for a in space.arch_parameters():
+    for a in space.alpha_parameters():
         p = a.detach().softmax(-1)
         ents.append(float(-(p * p.clamp_min(1e-12).log()).sum(-1).mean()))
     return float(np.mean(ents))
