@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from fednas.errors import CheckpointError
-from fednas.reporting.fingerprint import changed_data, changed_keys
+from fednas.reporting.fingerprint import changed_data, changed_keys, config_fingerprint
 
 LATEST = "checkpoints/latest.pt"
 REQUIRED = frozenset({"phase", "round", "state", "strategy", "metrics_count"})
@@ -94,7 +94,10 @@ def verify_config(checkpoint: Mapping[str, Any], fingerprint: Mapping[str, Any],
     saved = (checkpoint.get("fingerprint") or {}).get("config")
     if saved is None:
         return False
-    changed = changed_keys(saved, fingerprint)
+    from fednas.config.run_config import RunConfig
+    from fednas.config.tools import to_dict
+
+    changed = changed_keys(saved, fingerprint, config_fingerprint(to_dict(RunConfig())))
     if changed:
         shown = ", ".join(f"{k} ({_short(saved.get(k, '<absent>'))} → "
                           f"{_short(fingerprint.get(k, '<absent>'))})" for k in changed[:6])

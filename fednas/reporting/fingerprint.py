@@ -50,10 +50,21 @@ def config_fingerprint(config: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in _flat(config).items() if k not in RESUMABLE}
 
 
-def changed_keys(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two :func:`config_fingerprint` results (a key
-    present in only one of them counts as changed)."""
-    return sorted(k for k in set(saved) | set(now) if saved.get(k, ...) != now.get(k, ...))
+def changed_keys(saved: Mapping[str, Any], now: Mapping[str, Any],
+                 defaults: Mapping[str, Any] | None = None) -> list[str]:
+    """Dotted keys whose values differ between two :func:`config_fingerprint` results.
+
+    A key present in only one of them counts as changed, unless ``defaults`` (the
+    fingerprint of the default config) says it holds its default value: a key that fednas
+    added after the checkpoint was written, left at its default, is what the older run
+    computed (new keys are added with defaults that keep the earlier behaviour).
+    """
+    defaults = defaults or {}
+
+    def value(side: Mapping[str, Any], key: str) -> Any:
+        return side[key] if key in side else defaults.get(key, ...)
+
+    return sorted(k for k in set(saved) | set(now) if value(saved, k) != value(now, k))
 
 
 def _digest(arrays: Iterable[torch.Tensor | np.ndarray]) -> str:

@@ -132,3 +132,17 @@ def test_reopened_run_dir_counts_and_truncates_side_logs(tmp_path):
     assert read_jsonl(run.path / "clients.jsonl") == [{"i": 0}, {"i": 1}]
     assert sorted(p.name for p in run.path.iterdir()) == ["clients.jsonl", "config.toml",
                                                           "plots"]
+
+
+def test_keys_added_after_the_checkpoint_pass_at_their_defaults(tmp_path):
+    """A checkpoint from before a key existed resumes while the key keeps its default."""
+    from fednas.config.run_config import RunConfig
+    from fednas.config.tools import to_dict
+
+    now = config_fingerprint(to_dict(RunConfig()))
+    older = {k: v for k, v in now.items() if not k.startswith("devices.")}
+    assert older != now and verify_config({"fingerprint": {"config": older}}, now, tmp_path)
+    moved = {**now, "devices.seed": 3}
+    with pytest.raises(CheckpointError, match=r"devices\.seed \('<absent>' → 3\)"):
+        verify_config({"fingerprint": {"config": older}}, moved, tmp_path)
+    assert changed_keys(older, now) == sorted(set(now) - set(older))  # without defaults
