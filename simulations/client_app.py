@@ -10,6 +10,8 @@ Routes
                   global state once, each member's config; run by
                   ``fednas/federated/cohort.py`` (fixed models vectorised), one reply;
                   ``evaluate.cohort`` the same for federated evaluation
+``train.dap``     DAP's gate steps with the weights frozen (``compression.dap-rounds``); only
+                  the gate logits come back
 ``train.meta``    a federated Reptile round of the meta phase on the client's own share of the
                   meta-train classes (``fednas/meta/fedmeta_client.py``)
 ``query.secagg_advertise``, ``query.secagg_share``, ``train.secagg``, ``query.secagg_unmask``
@@ -164,6 +166,18 @@ def make_client_app(cfg: RunConfig | None = None) -> ClientApp:
         threads(run_cfg)
         conf = msg.content["config"]
         out, metrics = local_clients(run_cfg).train(
+            int(conf["partition-id"]), int(conf["server-round"]),
+            to_state_dict(msg.content["arrays"]), client.decode_spec(str(conf["model"])),
+            dict(conf))
+        return Message(RecordDict({"arrays": to_record(out),
+                                   "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+    @app.train("dap")
+    def dap(msg: Message, context: Context) -> Message:
+        run_cfg = resolve(context)
+        threads(run_cfg)
+        conf = msg.content["config"]
+        out, metrics = local_clients(run_cfg).dap_gates(
             int(conf["partition-id"]), int(conf["server-round"]),
             to_state_dict(msg.content["arrays"]), client.decode_spec(str(conf["model"])),
             dict(conf))

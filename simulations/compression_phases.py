@@ -171,9 +171,14 @@ class Compression:
         t0 = time.perf_counter()
         limits, budget = self._limits()
         cfg = self.run.cfg
-        self._dap_student, record = dap_student(
-            self.run.trained_supernet(), limits, cfg.compression, self._proxy(), cfg.seed,
-            self.run.device, cfg.runtime.eval_batch_size)
+        if cfg.compression.dap_rounds:  # gates trained by the clients (Flower rounds)
+            from simulations.dap_rounds import federated_dap_student
+
+            self._dap_student, record = federated_dap_student(self.run, limits)
+        else:
+            self._dap_student, record = dap_student(
+                self.run.trained_supernet(), limits, cfg.compression, self._proxy(), cfg.seed,
+                self.run.device, cfg.runtime.eval_batch_size)
         self.run.rundir.write_json(STUDENT_DAP_FILE, record)
         self._save_record(budget=budget, derivation={
             **{k: v for k, v in record.items() if k != "keep"},

@@ -120,7 +120,8 @@ def penalty(expected: torch.Tensor, limits: Limits, full: tuple[int, int],
 def train_gates(model: nn.Module, gates: DapGates, data: Split, *, budget: Budget,
                 device: torch.device, generator: torch.Generator, steps: int = 200,
                 batch_size: int = 64, lr: float = 0.05, lam: float = 5.0,
-                schedule: Schedule = Schedule(), mode: str = "hinge") -> dict[str, Any]:
+                schedule: Schedule = Schedule(), mode: str = "hinge", offset: int = 0,
+                total: int = 0) -> dict[str, Any]:
     """Train the gate logits ``θ`` on ``data`` with every tensor of ``model`` frozen.
 
     Parameters
@@ -142,6 +143,9 @@ def train_gates(model: nn.Module, gates: DapGates, data: Split, *, budget: Budge
         ``λ >= 0``, weight of the complexity term.
     schedule, mode
         Temperature annealing; ``"hinge"`` or ``"linear"`` penalty.
+    offset, total
+        These steps are ``offset .. offset + steps - 1`` of a schedule of ``total`` steps
+        (federated gate rounds); ``total = 0``: a schedule of its own ``steps``.
 
     Returns
     -------
@@ -177,7 +181,7 @@ def train_gates(model: nn.Module, gates: DapGates, data: Split, *, budget: Budge
     try:
         for step, idx in zip(range(steps), cycle_batches(len(y), batch_size, generator),
                              strict=False):
-            t_prob, t_sample = schedule.at(step, steps)
+            t_prob, t_sample = schedule.at(offset + step, total or steps)
             z = gates.sample(t_prob, t_sample, generator)
             with masked(model, gates, z):
                 task = F.cross_entropy(model(x[idx].to(device)), y[idx].to(device))

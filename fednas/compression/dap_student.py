@@ -36,7 +36,7 @@ from fednas.spaces.base import SearchSpace
 from fednas.training.train import Split, recalibrate_bn
 
 
-def _source(space: SearchSpace, proxy_x: torch.Tensor, batch_size: int,
+def full_width_source(space: SearchSpace, proxy_x: torch.Tensor, batch_size: int,
             device: torch.device) -> nn.Module:
     """The full-width subnet of ``space`` with BN statistics of the proxy images."""
     from fednas.compression.dap import prunable
@@ -96,7 +96,7 @@ def dap_student(space: SearchSpace, limits: Limits, c: CompressionConfig, proxy:
         DAP can reach (one channel per block; named in the message).
     """
     x, y = proxy
-    full = _source(space, x, c.batch_size, device)
+    full = full_width_source(space, x, c.batch_size, device)
     labels = y if c.use_labels else _predictions(full, x, eval_batch_size, device)
     gates = DapGates(full, tuple(x.shape[1:]), group_size=c.dap_group_size)
     budget = _budget(limits)
@@ -123,7 +123,7 @@ def rebuild_student(space: SearchSpace, record: dict[str, Any], c: CompressionCo
                     proxy_x: torch.Tensor, device: torch.device) -> nn.Module:
     """The student of a :func:`dap_student` ``record`` again (no gate training), e.g. after
     a resume: the same source and the recorded kept units give the same weights."""
-    full = _source(space, proxy_x, c.batch_size, device)
+    full = full_width_source(space, proxy_x, c.batch_size, device)
     gates = DapGates(full, tuple(proxy_x.shape[1:]), group_size=c.dap_group_size)
     keep = [torch.tensor(k, dtype=torch.bool) for k in record["keep"]]
     return extract(full, gates, keep, _budget((record["limit_params"],

@@ -69,6 +69,10 @@ class CompressionConfig:
     dap_tau_start: float = option(1.0, gt=0.0, doc="DAP: sampling (binary-concrete) "
                                   "temperature τ at the first step")
     dap_tau_end: float = option(0.1, gt=0.0, doc="DAP: sampling temperature τ at the last step")
+    dap_rounds: int = option(0, ge=0, doc="DAP: 0 = the server trains the gates on its "
+                             "proxy split; > 0 = Flower rounds in which the clients train them "
+                             "on their own data (dap-steps each; only the gate logits travel "
+                             "up)")
     inherit_weights: bool = option(True, doc="the student starts from the supernet's weights "
                                    "(false: fresh initialisation, then distillation)")
 
@@ -109,6 +113,11 @@ def check_compression(cfg: Any) -> None:
     if c.selection == "dap" and c.dna_weight:
         raise ConfigError("compression.dna-weight: DNA's blockwise loss matches cells of the "
                           "cell space; compression.selection = 'dap' prunes width subnets")
+    if c.dap_rounds and (c.selection != "dap" or cfg.privacy.mode != "off"
+                         or cfg.privacy.secure_aggregation):
+        raise ConfigError("compression.dap-rounds: federated gate rounds need "
+                          "compression.selection = 'dap' and no DP or secure aggregation (the "
+                          "gate updates are not clipped or masked yet); set dap-rounds = 0")
     if c.feddf and cfg.privacy.mode != "off":
         raise ConfigError("compression.feddf: FedDF distils the individual client models, "
                           "which differential privacy hides; turn one of them off")

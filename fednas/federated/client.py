@@ -268,6 +268,19 @@ class LocalClients:
                           device=device)
         return {"num-examples": len(val[1]), "partition-id": pid, **result}
 
+    def dap_gates(self, pid: int, server_round: int, state: dict[str, torch.Tensor],
+                  spec: dict[str, Any], conf: dict[str, Any]) -> Result:
+        """DAP's gate steps on the client's train split, weights frozen (the ``train.dap``
+        route: :mod:`fednas.compression.dap_federated`); returns only the gate logits."""
+        from fednas.compression.dap_federated import client_update
+
+        device = client_device()
+        train_split, _ = self.splits(pid)
+        out, metrics = client_update(self.fixed_model(spec), state, train_split, conf,
+                                     self.seed(server_round, pid, 5), device)
+        return out, {"num-examples": len(train_split[1]), "partition-id": pid, "diverged": 0,
+                     **metrics, **placement(device)}
+
     # -- shared steps ---------------------------------------------------------------------
     def _val_loss(self, model: nn.Module, val: Split, device: torch.device) -> float:
         return evaluate(model, val, batch_size=self.setup.eval_batch_size,

@@ -99,3 +99,24 @@ def test_config_errors(tiny_overrides, sets, match):
         load_config(None, tiny_overrides + [
             "mode=federated", 'phases=["search", "compress"]', "compression.teacher=\"none\"",
             'compression.selection="dap"', *sets])
+
+
+def test_gate_steps_can_be_a_slice_of_a_longer_schedule(space_and_proxy):
+    """Federated gate rounds: round r's steps sit at (r - 1) · steps of the whole schedule."""
+    from fednas.compression.budget import Budget
+    from fednas.compression.dap import Schedule, prunable, train_gates
+    from fednas.compression.dap_gates import DapGates
+
+    space, proxy = space_and_proxy
+    full = prunable(space)
+    schedule = Schedule((1.0, 0.01), (1.0, 0.1))
+    kwargs = dict(budget=Budget(params=0.9), device=CPU, steps=5, batch_size=16,
+                  schedule=schedule)
+    first = train_gates(full, DapGates(full, SHAPE), proxy, generator=torch.Generator(),
+                        offset=0, total=10, **kwargs)
+    last = train_gates(full, DapGates(full, SHAPE), proxy, generator=torch.Generator(),
+                       offset=5, total=10, **kwargs)
+    alone = train_gates(full, DapGates(full, SHAPE), proxy, generator=torch.Generator(),
+                        **kwargs)
+    assert first["t_prob"] == pytest.approx(schedule.at(4, 10)[0])
+    assert last["t_prob"] == pytest.approx(0.01) == alone["t_prob"]

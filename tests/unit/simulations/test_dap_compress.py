@@ -54,3 +54,43 @@ def test_budget_below_dap_reach_fails_before_the_run(tiny_overrides, no_plots, t
     sets = federated_sets(tiny_overrides) + WIDTH + ['compression.reference="baseline"']
     with pytest.raises(ConfigError, match="smallest network DAP can reach"):
         in_process_run(sets)
+
+
+def test_gates_trained_by_the_clients_send_only_gate_logits_up(tiny_overrides, tmp_path,
+                                                               no_plots, task_identity):
+    from conftest import InProcessGrid
+
+    from fednas.config.loading import load_config
+    from fednas.reporting.rundir import read_metrics
+    from simulations.federated import FederatedPipeline
+
+    class Recording(InProcessGrid):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.up: list[set[str]] = []
+
+        def send_and_receive(self, messages, timeout=None):
+            messages = list(messages)
+            replies = super().send_and_receive(messages, timeout)
+            self.up += [set(r.content["arrays"].keys()) for m, r in zip(messages, replies,
+                                                                        strict=True)
+                        if m.metadata.message_type == "train.dap"]
+            return replies
+
+    cfg = load_config(None, federated_sets(tiny_overrides) + WIDTH + [
+        "compression.dap-rounds=2", "compression.dap-steps=10",
+        f'runtime.out-dir="{tmp_path}"'])
+    pipeline = FederatedPipeline(cfg)
+    pipeline.prepare()
+    grid = Recording(cfg)
+    run_dir, summary = pipeline.run_on_grid(grid)
+    metrics = read_metrics(run_dir)
+    assert [m["phase"] for m in metrics][:3] == ["search", "dap-gates", "dap-gates"]
+    gates = [m for m in metrics if m["phase"] == "dap-gates"]
+    assert all(m["clients_ok"] == 3 and m["bytes_up"] < m["bytes_down"] / 50 for m in gates)
+    assert grid.up and all(keys and all(k.startswith("gates.theta.") for k in keys)
+                           for keys in grid.up)
+    record = json.loads((Path(run_dir) / "student_dap.json").read_text())
+    assert record["where"] == "clients" and record["params"] <= record["limit_params"]
+    assert summary["models"]["distilled"]["mids"] == record["mids"]
+    assert summary["models"]["distilled"]["within_budget"]
