@@ -19,6 +19,7 @@ import torch
 
 from fednas.data import hf_io
 from fednas.data import io as io
+from fednas.data.folder_io import read_folder
 from fednas.data.io import RawData
 from fednas.data.natural import select_groups
 from fednas.errors import ConfigError, DataError
@@ -186,7 +187,7 @@ def read_raw(name: str, root: str | Path, download: bool = False,
         if prefix in ("parquet", "hf-disk"):
             read = hf_io.read_parquet if prefix == "parquet" else hf_io.read_hf_disk
             return select_groups(read(path, group_by), name, group_by)
-        raw = io.read_npz(path) if prefix == "npz" else io.read_folder(path)
+        raw = io.read_npz(path) if prefix == "npz" else read_folder(path)
         return select_groups(raw, name, group_by)
     if name not in DATASETS:
         raise ConfigError(f"data.dataset: unknown dataset {name!r}; available: "

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from fednas.data.io import RawData, _check_images
+from fednas.data.io import RawData, check_images
 from fednas.errors import DataError
 
 IMAGE_COLUMNS = ("image", "img")
@@ -252,7 +252,7 @@ def _decode_images(columns: list, col: str, where: str, base: Path) -> list[np.n
             if arr.dtype == object:
                 raise DataError(f"{where}: the {col!r} arrays have inconsistent sizes; give "
                                 "all images one size")
-            xs.append(_check_images(arr, where))
+            xs.append(check_images(arr, where))
     else:
         raise DataError(f"{where}: column {col!r} has type {kind}; expected images (the HF "
                         "Image feature, a struct of bytes and path, or nested pixel lists)")

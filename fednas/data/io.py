@@ -1,4 +1,5 @@
-"""Readers for on-disk dataset formats: IDX (MNIST family), CIFAR pickles, npz, image folders.
+"""Readers for on-disk dataset formats: IDX (MNIST family), CIFAR pickles, npz (image folders:
+:mod:`fednas.data.folder_io`; Hugging Face parquet / ``save_to_disk``: :mod:`fednas.data.hf_io`).
 
 Every reader returns plain numpy arrays (images ``N×H×W×C``, labels ``int64``) and raises
 :class:`~fednas.errors.DataError` naming the offending file and the problem.
@@ -17,7 +18,6 @@ import numpy as np
 
 from fednas.errors import DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -174,7 +174,7 @@ def read_cifar(directory: Path, *, fine: bool) -> RawData:
 
 
 # ----------------------------------------------------------------------------- npz
-def _check_images(x: np.ndarray, where: str) -> np.ndarray:
+def check_images(x: np.ndarray, where: str) -> np.ndarray:
     """Validate an image array and return it as N×H×W×C (uint8 or float32 in [0, 1])."""
     if x.ndim == 3:
         x = x[..., None]
@@ -197,7 +197,7 @@ def _check_images(x: np.ndarray, where: str) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
+def check_labels(y: np.ndarray, n: int, where: str) -> np.ndarray:
     if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{where}: labels must be a 1-D integer array, got "
                         f"shape {y.shape} dtype {y.dtype}")
@@ -225,12 +225,12 @@ def read_npz(path: Path) -> RawData:
                             f"(found {sorted(arrays)}); save it with np.savez(path, x=..., y=...)")
     if ("x_test" in arrays) != ("y_test" in arrays):
         raise DataError(f"npz dataset {path}: give both x_test and y_test, or neither")
-    x = _check_images(arrays["x"], f"npz dataset {path} (x)")
-    y = _check_labels(arrays["y"], len(x), f"npz dataset {path} (y)")
+    x = check_images(arrays["x"], f"npz dataset {path} (x)")
+    y = check_labels(arrays["y"], len(x), f"npz dataset {path} (y)")
     xt = yt = None
     if "x_test" in arrays:
-        xt = _check_images(arrays["x_test"], f"npz dataset {path} (x_test)")
-        yt = _check_labels(arrays["y_test"], len(xt), f"npz dataset {path} (y_test)")
+        xt = check_images(arrays["x_test"], f"npz dataset {path} (x_test)")
+        yt = check_labels(arrays["y_test"], len(xt), f"npz dataset {path} (y_test)")
         if xt.shape[1:] != x.shape[1:]:
             raise DataError(f"npz dataset {path}: x_test images {xt.shape[1:]} differ from "
                             f"x images {x.shape[1:]}")
@@ -243,74 +243,3 @@ def read_npz(path: Path) -> RawData:
     else:
         names = tuple(str(i) for i in range(num_classes))
     return RawData(x, y, names, xt, yt)
-
-
-# ----------------------------------------------------------------------------- folder
-def _class_dirs(directory: Path) -> list[Path]:
-    return sorted(d for d in directory.iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
-def _read_image_tree(directory: Path, classes: list[str]) -> tuple[list, list[int], list[Path]]:
-    from PIL import Image, UnidentifiedImageError
-
-    images, labels, paths = [], [], []
-    for label, cls in enumerate(classes):
-        files = sorted(p for p in (directory / cls).rglob("*")
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        for f in files:
-            try:
-                with Image.open(f) as im:
-                    im.load()
-                    images.append(im.copy())
-            except (OSError, UnidentifiedImageError) as exc:
-                raise DataError(f"image folder {directory}: cannot read {f} ({exc})") from exc
-            labels.append(label)
-            paths.append(f)
-    return images, labels, paths
-
-
-def _images_to_array(images: list, paths: list[Path], color: bool, directory: Path) -> np.ndarray:
-    size = images[0].size
-    out = []
-    for im, p in zip(images, paths, strict=True):
-        if im.size != size:
-            raise DataError(f"image folder {directory}: {p} is {im.size[0]}×{im.size[1]} but "
-                            f"{paths[0]} is {size[0]}×{size[1]}; resize all images to one size")
-        arr = np.asarray(im.convert("RGB" if color else "L"), dtype=np.uint8)
-        out.append(arr if color else arr[..., None])
-    return np.stack(out)
-
-
-def read_folder(path: Path) -> RawData:
-    """Read an ImageFolder tree (``PATH/<class>/<image>``) into memory.
-
-    If ``PATH`` holds ``train/`` and ``test/`` class trees, ``test/`` is the official test
-    set. Grayscale images stay 1 channel; if any image has colour, all become RGB.
-    """
-    if not path.is_dir():
-        raise DataError(f"image folder {path} not found: give a directory as folder:PATH")
-    splits = {"train": path / "train", "test": path / "test"}
-    has_split = all(p.is_dir() for p in splits.values())
-    root = splits["train"] if has_split else path
-    classes = [d.name for d in _class_dirs(root)]
-    if not classes:
-        raise DataError(f"image folder {root} has no class subfolders: expected "
-                        f"{root}/<class>/<image>.png")
-    groups = {"train": _read_image_tree(root, classes)}
-    if has_split:
-        groups["test"] = _read_image_tree(splits["test"], classes)
-    for name, (images, labels, _) in groups.items():
-        missing = sorted(set(classes) - {classes[i] for i in labels}) if name == "train" else []
-        if not images or missing:
-            raise DataError(f"image folder {root}: no images ({', '.join(IMAGE_EXTENSIONS)}) "
-                            f"for classes {missing or classes}")
-    all_images = [im for images, _, _ in groups.values() for im in images]
-    all_paths = [p for _, _, paths in groups.values() for p in paths]
-    color = any(im.mode not in ("1", "L", "I", "I;16", "F", "LA") for im in all_images)
-    x_all = _images_to_array(all_images, all_paths, color, path)
-    n = len(groups["train"][0])
-    y = np.asarray(groups["train"][1], dtype=np.int64)
-    if has_split:
-        yt = np.asarray(groups["test"][1], dtype=np.int64)
-        return RawData(x_all[:n], y, tuple(classes), x_all[n:], yt)
-    return RawData(x_all, y, tuple(classes))

@@ -18,6 +18,7 @@ from PIL import Image
 from fednas.data import datasets as data
 from fednas.data import glyphs
 from fednas.data import io as datasets_io
+from fednas.data.folder_io import read_folder
 from fednas.errors import ConfigError, DataError
 
 FIXTURES = FIXTURES
@@ -282,7 +283,7 @@ def test_folder_gray_and_rgb(tmp_path):
     assert_normalised(gray)
     rgb = data.load_dataset(f"folder:{FIXTURES / 'folder' / 'rgb'}", root=tmp_path)
     assert rgb.input_shape == (3, 9, 9) and rgb.class_names == ("blue", "red")
-    raw = datasets_io.read_folder(FIXTURES / "folder" / "rgb")
+    raw = read_folder(FIXTURES / "folder" / "rgb")
     assert np.array_equal(raw.x[:, 0, 0, 0], 10 * raw.y + 5)
 
 
