@@ -199,7 +199,8 @@ class FederatedPipeline(Runner):
         space = self.make_space()
         strategy = phase_strategy(cfg, "search", space, self.node_partitions,
                                   self.state.accountant, cohorts=self.cohorts("search"),
-                                  allowed=self.tiers.allowed(space))
+                                  allowed=self.tiers.allowed(space),
+                                  sim_times=self.tiers.search_times())
         test = self._server_test()
         proxy = self.data.val_x[: f.bn_calibration_samples]  # server-side split, no client's
 
@@ -257,6 +258,12 @@ class FederatedPipeline(Runner):
                                             weights_only=True)["state_dict"])
         return space
 
+    def _fixed_times(self, model: torch.nn.Module) -> dict[int, float]:
+        """The straggler clock of FedAvg rounds of ``model`` (empty without tiers)."""
+        if self.tiers.of is None:
+            return {}
+        return self.tiers.sim_times(count_flops(model, self.data.input_shape), 1, capped=False)
+
     def train_fixed(self, phase: str, spec: dict[str, Any], *,
                     init: torch.nn.Module | None = None, rounds: int = 0,
                     wrap: Any = None, clients: dict[int, int] | None = None,
@@ -278,7 +285,8 @@ class FederatedPipeline(Runner):
                                                                            or r.layers):
             model = self.trained_supernet().subnet(spec["genotype"])
         strategy = phase_strategy(cfg, phase, None, clients or self.node_partitions,
-                                  self.state.accountant, wrap=wrap, cohorts=self.cohorts(phase))
+                                  self.state.accountant, wrap=wrap, cohorts=self.cohorts(phase),
+                                  sim_times=self._fixed_times(model))
         test = self._server_test()
         extra = {"model": encode_spec(spec)}
 

@@ -50,7 +50,8 @@ def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
                    node_partitions: dict[int, int], accountant: Any = None,
                    wrap: Callable[[FedNAS], Any] | None = None,
                    cohorts: Cohorts | None = None,
-                   allowed: dict[int, Any] | None = None) -> Any:
+                   allowed: dict[int, Any] | None = None,
+                   sim_times: dict[int, float] | None = None) -> Any:
     """The strategy of ``phase`` (``space`` for the search, None for fixed-model training).
 
     ``accountant`` (the run's :class:`fednas.privacy.mechanism.PrivacyAccountant`) turns on central
@@ -60,7 +61,9 @@ def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
     :class:`strategies.feddf.FedDF`) wraps the FedNAS strategy first;
     ``privacy.secure-aggregation`` makes it a :class:`strategies.secagg.SecAggFedNAS`;
     ``cohorts`` turns on cohort messages (:mod:`strategies.cohorts`); ``allowed`` maps
-    partition ids to their device tier's candidates (:mod:`fednas.federated.tiers`).
+    partition ids to their device tier's candidates (:mod:`fednas.federated.tiers`),
+    ``sim_times`` to their simulated local seconds (``devices.deadline-s`` drops the late
+    ones: :mod:`fednas.federated.stragglers`).
     ``node_partitions`` may be a subset of the run's nodes (a tier's clients): at most that
     many clients are then required per round.
     """
@@ -90,6 +93,8 @@ def phase_strategy(cfg: RunConfig, phase: str, space: SearchSpace | None,
     strategy.node_partitions = node_partitions
     strategy.cohorts = cohorts
     strategy.allowed = dict(allowed or {})
+    strategy.sim_times = dict(sim_times or {})
+    strategy.deadline = cfg.devices.deadline_s
     if wrap is not None:
         strategy = wrap(strategy)
     if not cfg.fedex.enabled:

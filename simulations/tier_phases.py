@@ -17,6 +17,12 @@ the ``tiers`` phase that gives every tier its own model.
   data) or ``"own"`` (only the tier's clients). ``summary.json`` gets ``tier_<name>`` with
   params, FLOPs, ``within_budget`` (measured on the built model) and test accuracy on the
   whole test split. Each tier's rounds are their own resumable loop (``tiers:<name>``).
+* **Straggler clock** (:meth:`Tiers.sim_times`): every client's simulated local time in a
+  phase's rounds (:mod:`fednas.federated.stragglers`); the strategy drops those past
+  ``devices.deadline-s`` and logs ``sim_round_s``/``sim_time_s``/``clients_late`` per round.
+  Each model's summary entry gets ``sim_time_s`` (the simulated seconds of all the rounds
+  that trained it) and ``rounds_total`` (search + fine-tune rounds: the baselines of
+  :mod:`simulations.hetero_phases` get as many).
 """
 
 from __future__ import annotations
@@ -28,8 +34,16 @@ import torch
 
 from fednas.compression.student import derive_student, distill_student, measured_cost, within
 from fednas.federated.shards import Masks
-from fednas.federated.tiers import assign_tiers, tier_limits, tier_masks, tier_width
+from fednas.federated.stragglers import local_time
+from fednas.federated.tiers import (
+    assign_tiers,
+    tier_limits,
+    tier_masks,
+    tier_width,
+    uniform_genotype,
+)
 from fednas.spaces.base import SearchSpace
+from fednas.training.train import steps_per_epoch
 
 
 class Tiers:
@@ -106,6 +120,62 @@ class Tiers:
         return {node: pid for node, pid in self.run.node_partitions.items()
                 if (self.can_run(self.of[pid], t) if able else self.of[pid] == t)}
 
+    # -- the straggler clock ---------------------------------------------------------------
+    def sim_times(self, flops: int | dict[int, int], passes: float, capped: bool
+                  ) -> dict[int, float]:
+        """Per partition id, its simulated local seconds in one round (empty without tiers).
+
+        ``flops``: FLOPs per sample of the model each client trains (one for all, or per
+        partition id); ``passes``: forward + backward passes per sample; ``capped``: the
+        search route (``search.batch-size``, ``federation.local-steps``) rather than
+        fixed-model training (``retrain.batch-size``, full local epochs).
+        """
+        if self.of is None:
+            return {}
+        cfg = self.cfg
+        f, d = cfg.federation, cfg.devices
+        batch = cfg.search.batch_size if capped else cfg.retrain.batch_size
+        reference = self.reference()[1]
+        out = {}
+        for pid, part in enumerate(self.run.parts):
+            n = len(part) - int(round(cfg.partition.client_val_fraction * len(part)))
+            steps = steps_per_epoch(n, batch, f.local_steps if capped else 0)
+            samples = min(steps * batch, n) * f.local_epochs
+            if isinstance(flops, dict) and pid not in flops:
+                continue  # not a client of this phase
+            cost = flops[pid] if isinstance(flops, dict) else flops
+            out[pid] = local_time(samples, passes, cost, reference, d.sample_s,
+                                  d.speed_of(self.of[pid]))
+        return out
+
+    def width_flops(self, widths: dict[int, float]) -> dict[int, int]:
+        """FLOPs per sample of the uniform subnet each partition id trains (its width)."""
+        space = self.run.make_space()
+        cost = {w: space.cost(uniform_genotype(space, w))[1] for w in set(widths.values())}
+        return {pid: cost[w] for pid, w in widths.items()}
+
+    def search_times(self) -> dict[int, float]:
+        """The search's clock: each client trains up to its tier's width with the sandwich
+        rule's passes (largest, smallest and the random widths, counted at the largest) or
+        DARTS' weight pass, plus the α step's pass on a val batch."""
+        if self.of is None:
+            return {}
+        s = self.cfg.search
+        passes = (2 + s.sandwich_samples if s.sandwich else 1) + 1
+        widths = {pid: self.plan()[t]["width"] for pid, t in enumerate(self.of)}
+        return self.sim_times(self.width_flops(widths), passes, capped=True)
+
+    def sim_seconds(self, phases: tuple[str, ...]) -> float:
+        """Simulated seconds of every logged round of ``phases``."""
+        return float(sum(m.get("sim_round_s", 0.0) for m in self.run.rundir.metrics
+                         if m["phase"] in phases))
+
+    def equal_rounds(self) -> int:
+        """Rounds that train a tier's model in fednas: search + fine-tune rounds (the budget
+        every baseline gets)."""
+        f = self.cfg.federation
+        return f.rounds + (self.cfg.compression.fine_tune_rounds or f.subnet_rounds)
+
     # -- the tiers phase -------------------------------------------------------------------
     def run_phase(self) -> None:
         """Derive, distil and fine-tune one model per tier (``run.models["tier_<name>"]``)."""
@@ -164,4 +234,6 @@ class Tiers:
                 "budget": {"limit_params": limits[0], "limit_flops": limits[1]},
                 "within_budget": within((result["params"], result["flops"]), limits),
                 "fine_tune_clients": sorted(clients.values()),
+                "rounds_total": self.equal_rounds(),
+                "sim_time_s": self.sim_seconds(("search", phase)),
                 "wall_s": time.perf_counter() - t0}

@@ -45,6 +45,7 @@ from fednas.federated.shards import (
     gumbel_top_s,
     slice_state,
 )
+from fednas.federated.stragglers import deadline_round
 from fednas.federated.tiers import tier_shard
 from fednas.spaces.base import SearchSpace
 from strategies.base import RoundStrategy
@@ -110,6 +111,12 @@ class FedNAS(FedAvg, RoundStrategy):
         # device tiers: per partition id, the candidates its device may train (set by the
         # runner; fednas.federated.tiers); a partition without an entry may train any
         self.allowed: dict[int, Masks] = {}
+        # straggler simulation (fednas.federated.stragglers; set by the runner with tiers):
+        # per partition id its simulated local seconds this phase, the deadline (0 = none)
+        # and the phase's simulated clock
+        self.sim_times: dict[int, float] = {}
+        self.deadline = 0.0
+        self.sim_clock = 0.0
 
     # -- bookkeeping -------------------------------------------------------------------
     def summary(self) -> None:
@@ -120,15 +127,19 @@ class FedNAS(FedAvg, RoundStrategy):
 
     def get_state(self) -> dict[str, Any]:
         """What a checkpoint needs to resume this strategy exactly."""
-        return {"generator": self.generator.get_state(),
-                "server_opt": self.server_opt.state_dict(),
-                "dp": self.dp.get_state() if self.dp is not None else None}
+        state = {"generator": self.generator.get_state(),
+                 "server_opt": self.server_opt.state_dict(),
+                 "dp": self.dp.get_state() if self.dp is not None else None}
+        if self.sim_times:
+            state["sim_clock"] = self.sim_clock
+        return state
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
         self.server_opt.load_state_dict(state.get("server_opt", {}))
         if self.dp is not None and state.get("dp"):
             self.dp.set_state(state["dp"])
+        self.sim_clock = float(state.get("sim_clock", 0.0))
 
     def sample_rate(self) -> float:
         """Clients per training round ÷ all clients (the DP accountant's q)."""
@@ -173,9 +184,29 @@ class FedNAS(FedAvg, RoundStrategy):
                                                 self.configrecord_key: cfg}),
                                     dst_node_id=node, message_type=self.train_route))
         self.round_stats = {"clients_sampled": len(messages), "bytes_down": bytes_down}
+        if self.sim_times:
+            messages = self._drop_late(messages, [pid for pid, _ in sampled])
         self._sampled = (self.train_route, [pid for pid, _ in sampled])
         log(INFO, "configure_train: %d clients", len(messages))
         return messages
+
+    def _drop_late(self, messages: list[Message], pids: list[int]) -> list[Message]:
+        """The straggler deadline: late clients are not sent (their replies would come after
+        the deadline and be discarded; their shards were drawn all the same, so the generator
+        does not depend on the deadline); the round's simulated time is recorded."""
+        kept, late, seconds = deadline_round({p: self.sim_times[p] for p in pids},
+                                             self.deadline)
+        for pid in late:
+            del self._plan[pid]
+        self.sim_clock += seconds
+        self.round_stats.update(clients_late=len(late), sim_round_s=seconds,
+                                sim_time_s=self.sim_clock)
+        keep = set(kept)
+        out = [m for m, pid in zip(messages, pids, strict=True) if pid in keep]
+        self.round_stats["clients_sampled"] = len(out)
+        self.round_stats["bytes_down"] = sum(m.content[self.arrayrecord_key].count_bytes()
+                                             for m in out)
+        return out
 
     def presummable(self) -> bool:
         """Cohorts may pre-sum their update: fixed-model training (no shards, no FedDF client

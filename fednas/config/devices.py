@@ -30,6 +30,13 @@ class DevicesConfig:
     speed: tuple[float, ...] = option((), gt=0.0, doc="relative speed per tier (1 = the "
                                       "reference device; a client's simulated local time is "
                                       "its work divided by it; empty = all 1)")
+    deadline_s: float = option(0.0, ge=0.0, doc="straggler deadline in simulated seconds: a "
+                               "sampled client whose simulated local time exceeds it is "
+                               "dropped from the round, as a real round-timeout would "
+                               "(counted as clients_late; 0 = no deadline)")
+    sample_s: float = option(1e-3, gt=0.0, doc="simulated seconds a speed-1 device needs for "
+                             "one sample's forward + backward pass through the reference "
+                             "model (the unit of the straggler clock)")
     reference: str = option("largest", choices=("largest", "baseline"),
                             doc="what a fractional budget refers to: the largest subnet of the "
                                 "search space, or the hand-designed baseline of [baseline]")
@@ -47,6 +54,9 @@ class DevicesConfig:
                 if getattr(self, key):
                     raise ConfigError(f"devices.{key}: set devices.names first (one name per "
                                       "tier, smallest device first)")
+            if self.deadline_s:
+                raise ConfigError("devices.deadline-s: the straggler clock needs device tiers "
+                                  "(their speeds); set devices.names first")
             return
         if len(set(self.names)) != n or not all(self.names):
             raise ConfigError(f"devices.names: distinct non-empty names needed, got "
@@ -86,14 +96,16 @@ def check_devices(cfg: Any) -> None:
     """The tiers' constraints on the rest of the run config (``cfg``)."""
     d = cfg.devices
     if not d.tiers:
-        if "tiers" in cfg.phases:
-            raise ConfigError("phases: 'tiers' trains one model per device tier; set "
-                              "[devices] names, fractions and budgets")
+        for phase in ("tiers", "heterofl", "smallest", "tier-alone"):
+            if phase in cfg.phases:
+                raise ConfigError(f"phases: {phase!r} trains one model per device tier; set "
+                                  "[devices] names, fractions and budgets")
         return
     if cfg.mode != "federated":
         raise ConfigError('devices.names: device tiers are clients of a federation; set '
                           'mode = "federated"')
-    if cfg.space.name != "width" and "search" in cfg.phases:
+    if cfg.space.name != "width" and {"search", "heterofl", "smallest", "tier-alone"} \
+            & set(cfg.phases):
         raise ConfigError(f"devices.names: device tiers cap the width space's channels; "
                           f"space.name = {cfg.space.name!r} is not supported yet (use "
                           "space.name = 'width')")

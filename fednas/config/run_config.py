@@ -29,7 +29,7 @@ from fednas.spaces.registry import SPACES
 #: implemented in ``simulations/phases/``; registering a phase there adds its name here.
 PHASE_NAMES: Registry[str] = Registry("phase", "phases", ordered=True)
 for _name in ("search", "retrain", "random", "compress", "same-size", "baseline", "pruned",
-              "tiers", "meta"):
+              "tiers", "heterofl", "smallest", "tier-alone", "meta"):
     PHASE_NAMES.register(_name)(_name)
 DEFAULT_PHASES = ("search", "retrain", "baseline")
 

@@ -13,6 +13,7 @@ weights into them in place and returns copies of what it trained.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import cached_property
@@ -176,7 +177,9 @@ class LocalClients:
 
         ``conf`` is the message's config: ``lr`` and optional ``hp.*`` overrides (FedEx),
         ``report-val`` (1: report the val loss after training, 2: before and after) and
-        ``warmup-rounds`` (α is not updated in rounds up to it).
+        ``warmup-rounds`` (α is not updated in rounds up to it), ``sandwich`` (0/1: overrides
+        ``search.sandwich``) and ``local-steps`` (overrides ``federation.local-steps``); the
+        static-width baselines send the last two (:mod:`simulations.hetero_phases`).
         """
         setup = self.setup
         nan = start_fault(setup.federation, setup.seed, "train.search", server_round, pid)
@@ -196,8 +199,8 @@ class LocalClients:
                                weight_decay=hp["weight-decay"])
         a_opt = torch.optim.Adam(space.arch_parameters(), lr=hp["arch-lr"], betas=(0.5, 0.999),
                                  weight_decay=s.arch_weight_decay)
-        steps = steps_per_epoch(len(train[1]), batch, setup.federation.local_steps) \
-            * int(hp["local-epochs"])
+        cap = int(conf.get("local-steps", setup.federation.local_steps))
+        steps = steps_per_epoch(len(train[1]), batch, cap) * int(hp["local-epochs"])
         report = int(conf.get("report-val", 0))
         if server_round <= int(conf.get("warmup-rounds", 0)):
             a_opt = None  # warm-up round: the weights train, α stays as the server sent it
@@ -206,6 +209,8 @@ class LocalClients:
                                      **placement(device)}
         if report >= 2:
             metrics["val_loss_pre"] = self._val_loss(space, val, device)
+        if "sandwich" in conf:
+            s = dataclasses.replace(s, sandwich=bool(conf["sandwich"]))
         try:
             stats = search_step_fn(s)(space, train, val, weight_opt=w_opt, arch_opt=a_opt,
                                       steps=steps, batch_size=min(batch, len(val[1])),

@@ -119,6 +119,14 @@ def tier_masks(space: SearchSpace, width: float) -> Masks:
     return [row.clone().reshape(a.shape) for a in space.arch_parameters()]
 
 
+def width_mask(space: SearchSpace, width: float) -> Masks:
+    """One boolean row per prunable layer holding only ``width``: a client with this shard
+    trains the uniform subnet at ``width`` and nothing else (the static-width baselines)."""
+    _require_width_space(space)
+    row = torch.tensor([abs(w - width) < 1e-9 for w in space.width_choices])
+    return [row.clone().reshape(a.shape) for a in space.arch_parameters()]
+
+
 def tier_shard(alphas: list[torch.Tensor], allowed: Masks, size: int,
                generator: torch.Generator, include_argmax: bool = False) -> Masks:
     """A shard drawn within a tier: Gumbel-top-``size`` of softmax(α) restricted to the

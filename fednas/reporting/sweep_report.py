@@ -128,10 +128,14 @@ def rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                "test_acc_std": sd, "test_acc_ci95": ci,
                "params": statistics.fmean(r["summary"]["models"][model]["params"] for r in rs),
                "flops": statistics.fmean(r["summary"]["models"][model]["flops"] for r in rs),
-               "budget": first.get("rounds", first.get("epochs")),
+               "budget": first.get("rounds_total", first.get("rounds", first.get("epochs"))),
                "bytes_per_run": statistics.fmean(r["bytes"] for r in rs),
                "wall_s_per_run": statistics.fmean(r["wall_s"] for r in rs),
                "seeds": ",".join(str(r["seed"]) for r in rs)}
+        if first.get("tier"):  # a device tier's model (tier_*, heterofl_*, alone_*, ...)
+            row["tier"] = first["tier"]
+            for c in ("params", "flops"):
+                row[f"tier_limit_{c}"] = first.get("budget", {}).get(f"limit_{c}")
         eps = [r["epsilon"] for r in rs if r["epsilon"] is not None]
         if eps:
             row["epsilon"] = statistics.fmean(eps)
@@ -200,14 +204,31 @@ def plot_rounds(runs: list[dict[str, Any]], path: Path) -> Path | None:
     return path
 
 
+#: Pareto markers of the device-tier models by method (the colour is the tier)
+TIER_MARKERS = {"tier": "o", "heterofl": "s", "alone": "^", "smallest": "v"}
+
+
 def plot_pareto(table: list[dict[str, Any]], path: Path, cost: str = "params") -> Path:
     """Test accuracy (mean, error bar = std) against ``cost`` (params or flops) for every
     (group, model)."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
+    tiers = list(dict.fromkeys(r["tier"] for r in table if "tier" in r))
     for r in table:
         sd = 0.0 if math.isnan(r["test_acc_std"]) else r["test_acc_std"]
-        ax.errorbar(r[cost], r["test_acc_mean"], yerr=sd, fmt="o", capsize=3,
-                    label=f"{r['model']} ({r['group']})")
+        style: dict[str, Any] = {"fmt": "o"}
+        if "tier" in r:  # device tiers: colour = tier, marker = method
+            method = r["model"].split("_")[0]
+            style = {"fmt": TIER_MARKERS.get(method, "D"),
+                     "color": f"C{tiers.index(r['tier']) % 10}"}
+        ax.errorbar(r[cost], r["test_acc_mean"], yerr=sd, capsize=3,
+                    label=f"{r['model']} ({r['group']})", **style)
+    drawn = set()
+    for r in table:  # each tier's budget, where it sets one in this cost
+        limit = r.get(f"tier_limit_{cost}")
+        if limit and (r["tier"], limit) not in drawn:
+            drawn.add((r["tier"], limit))
+            ax.axvline(limit, ls=":", lw=1, color=f"C{tiers.index(r['tier']) % 10}",
+                       label=f"tier {r['tier']} budget")
     return _save_log_x(fig, ax, {"params": "parameters", "flops": "FLOPs per sample"}[cost],
                        path)
 

@@ -4,4 +4,4 @@ Importing this package registers the built-in phases; a run walks them in the or
 :data:`fednas.config.run_config.PHASE_NAMES`.
 """
 
-from simulations.phases import compression, meta, search, tiers, training  # noqa: F401
+from simulations.phases import compression, hetero, meta, search, tiers, training  # noqa: F401
