@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/xdevice.py
 	$(PY) bench/fewshot.py
 	$(PY) bench/compression.py
+	$(PY) bench/transfer.py
 	$(PY) bench/soak.py
 
 clean:
