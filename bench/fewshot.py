@@ -15,8 +15,10 @@ With ``--set 'meta.models=["searched","conv4","metanas"]'``, (d) MetaNAS (α
 meta-learned on the tasks, then its subnet) is reported too (``metanas_1shot`` ...). With
 ``--set 'meta.atnas.prior="metanas"'`` AT-NAS draws its subnets from MetaNAS's α (reusing the
 ``metanas`` model's supernet when it is listed; ``atnas_1shot_mode_share``: the share of
-tasks that kept α's mode). Every ``--set`` goes into the run's config.toml (so a changed key
-reruns the search too).
+tasks that kept α's mode). With ``--set 'meta.models=["searched","conv4","conv4-pretrained",
+"dap"]'``, (e) the run's Conv-4 pruned by DAP on the meta-train classes (``[meta.dap]``) and
+meta-trained like the others is reported as ``dap_maml_1shot`` / ``dap_maml_5shot``. Every
+``--set`` goes into the run's config.toml (so a changed key reruns the search too).
 Prints one JSON line: accuracies and 95 % CI half-widths in percent
 (``conv4_1shot``, ``conv4_1shot_ci``, ...), ``params`` per model (AT-NAS: mean over its
 tasks), ``flops`` per MAML model (one forward pass of one image), ``meta_train_s`` per model
@@ -60,7 +62,8 @@ SCENARIO = Path(__file__).parents[1] / "simulations" / "fewshot_glyphs.toml"
 QUICK = ["meta.eval-tasks=200", "meta.atnas.eval-tasks=20"]
 SELECT = ['meta.eval-split="val"', "meta.eval-tasks=200", "meta.atnas.enabled=false"]
 MODELS = {"conv4": "conv4", "conv4_pretrained": "conv4-pretrained", "searched": "searched",
-          "metanas": "metanas"}  # bench key: meta.models name (those present are reported)
+          "metanas": "metanas", "dap_maml": "dap"}  # bench key: meta.models name (reported
+#                                                      when the run lists it)
 
 
 def pct(x: float) -> float:

@@ -32,9 +32,9 @@ class DapMetaConfig:
     probe_lr: float = option(0.01, gt=0.0, doc="linear probe learning rate")
     steps: int = option(300, ge=1, doc="Adam steps on the gate logits (weights frozen)")
     lr: float = option(0.05, gt=0.0, doc="gate learning rate")
-    penalty_weight: float = option(5.0, ge=0.0, doc="weight λ of the complexity penalty "
+    penalty_weight: float = option(20.0, ge=0.0, doc="weight λ of the complexity penalty "
                                    "(hinge on the expected cost's relative overshoot of the "
-                                   "budget)")
+                                   "budget; 20 as measured by bench/transfer.py)")
     group_size: int = option(1, ge=1, doc="channels per gate (contiguous groups)")
     batch_size: int = option(128, ge=1, doc="batch size of the probe and the gates")
 
