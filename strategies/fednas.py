@@ -45,13 +45,13 @@ from fednas.federated.shards import (
     gumbel_top_s,
     slice_state,
 )
-from fednas.federated.stragglers import deadline_round
 from fednas.federated.tiers import tier_shard
 from fednas.spaces.base import SearchSpace
 from strategies.base import RoundStrategy
 from strategies.cohorts import WEIGHT, Cohorts
 from strategies.registry import register_strategy
 from strategies.replies import PLACEMENT_KEYS, screen_replies
+from strategies.stragglers import StragglerDeadline
 
 SEARCH_ROUTE = "train.search"
 TRAIN_ROUTE = "train"
@@ -59,7 +59,7 @@ EVALUATE_ROUTE = "evaluate"
 
 
 @register_strategy("fednas")
-class FedNAS(FedAvg, RoundStrategy):
+class FedNAS(StragglerDeadline, FedAvg, RoundStrategy):
     """Federated NAS over supernet shards (see the module docstring).
 
     Parameters
@@ -189,24 +189,6 @@ class FedNAS(FedAvg, RoundStrategy):
         self._sampled = (self.train_route, [pid for pid, _ in sampled])
         log(INFO, "configure_train: %d clients", len(messages))
         return messages
-
-    def _drop_late(self, messages: list[Message], pids: list[int]) -> list[Message]:
-        """The straggler deadline: late clients are not sent (their replies would come after
-        the deadline and be discarded; their shards were drawn all the same, so the generator
-        does not depend on the deadline); the round's simulated time is recorded."""
-        kept, late, seconds = deadline_round({p: self.sim_times[p] for p in pids},
-                                             self.deadline)
-        for pid in late:
-            del self._plan[pid]
-        self.sim_clock += seconds
-        self.round_stats.update(clients_late=len(late), sim_round_s=seconds,
-                                sim_time_s=self.sim_clock)
-        keep = set(kept)
-        out = [m for m, pid in zip(messages, pids, strict=True) if pid in keep]
-        self.round_stats["clients_sampled"] = len(out)
-        self.round_stats["bytes_down"] = sum(m.content[self.arrayrecord_key].count_bytes()
-                                             for m in out)
-        return out
 
     def presummable(self) -> bool:
         """Cohorts may pre-sum their update: fixed-model training (no shards, no FedDF client
