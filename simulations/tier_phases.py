@@ -37,11 +37,11 @@ from fednas.federated.shards import Masks
 from fednas.federated.stragglers import local_time
 from fednas.federated.tiers import (
     assign_tiers,
+    tier_candidates,
     tier_limits,
-    tier_masks,
-    tier_width,
     uniform_genotype,
 )
+from fednas.models.flops import count_flops
 from fednas.spaces.base import SearchSpace
 from fednas.training.train import steps_per_epoch
 
@@ -56,6 +56,7 @@ class Tiers:
         self.of: list[int] | None = (assign_tiers(run.cfg.partition.num_clients, d.fractions,
                                                   run.cfg.seed + d.seed) if d.tiers else None)
         self._plan: list[dict[str, Any]] | None = None
+        self._masks: list[Masks] = []  # per tier, what it may train (filled by plan())
 
     @property
     def cfg(self) -> Any:
@@ -67,7 +68,11 @@ class Tiers:
             return measured_cost(self.run.fixed_model({"kind": "baseline"}),
                                  self.run.data.input_shape)
         space = self.run.make_space()
-        return space.cost(space.max_genotype())
+        if space.space_name == "width":
+            return space.cost(space.max_genotype())
+        from fednas.compression.budget import largest_cost
+
+        return largest_cost(space)
 
     def plan(self) -> list[dict[str, Any]]:
         """Per tier: name, clients, absolute limits and the widest width it may train.
@@ -83,10 +88,12 @@ class Tiers:
             self._plan = []
             for t, name in enumerate(d.names):
                 limits = tier_limits(d.budget(t), reference)
+                masks, what = tier_candidates(space, limits, name)
+                self._masks.append(masks)
                 self._plan.append({
                     "name": name, "clients": [p for p, k in enumerate(self.of or []) if k == t],
-                    "limit_params": limits[0], "limit_flops": limits[1],
-                    "width": tier_width(space, limits, name), "speed": d.speed_of(t)})
+                    "limit_params": limits[0], "limit_flops": limits[1], **what,
+                    "speed": d.speed_of(t)})
         return self._plan
 
     def record(self, partitions: dict[str, Any]) -> dict[str, Any]:
@@ -101,8 +108,8 @@ class Tiers:
         """Per partition id, the candidates its device may train (empty without tiers)."""
         if self.of is None:
             return {}
-        masks = [tier_masks(space, tier["width"]) for tier in self.plan()]
-        return {pid: masks[t] for pid, t in enumerate(self.of)}
+        self.plan()
+        return {pid: self._masks[t] for pid, t in enumerate(self.of)}
 
     def can_run(self, u: int, t: int) -> bool:
         """Whether a device of tier ``u`` can run tier ``t``'s model (every limit of ``u``
@@ -162,8 +169,21 @@ class Tiers:
             return {}
         s = self.cfg.search
         passes = (2 + s.sandwich_samples if s.sandwich else 1) + 1
+        if self.cfg.space.name != "width":  # the supernet restricted to the tier's ops
+            flops = [self.shard_flops(t) for t in range(len(self.plan()))]
+            return self.sim_times({pid: flops[t] for pid, t in enumerate(self.of)}, passes,
+                                  capped=True)
         widths = {pid: self.plan()[t]["width"] for pid, t in enumerate(self.of)}
         return self.sim_times(self.width_flops(widths), passes, capped=True)
+
+    def shard_flops(self, t: int) -> int:
+        """FLOPs per sample of the supernet holding only tier ``t``'s candidates."""
+        space = self.run.make_space()
+        space.set_shard(self._masks[t])
+        try:
+            return count_flops(space, self.run.data.input_shape)
+        finally:
+            space.set_shard(None)
 
     def sim_seconds(self, phases: tuple[str, ...]) -> float:
         """Simulated seconds of every logged round of ``phases``."""

@@ -194,6 +194,59 @@ def smallest_cost(space: SearchSpace) -> Cost:
     return units.smallest
 
 
+def largest_cost(space: SearchSpace) -> Cost:
+    """The most params and the most FLOPs that any genotype of ``space`` reaches, each
+    measured on the built subnet of the per-unit dearest choices in that dimension."""
+    units = _units(space)
+    zeros = [torch.zeros(a.shape) for a in space.alpha_parameters()]
+    out = []
+    for d in range(2):
+        choice = [max(range(len(opts)), key=lambda k, o=opts: (o[k][d], o[k][1 - d]))
+                  for opts in units.costs]
+        out.append(space.cost(units.genotype(choice, zeros))[d])
+    return out[0], out[1]
+
+
+def reachable_candidates(space: SearchSpace, limits: Limits) -> list[torch.Tensor]:
+    """Cell space: per α tensor, True where a genotype that uses that (edge, op) can still
+    meet ``limits`` (device tiers train only those: :mod:`fednas.federated.tiers`).
+
+    A candidate is reachable when the cheapest completion of a genotype containing it fits:
+    the reference cost plus, per unit (cell kind, node), the cheapest option, where the
+    candidate's own node must take an option that contains it (marginal costs of
+    :func:`derive_under_budget`'s additive model, each dimension at its own minimum). ``none``
+    is never derived and costs nothing: always reachable. A row (edge) with no reachable op
+    keeps its least over-budget one, since a shard needs a candidate per row.
+    """
+    if space.space_name != "cell":
+        raise ConfigError(f"reachable_candidates: the cell space, not {space.space_name!r}")
+    units = _units(space)
+    names, nodes = space.op_names, space.nodes
+    keep = [k for k, name in enumerate(names) if name != "none"]
+    offsets = [sum(2 + m for m in range(i)) for i in range(nodes)]
+    options = {i: [(j1, k1, j2, k2) for j1, j2 in itertools.combinations(range(2 + i), 2)
+                   for k1, k2 in itertools.product(keep, keep)] for i in range(nodes)}
+    cheapest = [tuple(min(c[d] for c in opts) for d in range(2)) for opts in units.costs]
+    floor = tuple(units.base[d] + sum(c[d] for c in cheapest) for d in range(2))
+    out = [torch.zeros(a.shape, dtype=torch.bool) for a in space.alpha_parameters()]
+    least: dict[tuple[int, int], tuple[float, int]] = {}  # per row: its least excess, op
+    for u, (t, i) in enumerate((t, i) for t in range(2) for i in range(nodes)):
+        for (j1, k1, j2, k2), cost in zip(options[i], units.costs[u], strict=True):
+            excess = _excess(tuple(floor[d] - cheapest[u][d] + cost[d] for d in range(2)),
+                             limits)
+            for j, k in ((j1, k1), (j2, k2)):
+                out[t][offsets[i] + j, k] |= excess == 0
+                least[t, offsets[i] + j] = min(least.get((t, offsets[i] + j), (math.inf, k)),
+                                               (excess, k))
+    for t, name in itertools.product(range(2), range(len(names))):
+        if names[name] == "none":
+            out[t][:, name] = True
+    for (t, row), (_, k) in least.items():  # a shard needs one candidate per row
+        if not out[t][row].any():
+            out[t][row, k] = True
+    return out
+
+
 def _excess(cost: Cost, limits: Limits) -> float:
     """Sum over capped dimensions of the relative overshoot (0 when within budget)."""
     return sum(max(0, c - lim) / lim for c, lim in zip(cost, limits, strict=True)

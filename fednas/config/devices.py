@@ -104,11 +104,14 @@ def check_devices(cfg: Any) -> None:
     if cfg.mode != "federated":
         raise ConfigError('devices.names: device tiers are clients of a federation; set '
                           'mode = "federated"')
-    if cfg.space.name != "width" and {"search", "heterofl", "smallest", "tier-alone"} \
-            & set(cfg.phases):
-        raise ConfigError(f"devices.names: device tiers cap the width space's channels; "
-                          f"space.name = {cfg.space.name!r} is not supported yet (use "
-                          "space.name = 'width')")
+    if cfg.space.name not in ("width", "cell") and "search" in cfg.phases:
+        raise ConfigError(f"devices.names: device tiers restrict the width space's channels "
+                          f"or the cell space's ops; space.name = {cfg.space.name!r} is not "
+                          "supported")
+    static = sorted({"heterofl", "smallest", "tier-alone"} & set(cfg.phases))
+    if cfg.space.name != "width" and static:
+        raise ConfigError(f"phases: {static} train HeteroFL-style static widths of the width "
+                          f"space; space.name = {cfg.space.name!r} (use 'width' or drop them)")
     if d.tiers > cfg.partition.num_clients:
         raise ConfigError(f"devices.names: {d.tiers} tiers need at least as many clients; "
                           f"partition.num-clients = {cfg.partition.num_clients}")

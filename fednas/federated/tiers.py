@@ -16,8 +16,10 @@ only the large tier trains is averaged over the large tier's clients. A uniform 
 HeteroFL's rule (a width multiplier per tier); it keeps the comparison with the HeteroFL
 baseline about search rather than about a different capacity rule.
 
-The cell space has no channel ranges to cap (a client trains mixtures of ops, whose cost is
-not a subnet's); tiers there are refused until a per-tier op restriction exists.
+**What a tier trains (cell space).** Only the (edge, op) candidates that keep the tier's
+budget reachable: a candidate is kept when the cheapest genotype containing it fits
+(:func:`tier_candidates`), so a small device never spends its rounds on ops that no model it
+can run would use. Its shard and its messages hold only those ops' tensors.
 """
 
 from __future__ import annotations
@@ -125,6 +127,42 @@ def width_mask(space: SearchSpace, width: float) -> Masks:
     _require_width_space(space)
     row = torch.tensor([abs(w - width) < 1e-9 for w in space.width_choices])
     return [row.clone().reshape(a.shape) for a in space.arch_parameters()]
+
+
+def tier_candidates(space: SearchSpace, limits: Limits, name: str = ""
+                    ) -> tuple[Masks, dict[str, float]]:
+    """What a tier with ``limits`` may train, one mask per arch tensor, and a summary.
+
+    Width space: the choices up to :func:`tier_width` (``{"width": w}``). Cell space: the
+    (edge, op) candidates that keep the budget reachable
+    (:func:`fednas.compression.budget.reachable_candidates`; edge normalisation's β is
+    always whole), summarised as the share of non-``none`` candidates kept.
+
+    Raises
+    ------
+    ConfigError
+        If no model of the space fits ``limits`` (the message names the tier and the
+        smallest model), or the space is neither.
+    """
+    if space.space_name == "width":
+        width = tier_width(space, limits, name)
+        return tier_masks(space, width), {"width": width}
+    if space.space_name != "cell":
+        raise ConfigError(f"devices.names: device tiers support the width and cell spaces, "
+                          f"not {space.space_name!r}")
+    from fednas.compression.budget import reachable_candidates, smallest_cost
+
+    small = smallest_cost(space)
+    if not _fits(small, limits):
+        raise ConfigError(f"devices.params / devices.flops: tier {name!r} allows {limits[0]} "
+                          f"params / {limits[1]} FLOPs, below the smallest model of the "
+                          f"space ({small[0]} params, {small[1]} FLOPs); raise the tier's "
+                          "budget or add cheaper ops to space.cell.ops")
+    masks = reachable_candidates(space, limits)
+    real = [k for k, op in enumerate(space.op_names) if op != "none"]
+    share = float(sum(m[:, real].sum() for m in masks)) / sum(m[:, real].numel() for m in masks)
+    extra = [torch.ones(a.shape, dtype=torch.bool) for a in space.arch_parameters()[2:]]
+    return masks + extra, {"candidates": round(share, 4)}
 
 
 def tier_shard(alphas: list[torch.Tensor], allowed: Masks, size: int,

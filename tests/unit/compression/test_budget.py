@@ -181,3 +181,35 @@ def test_count_flops_per_sample_for_batch_statistics_models():
     assert per_sample == count_flops(model, SHAPE, batch=4) > count_params(model)
     ref = build_model("cnn", input_shape=SHAPE, num_classes=3, width=4)
     assert count_flops(ref, SHAPE, batch=3) == count_flops(ref, SHAPE)
+
+
+def test_reachable_candidates_grow_with_the_budget_and_fit_it():
+    """Device tiers in the cell space (issue 31): a candidate is kept when the cheapest
+    genotype containing it fits; the kept genotype of a tight budget really fits."""
+    from fednas.compression.budget import (
+        derive_under_budget,
+        largest_cost,
+        reachable_candidates,
+        smallest_cost,
+    )
+    from fednas.spaces.registry import build_space
+
+    torch.manual_seed(0)
+    space = build_space("cell", input_shape=(1, 8, 8), num_classes=4, channels=4, layers=2,
+                        nodes=2, ops=("skip_connect", "max_pool_3x3", "sep_conv_3x3"))
+    small, large = smallest_cost(space), largest_cost(space)
+    assert small[0] < large[0] and small[1] < large[1]
+    shares = []
+    for frac in (0.3, 0.4, 1.0):
+        limits = (int(frac * large[0]), None)
+        masks = reachable_candidates(space, limits)
+        assert [m.shape for m in masks] == [a.shape for a in space.alpha_parameters()]
+        assert all(bool(m.any(-1).all()) for m in masks)  # a candidate per row
+        shares.append(float(sum(m.sum() for m in masks)))
+        # restricted to those candidates, derivation still meets the budget (measured)
+        with torch.no_grad():
+            for a, m in zip(space.alpha_parameters(), masks, strict=True):
+                a.copy_(torch.where(m, torch.zeros_like(a), torch.full_like(a, -30.0)))
+        genotype = derive_under_budget(space, limits)
+        assert space.cost(genotype)[0] <= limits[0]
+    assert shares[0] < shares[1] <= shares[2] == sum(a.numel() for a in space.alpha_parameters())

@@ -26,6 +26,7 @@ class RecordingGrid(InProcessGrid):
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
         self.log: list[tuple[str, int, dict[str, tuple], dict[str, tuple]]] = []
+        self.shards: list[tuple[int, list[int]]] = []
 
     def send_and_receive(self, messages, timeout=None):
         messages = list(messages)
@@ -39,6 +40,8 @@ class RecordingGrid(InProcessGrid):
 
             pid = msg.metadata.dst_node_id - 1000
             self.log.append((msg.metadata.message_type, pid, shapes(msg), shapes(reply)))
+            if "shard" in msg.content["config"]:
+                self.shards.append((pid, list(msg.content["config"]["shard"])))
         return replies
 
 
@@ -97,10 +100,47 @@ def test_tiers_train_within_their_channels_and_budgets(tiny_overrides, tmp_path,
 
 @pytest.mark.parametrize("extra, match", [
     (["devices.params=[0.01, 1.0]"], "tier 'small' allows"),
-    (['space.name="cell"'], "cap the width space's channels"),
+    (['space.name="cell"', 'phases=["search", "heterofl"]'], "static widths of the width"),
     (['devices.names=[]', "devices.fractions=[]", "devices.params=[]"], "'tiers' trains one"),
 ])
 def test_tier_config_errors(tiny_overrides, tmp_path, extra, match, no_plots, task_identity):
     sets = federated_sets(tiny_overrides) + TIERS + extra
     with pytest.raises(ConfigError, match=match):
         run(sets + [f'runtime.out-dir="{tmp_path}"'])
+
+
+def test_cell_space_tiers_train_only_reachable_ops(tiny_overrides, tmp_path, no_plots,
+                                                   task_identity):
+    """Cell space: a tier's shards (and so its messages) hold only the (edge, op) candidates
+    that keep its budget reachable, and its derived model meets the budget."""
+    from fednas.federated.shards import decode_masks
+
+    sets = federated_sets(tiny_overrides) + [
+        'phases=["search", "tiers"]', 'devices.names=["small", "large"]',
+        "devices.fractions=[0.5, 0.5]", "devices.params=[0.32, 1.0]",
+        'compression.teacher="none"', "compression.fine-tune-rounds=1",
+        f'runtime.out-dir="{tmp_path}"']
+    metrics, summary, grid, run_dir = run(sets)
+    parts = json.loads((run_dir / "partitions.json").read_text())
+    plan = {t["name"]: t for t in parts["tiers"]}
+    assert plan["small"]["candidates"] < plan["large"]["candidates"] == 1.0
+    tiers = {c["client"]: c["tier"] for c in parts["clients"]}
+    models = summary["models"]
+    for name in ("small", "large"):
+        assert models[f"tier_{name}"]["within_budget"]
+        assert models[f"tier_{name}"]["params"] <= plan[name]["limit_params"]
+    # what a small-tier client was sent: never an op the tier cannot reach
+    from fednas.federated.tiers import tier_candidates
+    from simulations.federated import FederatedPipeline
+
+    cfg = load_config(None, sets)
+    pipeline = FederatedPipeline(cfg)
+    pipeline.prepare()
+    space = pipeline.make_space()
+    allowed, _ = tier_candidates(space, (plan["small"]["limit_params"], None), "small")
+    shapes = [a.shape for a in space.arch_parameters()]
+    sent = [e for e in grid.shards if tiers[e[0]] == "small"]
+    assert sent
+    for _, flat in sent:
+        masks = decode_masks(flat, shapes)
+        assert all(not (m & ~ok).any() for m, ok in zip(masks, allowed, strict=True))
