@@ -62,10 +62,11 @@ def tuned_phase(cfg: RunConfig) -> str:
     return phase
 
 
-def score(run_dir: Path, phase: str) -> float:
-    """The candidate's validation loss after its last round (inf when none is finite)."""
+def score(run_dir: Path, phase: str, keys: tuple[str, ...] = SCORE_KEYS) -> float:
+    """The candidate's last-round value of the first of ``keys`` it logs (default: its
+    validation loss; inf when none is finite)."""
     rows = [m for m in read_metrics(run_dir) if m.get("phase") == phase]
-    for key in SCORE_KEYS:
+    for key in keys:
         values = [m[key] for m in rows if key in m]  # metrics.jsonl writes NaN as "nan"
         if values:
             try:
@@ -77,8 +78,16 @@ def score(run_dir: Path, phase: str) -> float:
 
 
 def run_halving(scenario: Path | None, overrides: list[str], grid_specs: list[str], *,
-                budget: int, eta: int = 3, console=None) -> dict[str, Any]:
-    """Run successive halving; returns (and writes to ``halving.json``) its record."""
+                budget: int, eta: int = 3, console=None,
+                cands: list[dict[str, str]] | None = None,
+                score_keys: tuple[str, ...] = SCORE_KEYS,
+                maximize: bool = False) -> dict[str, Any]:
+    """Run successive halving; returns (and writes to ``halving.json``) its record.
+
+    ``cands`` (key -> value, as ``--set`` writes them) replaces the grid's product, e.g. with
+    randomly sampled configurations; ``score_keys``/``maximize`` rank by another metric
+    (``("client_val_acc",)``, True: the clients' validation accuracy).
+    """
     from rich.console import Console
 
     from simulations.simulation import run_federated
@@ -86,7 +95,7 @@ def run_halving(scenario: Path | None, overrides: list[str], grid_specs: list[st
     console = console or Console(stderr=True)
     base = load_config(scenario, overrides)
     phase = tuned_phase(base)
-    cands = candidates(parse_grid(grid_specs))
+    cands = candidates(parse_grid(grid_specs)) if cands is None else cands
     plan = schedule(len(cands), budget, eta)
     horizon = plan[-1][1]
     root = Path(base.runtime.out_dir) / f"{base.name}-halving-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -110,10 +119,10 @@ def run_halving(scenario: Path | None, overrides: list[str], grid_specs: list[st
         run_dir, _ = run_federated(configs[i], console, resume_dir=run_dirs.get(i),
                                    stop_after=stop)
         run_dirs[i], reached[i] = run_dir, rounds
-        return score(run_dir, phase)
+        return score(run_dir, phase, score_keys)
 
     try:
-        result = successive_halving(cands, advance, budget=budget, eta=eta)
+        result = successive_halving(cands, advance, budget=budget, eta=eta, maximize=maximize)
     except FedNASError:  # e.g. a data error of the first candidate: leave nothing behind
         if not any(root.iterdir()):
             root.rmdir()
@@ -123,9 +132,13 @@ def run_halving(scenario: Path | None, overrides: list[str], grid_specs: list[st
     record = {
         "scenario": base.name, "phase": phase, "budget": budget, "eta": eta,
         "horizon": horizon, "plan": [{"survivors": s, "rounds": r} for s, r in plan],
-        "rounds_used": result.rounds_used, "score": "last-round client val loss (lower=better)",
+        "rounds_used": result.rounds_used,
+        "score": (f"last-round {score_keys[0]} (higher=better)" if maximize else
+                  "last-round client val loss (lower=better)" if score_keys == SCORE_KEYS
+                  else f"last-round {score_keys[0]} (lower=better)"),
         "candidates": [{"index": i, "config": c, "run_dir": str(run_dirs.get(i, "")),
-                        "rounds": reached.get(i, 0), "score": _finite(score(run_dirs[i], phase))
+                        "rounds": reached.get(i, 0),
+                        "score": _finite(score(run_dirs[i], phase, score_keys))
                         if i in run_dirs else None} for i, c in enumerate(cands)],
         "rungs": [{"rung": r.index, "rounds": r.rounds,
                    "scores": {str(i): _finite(s) for i, s in r.scores.items()}}
