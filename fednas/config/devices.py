@@ -124,6 +124,11 @@ def check_devices(cfg: Any) -> None:
         raise ConfigError("compression.teacher: 'searched' distils the retrained searched "
                           "subnet into every tier's model; add 'retrain' to phases or pick "
                           "'supernet' / 'none'")
+    if "tiers" in cfg.phases and cfg.compression.selection == "dap" \
+            and cfg.compression.dap_rounds:
+        raise ConfigError("compression.dap-rounds: the 'tiers' phase trains each tier's DAP "
+                          "gates on the server's proxy split, not in client rounds; set "
+                          "dap-rounds = 0")
     if d.reference == "baseline" and cfg.baseline.model != "cnn":
         raise ConfigError("devices.reference: 'baseline' budgets are fractions of the "
                           "hand-designed CNN; set baseline.model = 'cnn' or use 'largest'")

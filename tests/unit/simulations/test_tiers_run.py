@@ -101,6 +101,7 @@ def test_tiers_train_within_their_channels_and_budgets(tiny_overrides, tmp_path,
 @pytest.mark.parametrize("extra, match", [
     (["devices.params=[0.01, 1.0]"], "tier 'small' allows"),
     (['space.name="cell"', 'phases=["search", "heterofl"]'], "static widths of the width"),
+    (['compression.selection="dap"', "compression.dap-rounds=2"], "trains each tier's DAP"),
     (['devices.names=[]', "devices.fractions=[]", "devices.params=[]"], "'tiers' trains one"),
 ])
 def test_tier_config_errors(tiny_overrides, tmp_path, extra, match, no_plots, task_identity):
