@@ -176,6 +176,19 @@ def _units(space: SearchSpace) -> _Units:
     return _CACHE[space]
 
 
+def _extreme_cost(space: SearchSpace, pick: Callable) -> Cost:
+    """Per dimension, the measured cost of the genotype of the per-unit ``pick`` (min or
+    max) choices in that dimension (ties broken by the other dimension)."""
+    units = _units(space)
+    zeros = [torch.zeros(a.shape) for a in space.alpha_parameters()]
+    out = []
+    for d in range(2):
+        choice = [pick(range(len(opts)), key=lambda k, o=opts: (o[k][d], o[k][1 - d]))
+                  for opts in units.costs]
+        out.append(space.cost(units.genotype(choice, zeros))[d])
+    return out[0], out[1]
+
+
 def smallest_cost(space: SearchSpace) -> Cost:
     """The fewest params and the fewest FLOPs that any genotype of ``space`` reaches.
 
@@ -184,27 +197,14 @@ def smallest_cost(space: SearchSpace) -> Cost:
     """
     units = _units(space)
     if units.smallest is None:
-        zeros = [torch.zeros(a.shape) for a in space.alpha_parameters()]
-        out = []
-        for d in range(2):
-            choice = [min(range(len(opts)), key=lambda k, o=opts: (o[k][d], o[k][1 - d]))
-                      for opts in units.costs]
-            out.append(space.cost(units.genotype(choice, zeros))[d])
-        units.smallest = (out[0], out[1])
+        units.smallest = _extreme_cost(space, min)
     return units.smallest
 
 
 def largest_cost(space: SearchSpace) -> Cost:
     """The most params and the most FLOPs that any genotype of ``space`` reaches, each
     measured on the built subnet of the per-unit dearest choices in that dimension."""
-    units = _units(space)
-    zeros = [torch.zeros(a.shape) for a in space.alpha_parameters()]
-    out = []
-    for d in range(2):
-        choice = [max(range(len(opts)), key=lambda k, o=opts: (o[k][d], o[k][1 - d]))
-                  for opts in units.costs]
-        out.append(space.cost(units.genotype(choice, zeros))[d])
-    return out[0], out[1]
+    return _extreme_cost(space, max)
 
 
 def reachable_candidates(space: SearchSpace, limits: Limits) -> list[torch.Tensor]:
