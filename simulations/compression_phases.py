@@ -105,13 +105,14 @@ class Compression:
                 return {}
             cfg = self.run.cfg
             return casd_step(self.run.make_space(), state, limits, cfg.compression, cfg.retrain,
-                             cfg.seed, self._proxy(), self.run.device,
+                             cfg.seed, self.proxy(), self.run.device,
                              cfg.runtime.eval_batch_size)
 
         return hook
 
     # -- shared pieces -------------------------------------------------------------------
-    def _proxy(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def proxy(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The server's proxy split (``compression.proxy-samples`` of the val split)."""
         n = self.run.cfg.compression.proxy_samples
         x, y = self.run._split("val")
         return (x[:n], y[:n]) if n else (x, y)
@@ -144,7 +145,7 @@ class Compression:
         limits, budget = self._limits()
         cfg = self.run.cfg
         genotype, derivation = derive_student(self.run.trained_supernet(), limits,
-                                              cfg.compression, self._proxy(), self.run.device,
+                                              cfg.compression, self.proxy(), self.run.device,
                                               cfg.runtime.eval_batch_size)
         save_genotype(genotype, path)
         self._save_record(budget=budget, derivation={
@@ -177,7 +178,7 @@ class Compression:
             self._dap_student, record = federated_dap_student(self.run, limits)
         else:
             self._dap_student, record = dap_student(
-                self.run.trained_supernet(), limits, cfg.compression, self._proxy(), cfg.seed,
+                self.run.trained_supernet(), limits, cfg.compression, self.proxy(), cfg.seed,
                 self.run.device, cfg.runtime.eval_batch_size)
         self.run.rundir.write_json(STUDENT_DAP_FILE, record)
         self._save_record(budget=budget, derivation={
@@ -197,7 +198,7 @@ class Compression:
 
             self._dap_student = rebuild_student(
                 self.run.trained_supernet(), self._dap_record(), self.run.cfg.compression,
-                self._proxy()[0], self.run.device)
+                self.proxy()[0], self.run.device)
         return self._dap_student
 
     @staticmethod
@@ -207,12 +208,14 @@ class Compression:
             return {"genotype": spec["genotype"]}
         return {"mids": spec["mids"], "selection": "dap"}
 
-    def _test(self, model: torch.nn.Module) -> dict[str, float]:
+    def test_metrics(self, model: torch.nn.Module) -> dict[str, float]:
+        """``test_acc`` / ``test_loss`` of ``model`` on the whole test split."""
         result = evaluate(model, self.run._split("test"),
                           batch_size=self.run.cfg.runtime.eval_batch_size, device=self.run.device)
         return {"test_acc": result["eval_acc"], "test_loss": result["eval_loss"]}
 
-    def _teacher(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+    def teacher(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """``compression.teacher``'s model (on the run's device) and its summary entry."""
         cfg = self.run.cfg
         if cfg.compression.teacher == "searched":
             model = self.run.fixed_model({"kind": "subnet", "genotype": self.run.genotype})
@@ -222,10 +225,10 @@ class Compression:
             return model.to(self.run.device), {"kind": "searched", **entry}
         supernet = self.run.trained_supernet().to(self.run.device)
         supernet.set_shard(None)
-        x, _ = self._proxy()
+        x, _ = self.proxy()
         recalibrate_bn(supernet, x, batch_size=cfg.compression.batch_size, device=self.run.device)
         params, flops = measured_cost(supernet, self.run.data.input_shape)
-        return supernet, {"kind": "supernet", **self._test(supernet), "params": params,
+        return supernet, {"kind": "supernet", **self.test_metrics(supernet), "params": params,
                           "flops": flops}
 
     def _budget_entry(self, result: dict[str, Any]) -> dict[str, Any]:
@@ -246,12 +249,12 @@ class Compression:
             torch.manual_seed(cfg.seed + 4)
             init = self._inherited(spec) if c.inherit_weights else self.run.fixed_model(spec)
             init.to(self.run.device)
-            entry: dict[str, Any] = {"start": self._test(init)}
+            entry: dict[str, Any] = {"start": self.test_metrics(init)}
             if c.teacher != "none":
-                teacher, entry["teacher"] = self._teacher()
-                entry.update(distill_student(init, teacher, self._proxy(), c, cfg.retrain,
+                teacher, entry["teacher"] = self.teacher()
+                entry.update(distill_student(init, teacher, self.proxy(), c, cfg.retrain,
                                              cfg.seed, self.run.device))
-                entry["after_distillation"] = self._test(init)
+                entry["after_distillation"] = self.test_metrics(init)
                 self.run.console.print(f"\\[compress] distilled from the {c.teacher}: test acc "
                                    f"{entry['start']['test_acc']:.4f} -> "
                                    f"{entry['after_distillation']['test_acc']:.4f}")
@@ -265,7 +268,7 @@ class Compression:
                 return self.run.fixed_model(spec)
 
             def wrap(base):
-                return FedDF(base, make_model, self._proxy()[0], steps=c.feddf_steps, lr=c.lr,
+                return FedDF(base, make_model, self.proxy()[0], steps=c.feddf_steps, lr=c.lr,
                              batch_size=c.batch_size, temperature=c.temperature,
                              device=self.run.device, seed=cfg.seed + 43)
         result = self.run.train_fixed("compress", spec, init=init,

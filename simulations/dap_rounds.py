@@ -14,11 +14,9 @@ from typing import Any
 
 import torch
 
-from fednas.compression.budget import Budget
-from fednas.compression.dap import extract, select
 from fednas.compression.dap_federated import gate_config, pack, unpack
-from fednas.compression.dap_gates import DapGates, masked, measure
-from fednas.compression.dap_student import block_widths, full_width_source
+from fednas.compression.dap_gates import DapGates, masked
+from fednas.compression.dap_student import extract_student, full_width_source
 from fednas.federated.setup import encode_spec
 from fednas.training.train import evaluate
 from simulations.phase_strategy import make_strategy
@@ -33,10 +31,9 @@ def federated_dap_student(run: Any, limits: tuple[int | None, int | None]
     :func:`fednas.compression.dap_student.dap_student`'s, with ``where = "clients"``)."""
     cfg, c, f = run.cfg, run.cfg.compression, run.cfg.federation
     space = run.trained_supernet()
-    proxy_x = run.compression._proxy()[0]
+    proxy_x = run.compression.proxy()[0]
     full = full_width_source(space, proxy_x, c.batch_size, run.device)
     gates = DapGates(full, run.data.input_shape, group_size=c.dap_group_size).to(run.device)
-    budget = Budget(params=limits[0], flops=limits[1])
     strategy = make_strategy(None, seed=cfg.seed + 47, fraction_train=f.fraction_train,
                              min_train_nodes=f.min_fit_clients, fraction_evaluate=0.0,
                              train_route="train.dap")
@@ -59,12 +56,5 @@ def federated_dap_student(run: Any, limits: tuple[int | None, int | None]
     state = run.loop.run(run.grid, PHASE, strategy, state, c.dap_rounds, (c.dap_lr, c.dap_lr),
                          extra, server_eval)
     unpack(gates, state)
-    keep = select(gates, budget)
-    student = extract(full, gates, keep, budget)
-    params, flops = measure(student, gates.input_shape)
-    return student, {
-        "selection": "dap", "where": "clients", "rounds": c.dap_rounds,
-        "mids": block_widths(student), "keep": [k.int().tolist() for k in keep],
-        "params": params, "flops": flops, "limit_params": limits[0],
-        "limit_flops": limits[1], "labels": "clients",
-        "full_params": gates.full[0], "full_flops": gates.full[1]}
+    return extract_student(full, gates, limits, where="clients", rounds=c.dap_rounds,
+                           labels="clients")

@@ -213,13 +213,13 @@ class Tiers:
         if c.selection == "dap":
             from fednas.compression.dap_student import dap_student
 
-            init, record = dap_student(run.trained_supernet(), limits, c, comp._proxy(),
+            init, record = dap_student(run.trained_supernet(), limits, c, comp.proxy(),
                                        self.cfg.seed, run.device,
                                        self.cfg.runtime.eval_batch_size)
             record.pop("keep")
             return {"kind": "pruned-resnet", "mids": record["mids"]}, init, record
         supernet = run.trained_supernet()
-        genotype, record = derive_student(supernet, limits, c, comp._proxy(), run.device,
+        genotype, record = derive_student(supernet, limits, c, comp.proxy(), run.device,
                                           self.cfg.runtime.eval_batch_size)
         record.pop("perturbation_scores", None)
         return {"kind": "subnet", "genotype": genotype}, supernet.subnet(genotype), record
@@ -240,10 +240,10 @@ class Tiers:
                 init = run.fixed_model(spec)
             init.to(run.device)
             if c.teacher != "none":
-                teacher, entry["teacher"] = run.compression._teacher()
-                distill_student(init, teacher, run.compression._proxy(), c, self.cfg.retrain,
+                teacher, entry["teacher"] = run.compression.teacher()
+                distill_student(init, teacher, run.compression.proxy(), c, self.cfg.retrain,
                                 self.cfg.seed + t, run.device)
-                entry["after_distillation_acc"] = run.compression._test(init)["test_acc"]
+                entry["after_distillation_acc"] = run.compression.test_metrics(init)["test_acc"]
         clients = self.clients(t)
         result = run.train_fixed(phase, spec, init=init, rounds=c.fine_tune_rounds,
                                  clients=clients, model_name=f"tier_{tier['name']}")

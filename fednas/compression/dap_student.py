@@ -33,6 +33,7 @@ from fednas.compression.dap import Schedule, extract, select, train_gates
 from fednas.compression.dap_gates import DapGates, measure
 from fednas.config.compression import CompressionConfig
 from fednas.spaces.base import SearchSpace
+from fednas.training.distill import predict_logits
 from fednas.training.train import Split, recalibrate_bn
 
 
@@ -43,18 +44,6 @@ def full_width_source(space: SearchSpace, proxy_x: torch.Tensor, batch_size: int
 
     full = prunable(space).to(device)
     return recalibrate_bn(full, proxy_x, batch_size=batch_size, device=device)
-
-
-@torch.no_grad()
-def _predictions(model: nn.Module, x: torch.Tensor, batch_size: int,
-                 device: torch.device) -> torch.Tensor:
-    """The top-1 classes of ``model`` (eval mode) on ``x``, on the CPU."""
-    was = model.training
-    model.eval()
-    out = torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
-                     for i in range(0, len(x), batch_size)])
-    model.train(was)
-    return out
 
 
 def _budget(limits: Limits) -> Budget:
@@ -97,7 +86,8 @@ def dap_student(space: SearchSpace, limits: Limits, c: CompressionConfig, proxy:
     """
     x, y = proxy
     full = full_width_source(space, x, c.batch_size, device)
-    labels = y if c.use_labels else _predictions(full, x, eval_batch_size, device)
+    labels = y if c.use_labels else predict_logits([full], x, eval_batch_size,
+                                                   device).argmax(1)
     gates = DapGates(full, tuple(x.shape[1:]), group_size=c.dap_group_size)
     budget = _budget(limits)
     report = train_gates(full, gates, (x, labels.cpu()), budget=budget, device=device,
@@ -106,17 +96,25 @@ def dap_student(space: SearchSpace, limits: Limits, c: CompressionConfig, proxy:
                          lam=c.dap_penalty_weight, mode=c.dap_penalty,
                          schedule=Schedule((c.dap_t_start, c.dap_t_end),
                                            (c.dap_tau_start, c.dap_tau_end)))
-    keep = select(gates, budget)
-    student = extract(full, gates, keep, budget)
-    params, flops = measure(student, gates.input_shape)
     report.pop("history")
+    return extract_student(full, gates, limits,
+                           labels="proxy" if c.use_labels else "pseudo",
+                           gates={k: v for k, v in report.items() if k != "limits"})
+
+
+def extract_student(full: nn.Module, trained: DapGates, limits: Limits, **extra: Any
+                    ) -> tuple[nn.Module, dict[str, Any]]:
+    """Select the kept units of the ``trained`` gates under ``limits``, extract them from the
+    full-width subnet ``full`` and record the student (``extra`` joins the record): the
+    common end of gate training on the server and on the clients."""
+    keep = select(trained, _budget(limits))
+    student = extract(full, trained, keep, _budget(limits))
+    params, flops = measure(student, trained.input_shape)
     return student, {
         "selection": "dap", "mids": block_widths(student),
         "keep": [k.int().tolist() for k in keep], "params": params, "flops": flops,
         "limit_params": limits[0], "limit_flops": limits[1],
-        "labels": "proxy" if c.use_labels else "pseudo",
-        "gates": {k: v for k, v in report.items() if k != "limits"},
-        "full_params": gates.full[0], "full_flops": gates.full[1]}
+        "full_params": trained.full[0], "full_flops": trained.full[1], **extra}
 
 
 def rebuild_student(space: SearchSpace, record: dict[str, Any], c: CompressionConfig,

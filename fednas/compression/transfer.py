@@ -41,8 +41,8 @@ from fednas.compression.dap import resolve_limits
 from fednas.compression.dap_gates import DapGates
 from fednas.data.episodes import Episode, FewShotSet
 from fednas.errors import ConfigError
+from fednas.models import HEAD_NAMES
 
-HEAD_NAMES = ("head", "classifier", "fc", "linear")  # as fednas.meta.learners.find_head
 OPTIMIZERS = ("adam", "sgd")
 BN_MODES = ("frozen", "train")
 

@@ -36,9 +36,8 @@ from fednas.compression.dap import extract, select, train_gates
 from fednas.compression.dap_gates import DapGates, measure
 from fednas.config.meta_dap import DapMetaConfig
 from fednas.data.episodes import FewShotSet
+from fednas.models import HEAD_NAMES
 from fednas.training.train import cycle_batches
-
-HEAD_NAMES = ("head", "classifier", "fc", "linear")
 
 
 def with_head(model: nn.Module, classes: int) -> nn.Module:
@@ -62,7 +61,8 @@ def fit_probe(probe: nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int,
     head = next(getattr(probe, n) for n in HEAD_NAMES if isinstance(getattr(probe, n, None),
                                                                     nn.Linear))
     probe.to(device).eval()
-    body = [p for p in probe.parameters() if all(p is not q for q in head.parameters())]
+    in_head = {id(p) for p in head.parameters()}
+    body = [p for p in probe.parameters() if id(p) not in in_head]
     for p in body:
         p.requires_grad_(False)
     opt = torch.optim.Adam(head.parameters(), lr=lr)

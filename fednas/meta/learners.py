@@ -22,10 +22,10 @@ from fednas.errors import ConfigError
 from fednas.meta.l2l import l2l
 from fednas.meta.task_sampler import TaskSampler as TaskSampler  # re-exported: part of the meta API
 from fednas.meta.task_sampler import fixed_tasks as fixed_tasks
+from fednas.models import HEAD_NAMES
 from fednas.models.conv4 import Conv4 as Conv4  # re-exported: the baseline is part of the meta API
 
 ALGORITHMS = ("maml", "anil", "metasgd")
-HEAD_NAMES = ("head", "classifier", "fc", "linear")
 
 
 def find_head(model: nn.Module, name: str | None = None) -> nn.Module:

@@ -65,7 +65,7 @@ def _as_list(teachers: nn.Module | Sequence[nn.Module]) -> list[nn.Module]:
 
 
 @torch.no_grad()
-def _predict(models: list[nn.Module], x: torch.Tensor, batch_size: int,
+def predict_logits(models: list[nn.Module], x: torch.Tensor, batch_size: int,
              device: torch.device) -> torch.Tensor:
     """Ensemble logits over ``x`` in eval mode (modes restored), on the CPU."""
     modes = [m.training for m in models]
@@ -82,8 +82,8 @@ def _predict(models: list[nn.Module], x: torch.Tensor, batch_size: int,
 def agreement(student: nn.Module, teachers: nn.Module | Sequence[nn.Module], x: torch.Tensor,
               *, batch_size: int, device: torch.device) -> float:
     """Fraction of ``x`` on which the student's top-1 class equals the teachers' (eval mode)."""
-    s = _predict([student], x, batch_size, device).argmax(1)
-    t = _predict(_as_list(teachers), x, batch_size, device).argmax(1)
+    s = predict_logits([student], x, batch_size, device).argmax(1)
+    t = predict_logits(_as_list(teachers), x, batch_size, device).argmax(1)
     return float((s == t).float().mean()) if len(x) else 0.0
 
 
@@ -139,7 +139,8 @@ def distill(student: nn.Module, teachers: nn.Module | Sequence[nn.Module],
     dna = blocks is not None and dna_weight > 0
     if dna and len(_as_list(teachers)) != 1:
         raise ValueError("distill: DNA block regression needs a single teacher")
-    teacher_logits = None if dna else _predict(_as_list(teachers), proxy_x, batch_size, device)
+    teacher_logits = None if dna else predict_logits(_as_list(teachers), proxy_x, batch_size,
+                                                     device)
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
                           nesterov=momentum > 0)
