@@ -47,8 +47,11 @@ def cmd_meta(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    import tomllib
+
     from rich.console import Console
 
+    from fednas.config.legacy import legacy_overrides
     from fednas.config.loading import load_config
     from fednas.config.preflight import check_output_dir
     from fednas.errors import CheckpointError
@@ -59,7 +62,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if not config.is_file():
         raise CheckpointError(f"{args.run_dir} is not a fednas run directory (no config.toml)")
     check_output_dir(args.run_dir, "resume RUN_DIR")  # it is written to
-    cfg = load_config(config)
+    raw = tomllib.loads(config.read_text())
+    cfg = load_config(config, legacy_overrides(raw))  # keys it predates: as it ran
     if cfg.mode != "federated":
         raise CheckpointError(f"{args.run_dir} is a centralised run; only federated runs "
                               "checkpoint and resume")

@@ -28,8 +28,10 @@ from fednas.reporting.checkpoint import load_checkpoint, verify_config, verify_d
 from fednas.reporting.fingerprint import config_fingerprint, data_fingerprint
 from fednas.reporting.plots import plot_alpha_evolution, plot_curves, plot_fedex_theta
 from fednas.reporting.rundir import RunDir
+from fednas.reporting.summary import alpha_summary
 from fednas.spaces.base import Genotype, save_genotype
 from fednas.spaces.stats import alpha_columns, alpha_entropy, alpha_snapshot, random_genotype
+from fednas.training.protocol import COMPARED_PHASES
 from fednas.training.train import evaluate, recalibrate_bn, steps_per_epoch
 from fednas.version import __version__
 from simulations.client_app import client_setup
@@ -166,10 +168,14 @@ class FederatedPipeline(Runner):
             "dataset": self.data.describe(), "device": str(self.device), "models": self.models,
             "genotype": self.genotype, "timings": self.timings,
             "run_dir": str(self.rundir.path),
+            "protocol": cfg.retrain.protocol,
             "rounds": {"search": f.rounds, "train": f.subnet_rounds,
                        "fine_tune": cfg.compression.fine_tune_rounds or f.subnet_rounds},
             "versions": {"fednas": __version__, "torch": torch.__version__},
         }
+        alpha = alpha_summary(self.rundir.metrics)
+        if alpha is not None:
+            summary["alpha"] = alpha
         rounds = sum(1 for m in self.rundir.metrics if "clients_ok" in m)
         privacy = privacy_summary(cfg.privacy, self.state.accountant, rounds,
                                   self.state.privacy_stop)
@@ -279,11 +285,14 @@ class FederatedPipeline(Runner):
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed + PHASE_SEED.get(phase, sum(map(ord, phase))))
         model = self.fixed_model(spec)
+        budget = None
         if init is not None:
             model = init.cpu()
-        elif phase in ("retrain", "random") and r.inherit_weights and not (r.channels
-                                                                           or r.layers):
-            model = self.trained_supernet().subnet(spec["genotype"])
+        elif phase in COMPARED_PHASES:  # retrain.protocol: rounds and inheritance
+            budget = self.comparison_budget(phase)
+            rounds = rounds or budget.units
+            if budget.inherits:
+                model = self.trained_supernet().subnet(spec["genotype"])
         strategy = phase_strategy(cfg, phase, None, clients or self.node_partitions,
                                   self.state.accountant, wrap=wrap, cohorts=self.cohorts(phase),
                                   sim_times=self._fixed_times(model))
@@ -317,6 +326,7 @@ class FederatedPipeline(Runner):
                          device=self.device)
         self.rundir.save_model(model_name or MODEL_NAME[phase], model, spec=spec)
         self.timings[phase] = self.elapsed(phase, t0)
-        return {"test_acc": final["eval_acc"], "test_loss": final["eval_loss"],
-                "params": count_params(model), "flops": count_flops(model, self.data.input_shape),
-                "rounds": sum(m["phase"] == phase for m in self.rundir.metrics)}
+        entry = {"test_acc": final["eval_acc"], "test_loss": final["eval_loss"],
+                 "params": count_params(model), "flops": count_flops(model, self.data.input_shape),
+                 "rounds": sum(m["phase"] == phase for m in self.rundir.metrics)}
+        return entry if budget is None else {**entry, "inherited": budget.inherited}

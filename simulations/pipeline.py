@@ -21,6 +21,7 @@ from fednas.models.baselines import build_model
 from fednas.models.flops import count_flops, count_params
 from fednas.reporting.plots import plot_alpha_evolution, plot_curves
 from fednas.reporting.rundir import RunDir
+from fednas.reporting.summary import alpha_summary
 from fednas.spaces.base import Genotype, SearchSpace, save_genotype
 from fednas.spaces.cellnet import CellNetwork
 from fednas.spaces.registry import build_space
@@ -67,8 +68,12 @@ class Pipeline(Runner):
             "scenario": cfg.name, "seed": cfg.seed, "dataset": self.data.describe(),
             "device": str(self.device), "models": self.models, "genotype": self.genotype,
             "timings": self.timings, "run_dir": str(self.rundir.path),
+            "protocol": cfg.retrain.protocol,
             "versions": {"fednas": __version__, "torch": torch.__version__},
         }
+        alpha = alpha_summary(self.rundir.metrics)
+        if alpha is not None:
+            summary["alpha"] = alpha
         if self.meta_result is not None:
             summary["meta"] = self.meta_result
         self.rundir.write_json("summary.json", summary)
@@ -127,17 +132,18 @@ class Pipeline(Runner):
         is built from scratch with the seed + 1.
         """
         r = self.cfg.retrain
+        budget = self.comparison_budget(phase)
         if spec["kind"] == "baseline":
             b = self.cfg.baseline
             torch.manual_seed(self.cfg.seed + 1)
             model = build_model(b.model, input_shape=self.data.input_shape,
                                 num_classes=self.data.num_classes, width=b.width)
-            entry = self.fit(phase, model, r)
+            entry = self.fit(phase, model, r, budget.units)
             self.rundir.save_model(MODEL_NAME[phase], model, model=b.model, width=b.width)
-            return {**entry, "model": b.model}
+            return {**entry, "model": b.model, "inherited": budget.inherited}
         genotype = spec["genotype"]
-        model = self.derive_model(self.space, genotype, r)
-        entry = self.fit(phase, model, r)
+        model = self.derive_model(self.space, genotype, r, inherit=budget.inherits)
+        entry = {**self.fit(phase, model, r, budget.units), "inherited": budget.inherited}
         self.rundir.save_model(MODEL_NAME[phase], model, genotype=genotype,
                                space=self.space.space_name)
         return {**entry, "genotype_source": "search"} if phase == "retrain" else entry
@@ -147,11 +153,11 @@ class Pipeline(Runner):
         return random_genotype(self.space, self.cfg.seed, searched=self.genotype,
                                tolerance=r.params_tolerance, draw=r.draw)
 
-    def derive_model(self, space: SearchSpace, genotype: Genotype, r: TrainConfig
-                     ) -> torch.nn.Module:
+    def derive_model(self, space: SearchSpace, genotype: Genotype, r: TrainConfig, *,
+                     inherit: bool) -> torch.nn.Module:
         """The discrete model to retrain: inherited weights, or a fresh (resized) network."""
         resized = (r.channels or r.layers) and space.space_name == "cell"
-        if r.inherit_weights and not resized:
+        if inherit and not resized:
             return space.subnet(genotype)
         if resized:
             return CellNetwork(genotype, input_shape=self.data.input_shape,
@@ -165,16 +171,18 @@ class Pipeline(Runner):
                 module.reset_parameters()
         return model
 
-    def fit(self, phase: str, model: torch.nn.Module, r: TrainConfig) -> dict[str, Any]:
-        """Train ``model`` with ``r``; log val each epoch; return its test summary entry."""
+    def fit(self, phase: str, model: torch.nn.Module, r: TrainConfig, epochs: int
+            ) -> dict[str, Any]:
+        """Train ``model`` with ``r`` for ``epochs``; log val each epoch; return its test
+        summary entry."""
         t0 = time.perf_counter()
         model = model.to(self.device)
         opt = make_optimizer(r.optimizer, model.parameters(), lr=r.lr, momentum=r.momentum,
                              weight_decay=r.weight_decay)
         steps = steps_per_epoch(len(self.data.train_y), r.batch_size)
-        sched = make_scheduler(r.schedule, opt, steps * r.epochs)
-        tick = self._task(phase, steps * r.epochs)
-        for epoch in range(1, r.epochs + 1):
+        sched = make_scheduler(r.schedule, opt, steps * epochs)
+        tick = self._task(phase, steps * epochs)
+        for epoch in range(1, epochs + 1):
             stats = train_epoch(model, self._split("train"), optimizer=opt,
                                 batch_size=r.batch_size, grad_clip=r.grad_clip,
                                 generator=self.generator, device=self.device, scheduler=sched,
@@ -188,4 +196,4 @@ class Pipeline(Runner):
         self.timings[phase] = time.perf_counter() - t0
         return {"test_acc": test["eval_acc"], "test_loss": test["eval_loss"],
                 "params": count_params(model),
-                "flops": count_flops(model, self.data.input_shape), "epochs": r.epochs}
+                "flops": count_flops(model, self.data.input_shape), "epochs": epochs}

@@ -33,6 +33,7 @@ from fednas.reporting.plots import plot_alpha
 from fednas.reporting.rundir import RunDir
 from fednas.spaces.base import Genotype, SearchSpace
 from fednas.spaces.stats import alpha_columns, alpha_snapshot
+from fednas.training.protocol import Budget, comparison_budget
 from fednas.training.train import resolve_device, seed_everything
 from simulations.phases import base as phases
 
@@ -153,6 +154,19 @@ class Runner(ABC):
         return partition_stats(self.parts, self.data.train_y.numpy(), self.data.num_classes,
                                ids=None if groups is None else client_ids(groups),
                                by=self.data.group_field)
+
+    def comparison_budget(self, phase: str) -> Budget:
+        """``retrain.protocol``'s training of the compared model of ``phase``: federated
+        rounds (``federation.rounds`` / ``subnet-rounds``) or centralised epochs
+        (``search.epochs`` / ``retrain.epochs``), and where its weights start."""
+        cfg, r = self.cfg, self.cfg.retrain
+        federated = cfg.mode == "federated"
+        search = cfg.federation.rounds if federated else cfg.search.epochs
+        return comparison_budget(
+            r.protocol, phase, search_units=search * ("search" in cfg.phases),
+            train_units=cfg.federation.subnet_rounds if federated else r.epochs,
+            inherit_weights=r.inherit_weights, resized=bool(r.channels or r.layers),
+            partial=cfg.space.name == "cell" and cfg.space.cell.partial_channels > 1)
 
     def _split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
         return getattr(self.data, f"{name}_x"), getattr(self.data, f"{name}_y")

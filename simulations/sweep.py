@@ -34,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from fednas.config.grid import candidates, parse_grid
+from fednas.config.legacy import digest_view
 from fednas.config.loading import load_config
 from fednas.config.preflight import check_output_dir
 from fednas.config.tools import to_dict
 from fednas.errors import ConfigError
+from fednas.reporting.fingerprint import config_fingerprint
 from fednas.reporting.rundir import atomic_write_text
 
 FIXED = ("seed", "name", "runtime.out-dir")
@@ -98,7 +100,10 @@ def plan(scenario: Path | None, overrides: list[str], grid_specs: list[str], see
     # keyed by what runs (the resolved config), not by how it was spelled: an edited scenario
     # file gets a fresh sweep dir instead of stale results, and the same config reached
     # through the file or through --set finds the same one
-    key = {"config": to_dict(base), "grid": grid, "seeds": seeds}
+    # (less the keys whose changed default leaves this config's run as it was: legacy.py)
+    resolved = to_dict(base)
+    key = {"config": digest_view(resolved, config_fingerprint(resolved)), "grid": grid,
+           "seeds": seeds}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:8]
     root = Path(out_dir or base.runtime.out_dir) / f"{base.name}-sweep-{digest}"
     check_output_dir(root, "sweep --out-dir" if out_dir else "runtime.out-dir")

@@ -18,14 +18,23 @@ from fednas.errors import ConfigError
 META_MODELS = ("searched", "supernet", "conv4", "conv4-pretrained", "metanas", "dap")
 META_ALGORITHMS = ("maml", "fomaml", "anil", "metasgd")
 ATNAS_PRIORS = ("uniform", "metanas")
+ATNAS_FITNESS = ("loss", "accuracy")
+ATNAS_INITS = ("auto", "retrained", "search")
 
 
 @dataclass(frozen=True)
 class AtnasConfig:
     enabled: bool = option(False, doc="AT-NAS: meta-train the cell supernet over sampled "
                            "subnets, then evolve a subnet per test task (cell space)")
-    iterations: int = option(0, ge=0, doc="supernet meta-training outer steps "
-                             "(0 = meta.iterations)")
+    iterations: int = option(0, ge=0, doc="supernet meta-training outer steps (0 = "
+                             "meta.iterations: the same outer steps as each meta.models "
+                             "network gets)")
+    init: str = option("auto", choices=ATNAS_INITS, doc="shared weights before meta-training "
+                       "(meta.init = 'searched'): search (the search's supernet.pt), "
+                       "retrained (supernet.pt, then the retrained searched subnet, "
+                       "searched.pt, over its ops, stem and preprocessing; an error without "
+                       "one), auto (retrained when the run has searched.pt of the search's "
+                       "width and depth, else search; meta.json records which)")
     eval_tasks: int = option(0, ge=0, doc="test tasks searched: the first N of the shared "
                              "list (0 = meta.eval-tasks; each costs a whole search)")
     population: int = option(8, ge=2, doc="candidates kept per generation")
@@ -40,6 +49,9 @@ class AtnasConfig:
                                  "meta.models); with max-params the smaller limit holds")
     holdout: int = option(1, ge=1, doc="support shots per class held out to score a "
                           "candidate (1-shot tasks score on augmented copies instead)")
+    fitness: str = option("loss", choices=ATNAS_FITNESS, doc="candidate score after "
+                          "adapting: loss (minus the mean cross-entropy on the held-out "
+                          "shots or augmented copies) or accuracy there (saturates at 100 %)")
     augment_copies: int = option(4, ge=1, doc="1-shot fitness: augmented copies of each "
                                  "support image that the adapted candidate must classify")
     inner_steps: int = option(0, ge=0, doc="adaptation steps per candidate "
@@ -60,7 +72,8 @@ class AtnasConfig:
     def evolution_options(self) -> dict[str, Any]:
         """Keyword options of :class:`fednas.meta.atnas.EvolutionConfig` (without max-params)."""
         return {k: getattr(self, k) for k in ("population", "generations", "tournament",
-                                              "crossover", "mutation", "holdout", "max_tries")}
+                                              "crossover", "mutation", "holdout", "max_tries",
+                                              "fitness")}
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from fednas.config.space import CellSpaceConfig, SpaceConfig, WidthSpaceConfig  
 from fednas.config.tools import option, section
 from fednas.errors import ConfigError
 from fednas.registry import Registry
+from fednas.training.protocol import PROTOCOLS
 
 #: The phase names a scenario may list, in the order a run walks them. The built-in ones are
 #: implemented in ``simulations/phases/``; registering a phase there adds its name here.
@@ -96,6 +97,14 @@ class TrainConfig:
                                    "cell ops under space.cell.partial-channels > 1)")
     channels: int = option(0, ge=0, doc="cell space: retrain width (0 = search width)")
     layers: int = option(0, ge=0, doc="cell space: retrain depth (0 = search depth)")
+    protocol: str = option("equal-total", choices=PROTOCOLS,
+                           doc="how the compared models (retrain, random, baseline) train "
+                               "(fednas/training/protocol.py): equal-total (a model starting "
+                               "fresh trains the search's rounds + subnet-rounds, one "
+                               "inheriting the supernet's weights subnet-rounds), scratch "
+                               "(every model fresh, subnet-rounds: DARTS's protocol) or "
+                               "subnet-only (every model subnet-rounds: earlier fednas; unfair "
+                               "to the fresh baseline)")
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,11 @@
    weights are trained for the region of the space that adapts well.
 2. For a new task, :func:`search_task` evolves genotypes (population, tournament selection,
    crossover per node, mutation of ops and inputs; seeded). The initial population is
-   random, or the prior's mode and draws from it. Fitness is the accuracy on a
-   held-out part of the support set after adapting the subnet (weights inherited from the
-   meta-trained supernet) on the rest. EEEA early exit: a candidate whose derived subnet
+   random, or the prior's mode and draws from it. A candidate's subnet (weights inherited
+   from the meta-trained supernet) is adapted on part of the support set and scored on the
+   rest (held-out shots; augmented views of the support for 1-shot tasks): by default minus
+   the mean cross-entropy there (``fitness="loss"``), or the accuracy (``"accuracy"``, which
+   saturates at 100 % on so few samples). EEEA early exit: a candidate whose derived subnet
    has more than ``max_params`` parameters is rejected before any evaluation.
 """
 
@@ -42,7 +44,9 @@ from fednas.meta.learners import MetaLearner, TaskSampler, mean_ci95, meta_train
 from fednas.models.flops import count_params
 from fednas.spaces.base import Genotype, SearchSpace
 
-__all__ = ["KINDS", "ArchPrior", "AtnasReport", "EvolutionConfig", "TaskSearch",
+FITNESS = ("loss", "accuracy")  # what scores a candidate: -cross-entropy or accuracy
+
+__all__ = ["FITNESS", "KINDS", "ArchPrior", "AtnasReport", "EvolutionConfig", "TaskSearch",
            "atnas_evaluate", "augmented_support", "crossover", "genotype_key",
            "genotype_masks", "meta_train_supernet", "mutate", "search_task"]
 
@@ -58,6 +62,7 @@ class EvolutionConfig:
     mutation: float = 0.2  # chance per gene of a new op or a new input
     max_params: int | None = None  # EEEA: larger subnets are rejected unevaluated
     holdout: int = 1  # support shots per class held out to score a candidate
+    fitness: str = "loss"  # score on the fit episode's query: -mean CE ("loss") or accuracy
     max_tries: int = 50  # draws per wanted candidate before giving up
 
     def validate(self) -> None:
@@ -70,6 +75,8 @@ class EvolutionConfig:
         for key in ("crossover", "mutation"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 raise ConfigError(f"meta.evolution.{key} must be in [0, 1]")
+        if self.fitness not in FITNESS:
+            raise ConfigError(f"meta.atnas.fitness: {self.fitness!r}; one of {FITNESS}")
         if self.max_params is not None and self.max_params < 1:
             raise ConfigError("meta.evolution.max-params must be positive (or unset)")
 
@@ -80,13 +87,14 @@ class TaskSearch:
 
     genotype: Genotype
     params: int
-    fitness: float  # held-out support accuracy of the chosen subnet
+    fitness: float  # the chosen subnet's score (the measure ``fitness_measure`` names)
     query_accuracy: float  # after adapting the chosen subnet on the whole support set
     evaluations: int  # candidates adapted and scored
     rejected: int  # candidates dropped by the params threshold, never evaluated
     search_seconds: float
     adapt_seconds: float  # final adaptation of the chosen subnet
     history: list[dict] = field(default_factory=list)  # evaluated: generation, params, fitness
+    fitness_measure: str = "loss"  # "loss": fitness = -mean CE; "accuracy": fitness = accuracy
 
 
 @dataclass
@@ -103,6 +111,7 @@ class AtnasReport:
                 "mean_seconds": self.mean_seconds,
                 "tasks": [{"genotype": t.genotype, "params": t.params,
                            "query_accuracy": t.query_accuracy, "fitness": t.fitness,
+                           "fitness_measure": t.fitness_measure,
                            "evaluations": t.evaluations, "rejected": t.rejected,
                            "seconds": t.search_seconds + t.adapt_seconds} for t in self.tasks]}
 
@@ -156,13 +165,20 @@ def meta_train_supernet(space: SearchSpace, tasks: FewShotSet | TaskSampler, *,
 
 
 # ----------------------------------------------------------------------------- search
-def _fitness(net: nn.Module, episode: Episode, *, algorithm: str, steps: int, inner_lr: float
-             ) -> float:
-    """Query accuracy of ``episode`` after adapting ``net`` on its support (first order)."""
+def _fitness(net: nn.Module, episode: Episode, *, algorithm: str, steps: int, inner_lr: float,
+             measure: str = "accuracy") -> float:
+    """Score on ``episode``'s query after adapting ``net`` on its support (first order).
+
+    ``measure``: ``"accuracy"``, or ``"loss"`` for minus the mean cross-entropy (higher is
+    better either way; the loss still ranks nets that classify every query right).
+    """
     learner = MetaLearner(net, algorithm, inner_lr=inner_lr, first_order=True).train()
     adapted = learner.adapt(episode.support_x, episode.support_y, steps)
     with torch.no_grad():
-        return float((adapted(episode.query_x).argmax(1) == episode.query_y).float().mean())
+        logits = adapted(episode.query_x)
+        if measure == "loss":
+            return -float(F.cross_entropy(logits, episode.query_y))
+        return float((logits.argmax(1) == episode.query_y).float().mean())
 
 
 class _Search:
@@ -174,7 +190,8 @@ class _Search:
         self.space, self.fit, self.cfg, self.gen, self.device = space, fit, cfg, generator, device
         self.draw = prior.sample if prior is not None else space.random_genotype
         self.prior_score = prior.log_prob if prior is not None else (lambda _g: 0.0)
-        self.scoring = {"algorithm": algorithm, "steps": steps, "inner_lr": inner_lr}
+        self.scoring = {"algorithm": algorithm, "steps": steps, "inner_lr": inner_lr,
+                        "measure": cfg.fitness}
         self.scored: dict[str, tuple[float, int]] = {}  # key -> (fitness, params)
         self.params: dict[str, int] = {}
         self.rejected = 0
@@ -200,7 +217,7 @@ class _Search:
 
     def rank(self, genotype: Genotype) -> tuple[float, float, int]:
         fitness, params = self.scored[genotype_key(genotype)]
-        # best first: accuracy, then what the prior prefers (if any), then fewer parameters
+        # best first: fitness, then what the prior prefers (if any), then fewer parameters
         return -fitness, -self.prior_score(genotype), params
 
     def tournament(self, population: list[Genotype]) -> Genotype:
@@ -233,7 +250,8 @@ def search_task(space: SearchSpace, episode: Episode, *, config: EvolutionConfig
     """Evolve a subnet for ``episode`` and adapt the winner on its whole support set.
 
     ``fit`` is the episode that scores candidates (default: the support set split by
-    ``config.holdout``; 1-shot tasks use :func:`augmented_support`). Without a ``prior`` the
+    ``config.holdout``; 1-shot tasks use :func:`augmented_support`), by ``config.fitness``
+    (the result's ``fitness`` is that score). Without a ``prior`` the
     initial population is drawn uniformly; with one it is the prior's mode (subject to the
     params threshold like any candidate) and draws from the prior, and fitness ties go to
     the genotype the prior scores higher. The real query is only used to report the
@@ -263,7 +281,8 @@ def search_task(space: SearchSpace, episode: Episode, *, config: EvolutionConfig
     net = space.subnet(best).to(device)
     query_acc = _fitness(net, ep, algorithm=algorithm, steps=inner_steps, inner_lr=inner_lr)
     return TaskSearch(best, params, fitness, query_acc, len(search.history), search.rejected,
-                      searched - start, time.perf_counter() - searched, search.history)
+                      searched - start, time.perf_counter() - searched, search.history,
+                      cfg.fitness)
 
 
 def atnas_evaluate(space: SearchSpace, tasks: Sequence[Episode], *,

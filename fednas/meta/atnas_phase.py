@@ -5,7 +5,10 @@
 α meta-learned by MetaNAS (:func:`atnas_prior`). The meta-trained supernet is saved in the
 run dir and reused by a later meta phase with the same training settings
 (:mod:`fednas.meta.store`), so the per-task search (evolution, fitness, adaptation steps,
-test tasks) can be varied without meta-training again.
+test tasks) can be varied without meta-training again. The shared weights start from the
+run's weights as ``meta.atnas.init`` says (:func:`initial_weights`), and are meta-trained
+for ``meta.atnas.iterations`` (0: ``meta.iterations``, the outer steps every model of
+``meta.models`` gets).
 """
 
 from __future__ import annotations
@@ -16,13 +19,13 @@ from typing import Any
 import torch
 
 from fednas.data.episodes import FewShotSet
-from fednas.errors import CheckpointError
+from fednas.errors import CheckpointError, ConfigError
 from fednas.meta import store as meta_store
 from fednas.meta.models import load_matching, meta_seed, meta_space, saved_weights
 from fednas.meta.setup import MetaSetup
 from fednas.meta.steps import metrics_logger, run_metanas, task_kwargs
 from fednas.reporting.rundir import RunDir
-from fednas.spaces.base import SearchSpace
+from fednas.spaces.base import SearchSpace, load_genotype
 
 MetanasState = tuple[dict[str, torch.Tensor], float]  # a meta-trained supernet, its seconds
 
@@ -91,6 +94,41 @@ def atnas_prior(setup: MetaSetup, run: RunDir, space: SearchSpace, train_pool: F
                    "prior_s": time.perf_counter() - t0 + reused_s, "reused_s": reused_s}
 
 
+def initial_weights(setup: MetaSetup, run: RunDir, space: SearchSpace) -> dict[str, Any]:
+    """Load AT-NAS's starting weights into ``space``; return ``init`` and ``init_source``.
+
+    ``search``: the search's ``supernet.pt`` where names and shapes match (heads excluded).
+    ``retrained``: that, then the retrained searched subnet (``searched.pt``, loaded into the
+    genotype's subnet as the ``searched`` model loads it, heads excluded) copied back over the
+    supernet tensors it came from (:meth:`fednas.spaces.cell.CellSupernet.load_subnet`: the
+    genotype's op on each of its edges, stem, preprocessing). Raises ConfigError naming
+    ``meta.atnas.init`` when ``retrained`` was asked for and the run has no usable subnet.
+    """
+    init = meta_store.atnas_init(setup, run.path)
+    if setup.meta.atnas.init == "retrained" and init != "retrained":
+        raise ConfigError('meta.atnas.init: "retrained" needs meta.init = "searched"')
+    if init == "scratch":
+        return {"init": "scratch", "init_source": "scratch"}
+    state = saved_weights(run.path, "supernet")
+    source = "supernet.pt" if state is not None and load_matching(space, state) else "scratch"
+    if init == "search":
+        return {"init": "search", "init_source": source}
+    retrained = saved_weights(run.path, "searched")
+    r, c = setup.retrain, setup.space.cell
+    if retrained is None or r.channels not in (0, c.channels) or r.layers not in (0, c.layers):
+        raise ConfigError(f'meta.atnas.init: "retrained" needs {run.path / "searched.pt"} (the '
+                          "retrain phase) at the search's width and depth (retrain.channels/"
+                          'layers 0); use "search" or "auto"')
+    net = space.subnet(load_genotype(run.path / "genotype.json"))  # the supernet's weights
+    taken = load_matching(net, retrained)  # then the retrained ones where they fit
+    if not taken:
+        raise CheckpointError(f"{run.path / 'searched.pt'}: no tensor fits the genotype's "
+                              "subnet in AT-NAS's supernet")
+    space.load_subnet(net)
+    return {"init": "retrained", "init_source": f"searched.pt over {source}",
+            "retrained_tensors": taken}
+
+
 def trained_supernet(setup: MetaSetup, run: RunDir, train_pool: FewShotSet, shots: int,
                      device: torch.device, metanas_state: MetanasState | None
                      ) -> tuple[SearchSpace, Any, dict[str, Any]]:
@@ -101,8 +139,7 @@ def trained_supernet(setup: MetaSetup, run: RunDir, train_pool: FewShotSet, shot
     m, a = setup.meta, setup.meta.atnas
     torch.manual_seed(meta_seed(setup, 4, shots))
     space = meta_space(setup, train_pool.input_shape, m.ways, with_none=True)
-    state = saved_weights(run.path, "supernet") if m.init == "searched" else None
-    source = "supernet.pt" if state is not None and load_matching(space, state) else "scratch"
+    init = initial_weights(setup, run, space)
     key = meta_store.training_key(setup, "atnas-supernet", shots, run.path)
     saved = meta_store.load(run.path, key)
     if saved is not None:
@@ -113,13 +150,15 @@ def trained_supernet(setup: MetaSetup, run: RunDir, train_pool: FewShotSet, shot
                               "weights": saved.name, "reused": True}
     t0 = time.perf_counter()
     prior, record = atnas_prior(setup, run, space, train_pool, shots, device, metanas_state)
+    if record.get("prior_source", "").startswith("metanas model"):  # its weights replace init's
+        init["init_source"] = record["prior_source"]
     atnas.meta_train_supernet(
         space, train_pool, algorithm="anil" if m.algorithm == "anil" else "maml",
         device=device, sampler=prior.sample if prior is not None else None,
         generator=torch.Generator().manual_seed(meta_seed(setup, 5, shots)),
         callback=metrics_logger(run, f"meta-atnas-{shots}shot", m.log_every),
         **(task_kwargs(setup, shots) | {"iterations": a.iterations or m.iterations}))
-    record["init"] = source
+    record |= init
     train_s = time.perf_counter() - t0 + record.get("reused_s", 0.0)
     name = meta_store.save(run, key, space, train_s, record=record)
     return space, prior, {**record, "meta_train_s": train_s, "weights": name, "reused": False}
@@ -131,7 +170,8 @@ def run_atnas(setup: MetaSetup, run: RunDir, train_pool: FewShotSet, tasks: Any,
     """AT-NAS for one shot count: meta-train the supernet, evolve a subnet per test task.
 
     The first ``meta.atnas.eval-tasks`` of ``tasks`` are searched; 1-shot tasks score
-    candidates on augmented copies of the support (:func:`fednas.meta.atnas.augmented_support`).
+    candidates on augmented copies of the support (:func:`fednas.meta.atnas.augmented_support`),
+    by ``meta.atnas.fitness`` (recorded as ``fitness_measure``).
     With ``meta.atnas.prior = "metanas"`` subnets are drawn from MetaNAS's α
     (:func:`atnas_prior`); MetaNAS's seconds count in ``meta_train_s`` (also when reused).
     """
@@ -160,6 +200,7 @@ def run_atnas(setup: MetaSetup, run: RunDir, train_pool: FewShotSet, tasks: Any,
     mean, ci = mean_ci95([t["acc"] for t in per_task])
     n = len(per_task)
     return {"acc": mean, "ci95": ci, "tasks": n, "max_params": max_params,
+            "fitness_measure": a.fitness,  # per_task "fitness": -mean CE (loss) or accuracy
             **record, "mode_chosen": sum(
                 atnas.genotype_key(t["genotype"]) == atnas.genotype_key(record["prior_genotype"])
                 for t in per_task) if prior is not None else None,

@@ -84,6 +84,18 @@ def _space_key(setup: MetaSetup) -> dict[str, Any]:
     return space
 
 
+def atnas_init(setup: MetaSetup, run_dir: Path | None) -> str:
+    """What AT-NAS's shared weights start from: ``scratch`` (``meta.init = "scratch"``),
+    ``search`` or ``retrained`` (``meta.atnas.init``; ``auto``: retrained when ``run_dir``
+    has ``searched.pt`` retrained at the search's width and depth, else search)."""
+    m, r, c = setup.meta, setup.retrain, setup.space.cell
+    if m.init == "scratch" or m.atnas.init != "auto":
+        return "scratch" if m.init == "scratch" else m.atnas.init
+    same_shape = r.channels in (0, c.channels) and r.layers in (0, c.layers)
+    found = run_dir is not None and (Path(run_dir) / "searched.pt").is_file()
+    return "retrained" if same_shape and found else "search"
+
+
 def training_key(setup: MetaSetup, what: str, shots: int, run_dir: Path | None = None
                  ) -> dict[str, Any]:
     """The settings that determine the meta-trained weights of ``what`` at ``shots``.
@@ -114,6 +126,8 @@ def training_key(setup: MetaSetup, what: str, shots: int, run_dir: Path | None =
         key["metanas"] = dataclasses.asdict(m.metanas)
     if what == "atnas-supernet":
         key["atnas"] = {k: getattr(m.atnas, k) for k in ATNAS_TRAINING}
+    if what in ("atnas-supernet", "atnas-prior") and atnas_init(setup, run_dir) == "retrained":
+        key["init"] = "retrained"  # absent for the search's weights: earlier files still match
     return json.loads(json.dumps(key, sort_keys=True))  # tuples → lists, as saved
 
 

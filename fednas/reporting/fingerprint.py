@@ -57,9 +57,13 @@ def changed_keys(saved: Mapping[str, Any], now: Mapping[str, Any],
     A key present in only one of them counts as changed, unless ``defaults`` (the
     fingerprint of the default config) says it holds its default value: a key that fednas
     added after the checkpoint was written, left at its default, is what the older run
-    computed (new keys are added with defaults that keep the earlier behaviour).
+    computed (new keys are added with defaults that keep the earlier behaviour). The
+    exceptions, keys whose default changed the numbers, count at their legacy value where
+    ``now``'s value would run differently (:func:`fednas.config.legacy.legacy_values`).
     """
-    defaults = defaults or {}
+    from fednas.config.legacy import legacy_values
+
+    defaults = {**(defaults or {}), **legacy_values(now)}
 
     def value(side: Mapping[str, Any], key: str) -> Any:
         return side[key] if key in side else defaults.get(key, ...)

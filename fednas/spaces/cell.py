@@ -261,13 +261,42 @@ class CellSupernet(SearchSpace):
                           channels=self.channels, layers=self.layers,
                           stem_stride=self.stem_stride, stem_multiplier=self.stem_multiplier,
                           allowed_ops=self.op_names)
-        net.stem.load_state_dict(self.stem.state_dict())
-        net.classifier.load_state_dict(self.classifier.state_dict())
-        for super_cell, cell in zip(self.cells, net.cells, strict=True):
-            cell.preprocess0.load_state_dict(super_cell.preprocess0.state_dict())
-            cell.preprocess1.load_state_dict(super_cell.preprocess1.state_dict())
-            if self.partial_channels > 1:
-                continue
-            for op, (name, edge) in zip(cell.ops, cell.edge_ids, strict=True):
-                op.load_state_dict(super_cell.edges[edge].ops[name].state_dict())
+        for own, sub in self._shared_modules(net):
+            sub.load_state_dict(own.state_dict())
         return net
+
+    def load_subnet(self, net: CellNetwork) -> int:
+        """The inverse of :meth:`subnet`: copy ``net``'s weights (e.g. a retrained subnet's)
+        into the supernet modules they correspond to: stem, preprocessing, classifier, and
+        each kept op into its edge's op of the same name (not with ``partial_channels`` > 1).
+
+        ``net`` must have this supernet's macro-structure (channels, layers, nodes);
+        raises ValueError naming the first tensor whose shape differs. Returns the number of
+        tensors copied. A subnet derived afterwards computes what ``net`` computes.
+        """
+        self.check_genotype(net.genotype)
+        if len(net.cells) != len(self.cells):
+            raise ValueError(f"load_subnet: {len(net.cells)} cells, the supernet has "
+                             f"{len(self.cells)}")
+        pairs = self._shared_modules(net)
+        for own, sub in pairs:
+            mine = own.state_dict()
+            bad = [k for k, v in sub.state_dict().items() if mine[k].shape != v.shape]
+            if bad:
+                raise ValueError(f"load_subnet: {type(sub).__name__} tensor {bad[0]!r} does "
+                                 "not fit the supernet's (another width or layout?)")
+        for own, sub in pairs:
+            own.load_state_dict(sub.state_dict())
+        return sum(len(sub.state_dict()) for _, sub in pairs)
+
+    def _shared_modules(self, net: CellNetwork) -> list[tuple[nn.Module, nn.Module]]:
+        """(supernet module, subnet module) pairs that hold the same weights."""
+        pairs: list[tuple[nn.Module, nn.Module]] = [(self.stem, net.stem),
+                                                     (self.classifier, net.classifier)]
+        for own_cell, cell in zip(self.cells, net.cells, strict=True):
+            pairs += [(own_cell.preprocess0, cell.preprocess0),
+                      (own_cell.preprocess1, cell.preprocess1)]
+            if self.partial_channels == 1:
+                pairs += [(own_cell.edges[edge].ops[name], op)
+                          for op, (name, edge) in zip(cell.ops, cell.edge_ids, strict=True)]
+        return pairs

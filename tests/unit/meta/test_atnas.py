@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 
-from fednas.data.episodes import split_classes
+from fednas.config.loading import load_config
+from fednas.data.episodes import Episode, split_classes
 from fednas.data.fewshot import load_fewshot
 from fednas.errors import ConfigError
 from fednas.meta import atnas
+from fednas.meta import store as meta_store
+from fednas.meta.atnas_phase import initial_weights
 from fednas.meta.learners import fixed_tasks
+from fednas.meta.models import meta_space
+from fednas.meta.setup import meta_setup
 from fednas.models.flops import count_params
-from fednas.spaces.cellnet import check_cell_genotype
+from fednas.reporting.rundir import RunDir
+from fednas.spaces.base import save_genotype
+from fednas.spaces.cellnet import CellNetwork, check_cell_genotype
 from fednas.spaces.registry import build_space
 
 OPS = ("none", "skip_connect", "max_pool_3x3", "sep_conv_3x3")
@@ -99,7 +107,9 @@ def test_search_never_evaluates_a_subnet_over_the_params_threshold(tasks, monkey
     assert result.evaluations == len(result.history) == len(scored) - 1  # + the final adapt
     assert max(scored) <= limit and all(h["params"] <= limit for h in result.history)
     assert result.params <= limit and result.params == count_params(space.subnet(result.genotype))
-    assert 0.0 <= result.fitness <= 1.0 and 0.0 <= result.query_accuracy <= 1.0
+    assert result.fitness_measure == "loss" and result.fitness < 0  # minus a cross-entropy
+    assert result.fitness == max(h["fitness"] for h in result.history)
+    assert 0.0 <= result.query_accuracy <= 1.0
     assert result.search_seconds > 0 and result.adapt_seconds > 0
     with pytest.raises(ValueError, match="raise meta.evolution.max-params"):
         atnas.search_task(space, tasks[0], config=atnas.EvolutionConfig(max_params=10,
@@ -200,3 +210,154 @@ def test_prior_seeds_meta_training_and_the_initial_population(pools, tasks, monk
         prior=prior)
     assert result.history[0]["genotype"] == prior.mode() == space.genotype()
     assert result.evaluations >= 4 and result.genotype == prior.mode()  # ties: the prior's pick
+
+
+# ----------------------------------------------------------------------------- fitness
+def test_loss_fitness_ranks_confident_nets_that_accuracy_cannot_tell_apart():
+    torch.manual_seed(0)
+    x = torch.eye(4).repeat(3, 1) + 0.05 * torch.randn(12, 4)  # 4 classes, 3 shots each
+    y = torch.arange(4).repeat(3)
+    episode = Episode(x[:8], y[:8], x[8:], y[8:], list(range(4)))
+    nets = []
+    for scale in (0.5, 6.0):  # both classify every sample right; the second more confidently
+        net = nn.Linear(4, 4)
+        with torch.no_grad():
+            net.weight.copy_(scale * torch.eye(4))
+            net.bias.zero_()
+        nets.append(net)
+    score = dict(algorithm="maml", steps=1, inner_lr=0.01)
+    accuracy = [atnas._fitness(n, episode, measure="accuracy", **score) for n in nets]
+    loss = [atnas._fitness(n, episode, measure="loss", **score) for n in nets]
+    assert accuracy == [1.0, 1.0]  # saturated: no ranking
+    assert loss[1] > loss[0] > -torch.log(torch.tensor(4.0)).item()  # better than chance
+    for net, fit in zip(nets, loss, strict=True):  # it is minus the adapted query CE
+        step = torch.optim.SGD(net.parameters(), lr=0.01)  # the one inner step, by hand
+        nn.functional.cross_entropy(net(episode.support_x), episode.support_y).backward()
+        step.step()
+        with torch.no_grad():
+            ce = nn.functional.cross_entropy(net(episode.query_x), episode.query_y)
+        assert fit == pytest.approx(-float(ce), rel=1e-6)
+
+
+@pytest.mark.parametrize("measure", atnas.FITNESS)
+def test_search_ranks_by_the_configured_fitness(tasks, monkeypatch, measure):
+    space = supernet()
+
+    def scores(net, episode, *, measure="accuracy", **_):  # every candidate 100 % right,
+        if measure == "accuracy":  # the larger ones more confident (lower loss)
+            return 1.0
+        return -1.0 / count_params(net)
+
+    monkeypatch.setattr(atnas, "_fitness", scores)
+    cfg = atnas.EvolutionConfig(population=4, generations=1, fitness=measure)
+    result = atnas.search_task(space, tasks[0], config=cfg, inner_steps=1,
+                               generator=torch.Generator().manual_seed(2))
+    sizes = [h["params"] for h in result.history]
+    assert len(set(sizes)) > 1 and result.fitness_measure == measure
+    # accuracy ties everywhere: fewer params wins; the loss picks the most confident
+    assert result.params == (min(sizes) if measure == "accuracy" else max(sizes))
+    assert result.fitness == (1.0 if measure == "accuracy" else -1.0 / max(sizes))
+    assert atnas.AtnasReport([result], 0.0, 0.0, 0.0).describe()["tasks"][0][
+        "fitness_measure"] == measure
+    with pytest.raises(ConfigError, match="meta.atnas.fitness"):
+        atnas.EvolutionConfig(fitness="f1").validate()
+
+
+# ----------------------------------------------------------------------------- init and keys
+SPACE = ["space.cell.channels=4", "space.cell.layers=3", "space.cell.nodes=2",
+         "space.cell.stem-stride=1", 'space.cell.ops=["skip_connect", "max_pool_3x3", '
+         '"sep_conv_3x3"]', "meta.ways=3"]
+
+
+def setup_of(*overrides: str):
+    return meta_setup(load_config(None, [*SPACE, *overrides]))
+
+
+def fake_run(tmp_path, retrained: bool = True):
+    """A run dir with the search's supernet.pt and genotype.json, and a perturbed searched.pt
+    (its head for 7 classes, as the search data's); returns it and the retrained network."""
+    setup = setup_of()
+    torch.manual_seed(0)
+    search = meta_space(setup, (1, 8, 8), 3)
+    run = RunDir(tmp_path, "run")
+    run.save_model("supernet", search)
+    genotype = search.random_genotype(torch.Generator().manual_seed(4))
+    save_genotype(genotype, run.path / "genotype.json")
+    net = CellNetwork(genotype, input_shape=(1, 8, 8), num_classes=7, channels=4, layers=3)
+    with torch.no_grad():
+        for value in net.state_dict().values():
+            if value.is_floating_point():
+                value.add_(torch.rand(value.shape))
+    if retrained:
+        run.save_model("searched", net)
+    return run, search, genotype, net
+
+
+@pytest.mark.parametrize("option", ['meta.atnas.init="auto"', 'meta.atnas.init="retrained"'])
+def test_retrained_init_puts_the_retrained_subnet_into_the_supernet(tmp_path, option):
+    run, search, genotype, net = fake_run(tmp_path)
+    setup = setup_of(option)
+    space = meta_space(setup, (1, 8, 8), 3, with_none=True)
+    head = space.classifier.weight.clone()
+    record = initial_weights(setup, run, space)
+    assert record["init"] == "retrained" and record["init_source"] == "searched.pt over supernet.pt"
+    body = {k: v for k, v in net.state_dict().items() if not k.startswith("classifier.")}
+    assert record["retrained_tensors"] == len(body)
+    sub = space.subnet(genotype).state_dict()
+    assert all(torch.equal(sub[k], v) for k, v in body.items())  # the retrained body
+    assert torch.equal(space.classifier.weight, head)  # the head stays AT-NAS's own
+    own = set(space.state_dict())
+    on_genotype = {k for k in own if k.startswith(tuple(
+        f"cells.{i}.edges.{edge}.ops.{name}." for i, cell in enumerate(space.subnet(genotype)
+                                                                      .cells)
+        for name, edge in cell.edge_ids))}
+    rest = [k for k in search.state_dict() if ".edges." in k and k not in on_genotype]
+    assert rest and all(torch.equal(space.state_dict()[k], search.state_dict()[k]) for k in rest)
+    search_only = meta_space(setup_of('meta.atnas.init="search"'), (1, 8, 8), 3, with_none=True)
+    assert initial_weights(setup_of('meta.atnas.init="search"'), run, search_only) == {
+        "init": "search", "init_source": "supernet.pt"}
+    assert torch.equal(search_only.stem[0].weight, search.stem[0].weight)
+
+
+def test_retrained_init_without_a_retrained_subnet(tmp_path):
+    run, *_ = fake_run(tmp_path, retrained=False)
+    space = meta_space(setup_of(), (1, 8, 8), 3, with_none=True)
+    assert initial_weights(setup_of(), run, space)["init"] == "search"  # auto: recorded
+    with pytest.raises(ConfigError, match='meta.atnas.init: "retrained" needs .*searched.pt'):
+        initial_weights(setup_of('meta.atnas.init="retrained"'), run, space)
+    with pytest.raises(ConfigError, match='meta.atnas.init: "retrained" needs meta.init'):
+        initial_weights(setup_of('meta.atnas.init="retrained"', 'meta.init="scratch"'), run,
+                        space)
+    assert initial_weights(setup_of('meta.init="scratch"'), run, space)["init"] == "scratch"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ('meta.atnas.fitness="f1"', "meta.atnas.fitness: 'f1' is not allowed"),
+    ('meta.atnas.init="best"', "meta.atnas.init: 'best' is not allowed")])
+def test_new_atnas_keys_are_validated(override, needle):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert needle in str(err.value)
+    cfg = load_config(None, ['meta.atnas.fitness="accuracy"', 'meta.atnas.init="search"'])
+    assert (cfg.meta.atnas.fitness, cfg.meta.atnas.init) == ("accuracy", "search")
+    assert load_config(None).meta.atnas.evolution_options()["fitness"] == "loss"
+
+
+def test_training_key_follows_the_init_not_the_fitness(tmp_path):
+    run, *_ = fake_run(tmp_path)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+
+    def key(run_dir, what="atnas-supernet", *overrides):
+        return meta_store.training_key(setup_of(*overrides), what, 1, run_dir)
+
+    for what in ("atnas-supernet", "atnas-prior"):
+        retrained, search = key(run.path, what), key(run.path, what, 'meta.atnas.init="search"')
+        assert retrained["init"] == "retrained" and "init" not in search
+        assert meta_store.digest(retrained) != meta_store.digest(search)
+        assert key(run.path, what, 'meta.atnas.init="retrained"') == retrained
+        assert key(bare, what) == key(bare, what, 'meta.atnas.init="search"')  # auto: search
+    wider = key(run.path, "atnas-supernet", "retrain.channels=8")  # resized: auto = search
+    assert "init" not in wider
+    assert key(run.path, "searched") == key(run.path, "searched", 'meta.atnas.init="search"')
+    assert key(run.path) == key(run.path, "atnas-supernet", 'meta.atnas.fitness="accuracy"')

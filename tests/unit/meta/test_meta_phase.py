@@ -82,6 +82,8 @@ def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys
     assert atnas["tasks"] == 2 and len(atnas["per_task"]) == 2
     assert all(t["params"] <= atnas["max_params"] for t in atnas["per_task"])
     assert {"genotype", "search_s", "adapt_s"} <= set(atnas["per_task"][0])
+    assert (atnas["init"], atnas["init_source"]) == ("retrained", "metanas model")  # its weights
+    assert atnas["fitness_measure"] == "loss" and all(t["fitness"] < 0 for t in atnas["per_task"])
     for shot in ("1shot", "2shot"):  # α prior: the metanas model's meta-learned supernet
         prior = meta["atnas"][shot]
         assert (prior["prior"], prior["prior_source"]) == ("metanas", "metanas model")
@@ -136,6 +138,7 @@ def test_meta_phase_end_to_end_and_on_a_run_dir(tiny_overrides, tmp_path, capsys
     prior = result["atnas"]["1shot"]
     assert (prior["prior"], prior["prior_source"]) == ("metanas", "own metanas search")
     assert prior["prior_s"] > 0 and prior["meta_train_s"] > prior["prior_s"]
+    assert prior["init_source"] == "searched.pt over supernet.pt"  # its MetaNAS starts there
     assert not prior["reused"] and result["models"]["searched"]["1shot"]["reused"]
     assert "meta-atnas-prior-1shot" in {json.loads(line)["phase"]
                                         for line in (run_dir / "metrics.jsonl").open()}

@@ -225,7 +225,8 @@ def test_pipeline_with_secure_aggregation_matches_plain(tiny_overrides, tmp_path
     plain, plain_summary, _ = in_process_run(sets + [f'runtime.out-dir="{tmp_path / "p"}"'])
     masked, summary, grid = in_process_run(sets + [f'runtime.out-dir="{tmp_path / "s"}"',
                                                    "privacy.secure-aggregation=true"])
-    assert [m["phase"] for m in masked] == ["search", "baseline", "baseline"]
+    # retrain.protocol equal-total: the fresh baseline trains the search's round + 2
+    assert [m["phase"] for m in masked] == ["search", "baseline", "baseline", "baseline"]
     for p, m in zip(plain, masked, strict=True):
         assert (m["secagg_survivors"], m["clients_ok"], m["round_failed"]) == (3, 3, 0)
         assert 0 < m["secagg_error_bound"] < 1e-9 and m["secagg_wall_s"] > 0
