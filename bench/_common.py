@@ -2,14 +2,16 @@
 scenario, and a subprocess run with the peak memory of its process tree.
 
 ``bench/compression.py`` and ``bench/federated_vs_baseline.py`` run one scenario of
-``simulations/`` for several seeds through the sweep runner (resumable, one process per run,
-kept under ``--out-dir``) and read the finished runs' summaries. (``python bench/X.py`` puts
+``simulations/`` for several seeds (and, in compression's width arm, a grid) through the
+sweep runner (resumable, one process per run, kept under ``--out-dir``) and read the
+finished runs' summaries. (``python bench/X.py`` puts
 ``bench/`` on the path, so they import this module as ``_common``.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import tempfile
 import time
@@ -24,22 +26,40 @@ from simulations.sweep import parse_seeds, run_sweep
 SIMULATIONS = Path(__file__).resolve().parents[1] / "simulations"
 
 
-def sweep_summaries(bench: str, scenario: str, doc: str, seeds: str = "0,1,2"
-                    ) -> tuple[Path, list[dict[str, Any]]]:
-    """Parse ``--seeds/--set/--out-dir``, sweep ``simulations/<scenario>.toml``; return the
-    sweep dir and the finished runs' summaries (seed order). Exits naming ``bench`` if a run
-    failed."""
+def bench_parser(doc: str, seeds: str = "0,1,2") -> argparse.ArgumentParser:
+    """The sweep-based benchmarks' options: ``--seeds``, ``--set KEY=VALUE`` (repeatable) and
+    ``--out-dir`` (default ``runs/bench``)."""
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--seeds", default=seeds)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out-dir", default="runs/bench")
-    args = parser.parse_args()
-    root, _ = run_sweep(SIMULATIONS / f"{scenario}.toml",
-                        ["runtime.progress=false", *args.overrides], [],
-                        parse_seeds(args.seeds), out_dir=args.out_dir)
-    runs, failed = collect([root])
+    return parser
+
+
+def sweep(bench: str, scenario: str, overrides: list[str], grid: list[str], seeds: str,
+          out_dir: str) -> tuple[Path, list[dict[str, Any]]]:
+    """Sweep ``simulations/<scenario>.toml`` over ``grid`` (``KEY=V1,V2`` specs, values as
+    TOML text) × ``seeds``; return the sweep dir and its runs in plan order (grid point,
+    then seed): ``sweep.json``'s records (``point``, ``seed``, ``values``, ``run_dir``) each
+    with its ``summary``. Exits naming ``bench`` if a run failed."""
+    root, manifest = run_sweep(SIMULATIONS / f"{scenario}.toml",
+                               ["runtime.progress=false", *overrides], grid,
+                               parse_seeds(seeds), out_dir=out_dir)
+    _, failed = collect([root])
     if failed:
         raise SystemExit(f"bench/{bench}: failed runs: {failed}")
+    return root, [{**r, "summary": json.loads((Path(r["run_dir"]) / "summary.json").read_text())}
+                  for r in manifest["runs"]]
+
+
+def sweep_summaries(bench: str, scenario: str, doc: str, seeds: str = "0,1,2",
+                    args: argparse.Namespace | None = None
+                    ) -> tuple[Path, list[dict[str, Any]]]:
+    """Parse ``--seeds/--set/--out-dir`` (unless ``args`` holds them), sweep
+    ``simulations/<scenario>.toml``; return the sweep dir and the finished runs' summaries
+    (seed order). Exits naming ``bench`` if a run failed."""
+    args = args or bench_parser(doc, seeds).parse_args()
+    root, runs = sweep(bench, scenario, args.overrides, [], args.seeds, args.out_dir)
     return root, [r["summary"] for r in runs]
 
 
