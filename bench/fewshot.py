@@ -61,6 +61,7 @@ from simulations.sweep import parse_seeds, run_sweep
 SCENARIO = Path(__file__).parents[1] / "simulations" / "fewshot_glyphs.toml"
 QUICK = ["meta.eval-tasks=200", "meta.atnas.eval-tasks=20"]
 SELECT = ['meta.eval-split="val"', "meta.eval-tasks=200", "meta.atnas.enabled=false"]
+OUT = Path(__file__).resolve().parent / "results" / "fewshot"  # records kept in git
 MODELS = {"conv4": "conv4", "conv4_pretrained": "conv4-pretrained", "searched": "searched",
           "metanas": "metanas", "dap_maml": "dap"}  # bench key: meta.models name (reported
 #                                                      when the run lists it)
@@ -86,6 +87,9 @@ def figures(meta: dict) -> dict:
             if "atnas_tasks" in e:
                 out[f"{key}_{shot}shot_atnas_tasks"] = pct(e["atnas_tasks"]["acc"])
             out["meta_train_s"][f"{key}_{shot}shot"] = e["meta_train_s"]
+    if "atnas" not in meta:  # --set meta.atnas.enabled=false
+        out["eval_tasks"] = meta["eval_tasks"]
+        return out
     params = []
     for shot in (1, 5):
         a = meta["atnas"][f"{shot}shot"]
@@ -189,7 +193,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--quick", action="store_true", help="reduced sizes (QUICK)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--out-dir", default="runs/bench")
+    parser.add_argument("--out-dir", default=str(OUT))
     parser.add_argument("--inner-lrs", default="0.03,0.1,0.3",
                         help="candidates, chosen on meta-val tasks")
     parser.add_argument("--inner-lr", type=float, help="use this inner lr (no selection)")
