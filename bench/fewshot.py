@@ -87,7 +87,7 @@ def figures(meta: dict) -> dict:
             if "atnas_tasks" in e:
                 out[f"{key}_{shot}shot_atnas_tasks"] = pct(e["atnas_tasks"]["acc"])
             out["meta_train_s"][f"{key}_{shot}shot"] = e["meta_train_s"]
-    if "atnas" not in meta:  # --set meta.atnas.enabled=false
+    if not meta.get("atnas"):  # --set meta.atnas.enabled=false (absent or empty)
         out["eval_tasks"] = meta["eval_tasks"]
         return out
     params = []
