@@ -225,7 +225,9 @@ class FederatedPipeline(Runner):
                     "alpha": alpha_snapshot(space), **record}
 
         state = self.loop.run(self.grid, "search", strategy, space.state_dict(), f.rounds,
-                              (s.lr, s.lr_min), {"warmup-rounds": f.warmup_rounds}, server_eval)
+                              (s.lr, s.lr_min), {"warmup-rounds": f.warmup_rounds}, server_eval,
+                              arch_lr=(s.arch_lr, s.arch_lr_min)
+                              if s.arch_lr_schedule == "cosine" else None)
         space.load_state_dict(state)
         genotype = space.genotype()
         save_genotype(genotype, self.rundir.path / "genotype.json")

@@ -28,6 +28,7 @@ from fednas.spaces.registry import build_space
 from fednas.spaces.stats import alpha_columns, alpha_entropy, alpha_snapshot, random_genotype
 from fednas.training.sandwich import search_step_fn
 from fednas.training.train import (
+    cosine,
     evaluate,
     make_optimizer,
     make_scheduler,
@@ -105,6 +106,9 @@ class Pipeline(Runner):
         step_fn = search_step_fn(cfg.search)
         for epoch in range(1, s.epochs + 1):
             arch = a_opt if (epoch - 1) * steps >= warmup_steps else None
+            if s.arch_lr_schedule == "cosine":  # per epoch, as the federated search per round
+                for group in a_opt.param_groups:
+                    group["lr"] = cosine(epoch - 1, s.epochs, s.arch_lr, s.arch_lr_min)
             stats = step_fn(space, self._split("train"), self._split("val"),
                             weight_opt=w_opt, arch_opt=arch, steps=steps,
                             batch_size=s.batch_size, grad_clip=s.grad_clip,

@@ -62,9 +62,12 @@ class RoundLoop:
 
     def run(self, grid: Grid, phase: str, strategy: RoundStrategy,
             weights: dict[str, torch.Tensor], total: int, lr: tuple[float, float],
-            extra: dict[str, Any], server_eval: ServerEval, ema: ModelEMA | None = None
-            ) -> dict[str, torch.Tensor]:
+            extra: dict[str, Any], server_eval: ServerEval, ema: ModelEMA | None = None,
+            arch_lr: tuple[float, float] | None = None) -> dict[str, torch.Tensor]:
         """The rounds of ``phase`` (resumable); returns the final global state.
+
+        ``lr`` (and ``arch_lr``, when α's lr is scheduled) are cosine-annealed over the
+        rounds, from the first value to the second, and sent with every round.
 
         With ``ema``, the average of the global models is folded in after every round and is
         what ``server_eval`` scores (``iterate_test_*``: the last iterate); it is checkpointed.
@@ -87,6 +90,8 @@ class RoundLoop:
                 break
             t0 = time.perf_counter()
             config = ConfigRecord({"lr": cosine(rnd - 1, total, lr[0], lr[1]), **extra})
+            if arch_lr is not None:
+                config["arch-lr"] = cosine(rnd - 1, total, arch_lr[0], arch_lr[1])
             arrays, train_metrics = strategy.train_round(rnd, ArrayRecord(weights), config,
                                                          grid, f.round_timeout)
             if arrays is not None:
@@ -94,6 +99,8 @@ class RoundLoop:
             if ema is not None:
                 ema.update(weights)
             record: dict[str, Any] = {**strategy.round_record(), "lr": float(config["lr"])}
+            if arch_lr is not None:
+                record["arch_lr"] = float(config["arch-lr"])
             if f.faults.enabled or f.fault_partitions:  # the plan, beside what was observed
                 route, pids = strategy.sampled_clients()
                 record.update(planned_faults(f, self.seed, route, rnd, pids))

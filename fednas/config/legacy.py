@@ -1,11 +1,14 @@
-"""Config keys added with a default that changes what earlier runs computed.
+"""Config keys added after run records were made, and the value those records ran with.
 
-Most keys are added with a default that keeps the earlier behaviour, so a run record or a
-checkpoint that lacks them still describes the run. The keys of :data:`LEGACY` are not: their
-default changed the numbers. For them, :func:`legacy_values` says which value a record without
-the key ran with (only where the config's present value would run differently), and
-:func:`digest_view` leaves them out of a sweep's digest where they change nothing, so the
-records of earlier sweeps are reused exactly when they still hold.
+A new key changes every resolved config, so without this module it would change every
+sweep's digest (and orphan the kept benchmark records) and look like a changed key to a
+resume. :data:`LEGACY` lists each key added since, with the value that reproduces the runs made
+before it: the same as its default for most (``search.arch-lr-schedule``), another for those
+whose default changed the numbers (``retrain.protocol``). :func:`legacy_values` says which
+value a record lacking the key counts as (the legacy one only where the config's present
+value would run differently), and :func:`digest_view` leaves a key out of a sweep's digest
+where it changes nothing, so earlier records are reused exactly when they still hold. A key
+added from now on belongs here too.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from fednas.training.protocol import LEGACY_PROTOCOL, protocol_matters
 
 #: dotted key -> the value every run made before the key existed behaved as
 LEGACY: dict[str, Any] = {"retrain.protocol": LEGACY_PROTOCOL,
-                          "meta.atnas.fitness": "accuracy", "meta.atnas.init": "search"}
+                          "meta.atnas.fitness": "accuracy", "meta.atnas.init": "search",
+                          "search.arch-lr-schedule": "constant", "search.arch-lr-min": 0.0}
 
 
 def _protocol_matters(flat: Mapping[str, Any]) -> bool:
@@ -41,10 +45,18 @@ def _atnas_matters(key: str):
     return matters
 
 
+def _differs(key: str):
+    def matters(flat: Mapping[str, Any]) -> bool:  # a key added with its legacy default
+        return flat.get(key, LEGACY[key]) != LEGACY[key]
+    return matters
+
+
 #: dotted key -> whether the flat config's value of it runs differently from the legacy one
 _MATTERS = {"retrain.protocol": _protocol_matters,
             "meta.atnas.fitness": _atnas_matters("meta.atnas.fitness"),
-            "meta.atnas.init": _atnas_matters("meta.atnas.init")}
+            "meta.atnas.init": _atnas_matters("meta.atnas.init"),
+            "search.arch-lr-schedule": _differs("search.arch-lr-schedule"),
+            "search.arch-lr-min": _differs("search.arch-lr-min")}
 
 
 def legacy_values(flat: Mapping[str, Any]) -> dict[str, Any]:

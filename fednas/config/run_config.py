@@ -72,6 +72,10 @@ class SearchConfig:
     momentum: float = option(0.9, ge=0.0, lt=1.0)
     weight_decay: float = option(3e-4, ge=0.0)
     arch_lr: float = option(3e-3, gt=0.0, doc="α Adam lr")
+    arch_lr_schedule: str = option("constant", choices=("constant", "cosine"),
+                                   doc="α lr over the search: constant, or cosine from arch-lr "
+                                       "to arch-lr-min (per federated round or per epoch)")
+    arch_lr_min: float = option(0.0, ge=0.0, doc="cosine arch-lr-schedule: the last lr")
     arch_weight_decay: float = option(1e-3, ge=0.0)
     grad_clip: float = option(5.0, gt=0.0, doc="L2 bound of the weight gradients",
                               inf="no clipping")

@@ -77,12 +77,14 @@ def build_fixed_model(setup: ClientSetup, spec: dict[str, Any],
 
 def local_hps(setup: ClientSetup, phase: str, conf: dict[str, Any]) -> dict[str, float]:
     """The local hyperparameters of one client: the scenario's, overridden by ``hp.*`` keys
-    of the message (FedEx samples them per client) and by the round's ``lr``."""
+    of the message (FedEx samples them per client) and by the round's ``lr`` and
+    ``arch-lr`` (``search.arch-lr-schedule``)."""
     src = setup.search if phase == "search" else setup.retrain
     hps: dict[str, float] = {
         "lr": float(conf.get("lr", src.lr)), "momentum": src.momentum,
         "weight-decay": src.weight_decay, "batch-size": src.batch_size,
-        "local-epochs": setup.federation.local_epochs, "arch-lr": setup.search.arch_lr}
+        "local-epochs": setup.federation.local_epochs,
+        "arch-lr": float(conf.get("arch-lr", setup.search.arch_lr))}
     for name in hps:
         if f"hp.{name}" in conf:
             hps[name] = float(conf[f"hp.{name}"])
