@@ -113,3 +113,13 @@ def test_atnas_keys_count_only_where_atnas_runs():
     view = digest_view(resolved, flat)
     assert "fitness" not in view["meta"]["atnas"] and "init" not in view["meta"]["atnas"]
     assert legacy_values(flat)["meta.atnas.fitness"] == "loss"  # no meta phase: as it is
+
+
+def test_keys_added_at_their_legacy_default_leave_digests_alone():
+    resolved, flat = _flat(['phases=["search", "retrain"]'])
+    view = digest_view(resolved, flat)
+    assert "arch-lr-schedule" not in view["search"] and "arch-lr-min" not in view["search"]
+    assert legacy_values(flat)["search.arch-lr-schedule"] == "constant"
+    resolved, flat = _flat(['phases=["search", "retrain"]', 'search.arch-lr-schedule="cosine"'])
+    assert digest_view(resolved, flat)["search"]["arch-lr-schedule"] == "cosine"
+    assert legacy_values(flat)["search.arch-lr-schedule"] == "constant"  # a resume would differ
