@@ -18,9 +18,10 @@ mean exceeds the random mean by more than both half-widths (the intervals do not
 ``alpha_entropy_final`` is the mean entropy of softmax(α) over edges after the last search
 round (nats), beside the uniform ``ln k``.
 
-Prints one JSON line. Runs go through the sweep runner, their records kept under
-``--out-dir`` (default ``bench/results/search_vs_random``): a rerun reuses finished runs and
-prints the same line.
+Prints one JSON line. Runs go through the sweep runner, one sweep per seed (run A, then the
+runs B), their records kept under ``--out-dir`` (default ``bench/results/search_vs_random``):
+a rerun reuses finished runs and prints the same line, and a run with more seeds (or a
+single ``--seeds 0`` first) reuses the seeds already finished.
 
 Usage: ``python bench/search_vs_random.py [--seeds 0,1,2,3,4] [--random-draws 5]
 [--tolerance 0.15] [--set KEY=VALUE ...]``
@@ -73,16 +74,18 @@ def main() -> None:
     args = parser.parse_args()
     seeds = parse_seeds(args.seeds)
     matched = [f"random.params-tolerance={args.tolerance}", *QUIET, *args.overrides]
-    root_a, _ = run_sweep(SCENARIO, ['phases=["search", "retrain", "random", "baseline"]',
-                                     "random.draw=0", *matched], [], seeds,
-                          out_dir=args.out_dir)
-    runs_b = []
-    if args.random_draws > 1:
-        draws = ",".join(str(d) for d in range(1, args.random_draws))
-        root_b, _ = run_sweep(SCENARIO, ['phases=["search", "random"]', *matched],
-                              [f"random.draw={draws}"], seeds, out_dir=args.out_dir)
-        runs_b = finished(root_b)
-    runs_a = finished(root_a)
+    runs_a: list[dict] = []
+    runs_b: list[dict] = []
+    draws = ",".join(str(d) for d in range(1, args.random_draws))
+    for seed in seeds:  # one sweep per seed and kind: a rerun with other seeds reuses these
+        root_a, _ = run_sweep(SCENARIO, ['phases=["search", "retrain", "random", "baseline"]',
+                                         "random.draw=0", *matched], [], [seed],
+                              out_dir=args.out_dir)
+        runs_a += finished(root_a)
+        if args.random_draws > 1:
+            root_b, _ = run_sweep(SCENARIO, ['phases=["search", "random"]', *matched],
+                                  [f"random.draw={draws}"], [seed], out_dir=args.out_dir)
+            runs_b += finished(root_b)
     acc = {"searched": {}, "cnn": {}, "random": {s: [] for s in seeds}}
     entropy, uniform, walls = [], 0.0, {s: 0.0 for s in seeds}
     for run in runs_a:
