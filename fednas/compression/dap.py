@@ -29,6 +29,8 @@ layer, bias included) so that a zero gate is exactly a removed channel; channel 
 contiguous in index order; a layer never loses its last unit; repair by lowest logit.
 Defaults (λ = 5, Adam lr 0.05, ``T`` and ``τ`` from 1 to 0.1) come from a toy HandCNN: with
 ``T`` fixed at 1 the mode's cost strayed 30 % from ``E[C]``; annealed, it stays within 10 %.
+The run config's ``compression.dap-penalty-weight`` and ``[meta.dap] penalty-weight`` default
+to λ = 20 instead: on the width-space ResNet and Conv-4, λ = 5 left the mode 33 % over target.
 """
 
 from __future__ import annotations

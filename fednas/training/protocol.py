@@ -17,6 +17,10 @@ baseline starts from scratch. ``retrain.protocol`` says how that is made fair:
     subnets inherit, the baseline does not (it trains for fewer rounds in total). Kept to
     reproduce earlier results; not a fair comparison.
 
+The budget is counted in rounds (epochs), the unit of a federated run's cost, not in
+samples: a search round capped by ``federation.local-steps`` (a search epoch capped by
+``search.steps-per-epoch``) shows the supernet fewer images than a fresh model's full round.
+
 The compression phases (``compress``, ``same-size``, ``pruned``) and the device-tier phases
 have round rules of their own (``compression.fine-tune-rounds``) and are not governed here.
 """
