@@ -165,7 +165,8 @@ class Runner(ABC):
         return comparison_budget(
             r.protocol, phase, search_units=search * ("search" in cfg.phases),
             train_units=cfg.federation.subnet_rounds if federated else r.epochs,
-            inherit_weights=r.inherit_weights, resized=bool(r.channels or r.layers),
+            inherit_weights=r.inherit_weights,
+            resized=cfg.space.name == "cell" and bool(r.channels or r.layers),  # cell only
             partial=cfg.space.name == "cell" and cfg.space.cell.partial_channels > 1)
 
     def _split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,8 @@ def _protocol_matters(flat: Mapping[str, Any]) -> bool:
         flat.get("retrain.protocol", LEGACY_PROTOCOL), phases,
         search_units=search * ("search" in phases), train_units=train,
         inherit_weights=bool(flat.get("retrain.inherit-weights", True)),
-        resized=bool(flat.get("retrain.channels") or flat.get("retrain.layers")))
+        resized=flat.get("space.name", "cell") == "cell" and bool(
+            flat.get("retrain.channels") or flat.get("retrain.layers")))
 
 
 def _atnas_matters(key: str):
