@@ -37,8 +37,9 @@ def test_two_rounds_four_clients_on_digits(tiny_overrides):
         "compression.casd-every=1", "federation.bn-stats=server"])
     run_dir, summary = run_federated(cfg)
     metrics = read_metrics(run_dir)
+    # retrain.protocol equal-total: the fresh CNN trains the search's 2 rounds + 2
     assert [m["phase"] for m in metrics] == (["search"] * 2 + ["retrain"] * 2 + ["random"] * 2
-                                             + ["compress", "same-size"] + ["baseline"] * 2
+                                             + ["compress", "same-size"] + ["baseline"] * 4
                                              + ["pruned"])
     for m in metrics:
         assert m["clients_ok"] == 4 and m["client_errors"] == 0 and m["round_failed"] == 0
@@ -72,6 +73,7 @@ def test_two_rounds_four_clients_on_digits(tiny_overrides):
     assert summary["models"]["random"]["genotype"]["space"] == "cell"
     assert (run_dir / "random.pt").is_file()
     assert summary["models"]["searched"]["rounds"] == 2
+    assert (models["baseline"]["rounds"], models["baseline"]["inherited"]) == (4, "none")
 
     # bn-stats = "server": the exported BN statistics are the server's recalibration of the
     # exported weights on its own val images, not the clients' averages

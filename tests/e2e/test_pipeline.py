@@ -36,7 +36,9 @@ def test_tiny_run_writes_a_complete_run_dir(tiny_config):
         assert isinstance(model["flops"], int) and model["flops"] > 0
     assert on_disk["genotype"] == json.loads((run_dir / "genotype.json").read_text())
     phases = [m["phase"] for m in read_metrics(run_dir)]
-    assert phases == ["search"] * 2 + ["retrain"] * 2 + ["baseline"] * 2
+    # retrain.protocol equal-total: the fresh CNN trains the search's 2 epochs + 2
+    assert phases == ["search"] * 2 + ["retrain"] * 2 + ["baseline"] * 4
+    assert (on_disk["protocol"], on_disk["models"]["baseline"]["epochs"]) == ("equal-total", 4)
     parts = json.loads((run_dir / "partitions.json").read_text())
     assert sum(c["samples"] for c in parts["clients"]) == len(summary_train(on_disk))
 
@@ -137,7 +139,7 @@ def test_random_architecture_phase_is_seeded_and_trained_like_the_searched(tiny_
     cfg = load_config(None, tiny_overrides + ['phases=["search","retrain","random","baseline"]'])
     run_dir, summary = Pipeline(cfg).run()
     phases = [m["phase"] for m in read_metrics(run_dir)]
-    assert phases == ["search"] * 2 + ["retrain"] * 2 + ["random"] * 2 + ["baseline"] * 2
+    assert phases == ["search"] * 2 + ["retrain"] * 2 + ["random"] * 2 + ["baseline"] * 4
     random_model = summary["models"]["random"]
     assert random_model["epochs"] == summary["models"]["searched"]["epochs"]
     assert random_model["genotype"]["space"] == "cell"
