@@ -73,6 +73,11 @@ def shrink(scenario: Path, root: Path) -> list[str]:
     return sets
 
 
+# the caller's thread caps would change float reduction orders, hence the recorded numbers
+ENV = {**{k: v for k, v in os.environ.items()
+          if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}, "PYTHONUNBUFFERED": "1"}
+
+
 def run_twice(name: str, root: Path) -> list[tuple[int, str, Path]]:
     """Both runs of scenario ``name`` at once: (exit code, output, run dir) each."""
     scenario = SIMULATIONS / f"{name}.toml"
@@ -83,7 +88,7 @@ def run_twice(name: str, root: Path) -> list[tuple[int, str, Path]]:
         procs.append((subprocess.Popen(
             [sys.executable, "-m", "simulations", "run", str(scenario), *sets, "--out-dir",
              str(out / "runs"), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}), out / "runs"))
+            text=True, env=ENV), out / "runs"))
     results = []
     for proc, runs in procs:
         output, _ = proc.communicate(timeout=1200)
