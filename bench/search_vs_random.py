@@ -14,7 +14,8 @@ Dirichlet 0.5, FedNAS with shards), every model trained by the same FedAvg round
 
 The per-seed random accuracy is the mean over its draws; means and 95 % intervals
 (Student t over seeds) are over seeds. ``searched_beats_random`` is true when the searched
-mean exceeds the random mean by more than both half-widths (the intervals do not overlap).
+mean exceeds the random mean by more than both half-widths (the intervals do not overlap;
+always false with one seed, which has no interval).
 ``alpha_entropy_final`` is the mean entropy of softmax(α) over edges after the last search
 round (nats), beside the uniform ``ln k``.
 
@@ -112,8 +113,8 @@ def main() -> None:
         **figures,
         "alpha_entropy_final": round(statistics.fmean(entropy), 5),
         "alpha_entropy_uniform": round(uniform, 5),
-        "searched_beats_random": bool(gap > figures["searched_acc_ci95"]
-                                      and gap > figures["random_acc_ci95"]),
+        "searched_beats_random": bool(len(seeds) > 1 and gap > figures["searched_acc_ci95"]
+                                      and gap > figures["random_acc_ci95"]),  # no CI at 1 seed
         "seeds": len(seeds), "random_per_seed": args.random_draws,
         "params_tolerance": args.tolerance,
         "search_rounds": int(runs_a[0]["summary"]["rounds"]["search"]),
