@@ -1,8 +1,10 @@
 """Searched vs size-matched random architectures vs the hand-designed CNN, over seeds.
 
 Workload (defaults): ``simulations/federated_fashion.toml`` (Fashion-MNIST, 10 clients,
-Dirichlet 0.5, FedNAS with shards), every model trained by the same FedAvg rounds
-(``federation.subnet-rounds``) on the same partitions. Per seed:
+Dirichlet 0.5, FedNAS with shards), every model given the same total FedAvg rounds on the
+same partitions (``retrain.protocol = "equal-total"``: the subnets, which inherit the
+supernet's weights, train ``federation.subnet-rounds``; the CNN, from scratch, the search's
+rounds + ``subnet-rounds``). Per seed:
 
 * **searched**: the search's subnet (run A: ``search, retrain, random, baseline``);
 * **random**: ``--random-draws`` architectures of the same space, each within
@@ -15,7 +17,11 @@ Dirichlet 0.5, FedNAS with shards), every model trained by the same FedAvg round
 The per-seed random accuracy is the mean over its draws; means and 95 % intervals
 (Student t over seeds) are over seeds. ``searched_beats_random`` is true when the searched
 mean exceeds the random mean by more than both half-widths (the intervals do not overlap;
-always false with one seed, which has no interval).
+always false with one seed, which has no interval). Because a seed fixes the partitions and
+the supernet that the searched and the random subnets share, the line also gives the paired
+gap (searched minus the seed's random mean; mean and 95 % interval over seeds,
+``paired_gap_mean`` / ``paired_gap_ci95``) and ``searched_beats_all_draws`` (seeds at which
+the searched subnet beats every draw).
 ``alpha_entropy_final`` is the mean entropy of softmax(α) over edges after the last search
 round (nats), beside the uniform ``ln k``.
 
@@ -38,7 +44,6 @@ from pathlib import Path
 
 from scipy import stats
 
-from fednas.reporting.rundir import read_metrics
 from fednas.reporting.sweep_report import collect
 from simulations.sweep import parse_seeds, run_sweep
 
@@ -87,7 +92,13 @@ def main() -> None:
             root_b, _ = run_sweep(SCENARIO, ['phases=["search", "random"]', *matched],
                                   [f"random.draw={draws}"], [seed], out_dir=args.out_dir)
             runs_b += finished(root_b)
-    acc = {"searched": {}, "cnn": {}, "random": {s: [] for s in seeds}}
+    print(json.dumps(summarise(runs_a, runs_b, seeds, args.random_draws, args.tolerance)))
+
+
+def summarise(runs_a: list[dict], runs_b: list[dict], seeds: list[int], draws: int,
+              tolerance: float) -> dict:
+    """The JSON line from the finished runs (``collect`` records of runs A and B)."""
+    acc: dict[str, dict] = {"searched": {}, "cnn": {}, "random": {s: [] for s in seeds}}
     entropy, uniform, walls = [], 0.0, {s: 0.0 for s in seeds}
     for run in runs_a:
         seed, summary = run["seed"], run["summary"]
@@ -95,31 +106,36 @@ def main() -> None:
         acc["cnn"][seed] = 100 * summary["models"]["baseline"]["test_acc"]
         acc["random"][seed].append(100 * summary["models"]["random"]["test_acc"])
         walls[seed] += sum(summary["timings"].values())
-        search = [m for m in read_metrics(run["run_dir"]) if m["phase"] == "search"]
+        search = [m for m in run["metrics"] if m["phase"] == "search"]
         entropy.append(search[-1]["alpha_entropy"])
         k = len(next(iter(search[-1]["alpha"].values()))[0])
         uniform = math.log(k)
     for run in runs_b:
         acc["random"][run["seed"]].append(100 * run["summary"]["models"]["random"]["test_acc"])
         walls[run["seed"]] += sum(run["summary"]["timings"].values())
-    per_seed_random = [statistics.fmean(v) for v in acc["random"].values() if v]
+    random_mean = {s: statistics.fmean(v) for s, v in acc["random"].items() if v}
     figures = {}
     for name, values in (("searched", list(acc["searched"].values())),
-                         ("random", per_seed_random), ("cnn", list(acc["cnn"].values()))):
+                         ("random", list(random_mean.values())),
+                         ("cnn", list(acc["cnn"].values()))):
         mean, half = mean_ci95(values)
         figures[f"{name}_acc_mean"], figures[f"{name}_acc_ci95"] = round(mean, 2), round(half, 2)
     gap = figures["searched_acc_mean"] - figures["random_acc_mean"]
-    print(json.dumps({
+    # paired by seed (same partitions and supernet): the seed-to-seed spread cancels
+    paired, paired_half = mean_ci95([acc["searched"][s] - random_mean[s] for s in seeds])
+    return {
         **figures,
         "alpha_entropy_final": round(statistics.fmean(entropy), 5),
         "alpha_entropy_uniform": round(uniform, 5),
         "searched_beats_random": bool(len(seeds) > 1 and gap > figures["searched_acc_ci95"]
                                       and gap > figures["random_acc_ci95"]),  # no CI at 1 seed
-        "seeds": len(seeds), "random_per_seed": args.random_draws,
-        "params_tolerance": args.tolerance,
+        "paired_gap_mean": round(paired, 2), "paired_gap_ci95": round(paired_half, 2),
+        "searched_beats_all_draws": sum(acc["searched"][s] > max(acc["random"][s])
+                                        for s in seeds),
+        "seeds": len(seeds), "random_per_seed": draws, "params_tolerance": tolerance,
         "search_rounds": int(runs_a[0]["summary"]["rounds"]["search"]),
         "wall_s_per_seed": round(statistics.fmean(walls.values()), 1),
-    }))
+    }
 
 
 if __name__ == "__main__":
