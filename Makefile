@@ -34,7 +34,9 @@ bench: $(STAMP)
 	$(PY) bench/search_cost.py
 	$(PY) bench/overhead.py
 	$(PY) bench/federated_vs_baseline.py
+	$(PY) bench/search_vs_random.py
 	$(PY) bench/fedex_vs_fixed.py
+	$(PY) bench/fedex_protocol.py
 	$(PY) bench/privacy.py
 	$(PY) bench/xdevice.py
 	$(PY) bench/fewshot.py

@@ -125,15 +125,18 @@ def random_search(configs: list[dict], sets: list[str], seed: int, rounds: int,
 
 def halving(configs: list[dict], sets: list[str], seed: int, budget: int, eta: int,
             out: Path) -> dict[str, Any]:
-    """Successive halving over ``configs`` (reuses a finished halving under ``out``)."""
+    """Successive halving over ``configs`` (reuses a finished halving under ``out``, and
+    continues an interrupted one)."""
     found = sorted(out.glob("*-halving-*/halving.json"))
     if not found:
         cands = [dict(s.split("=", 1) for s in as_sets(c)) for c in configs]
+        partial = sorted(out.glob("*-halving-*/progress.json"))
         with contextlib.redirect_stdout(sys.stderr):
             run_halving(SCENARIO, [*sets, f"seed={seed}",
                                    f"runtime.out-dir={json.dumps(str(out))}"], [],
                         budget=budget, eta=eta, console=Console(stderr=True), cands=cands,
-                        score_keys=("client_val_acc",), maximize=True)
+                        score_keys=("client_val_acc",), maximize=True,
+                        resume=partial[-1].parent if partial else None)
         found = sorted(out.glob("*-halving-*/halving.json"))
     record = json.loads(found[-1].read_text())
     return {"best": record["best"]["index"],

@@ -83,7 +83,7 @@ def cmd_halving(args: argparse.Namespace) -> int:
     if args.out_dir:
         overrides.append(f"runtime.out-dir={args.out_dir!r}".replace("'", '"'))
     record = run_halving(args.scenario, overrides, args.grid, budget=args.budget, eta=args.eta,
-                         console=Console(stderr=True))
+                         console=Console(stderr=True), resume=args.resume)
     console = Console()
     print_halving(record, console)
     console.print(f"halving dir: {record['dir']}")

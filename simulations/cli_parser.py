@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     _grid_options(hal, "halving")
     hal.add_argument("--budget", type=int, required=True, help="total rounds of all runs")
     hal.add_argument("--eta", type=int, default=3, help="keep 1/eta per rung (default 3)")
+    hal.add_argument("--resume", type=Path, default=None, metavar="HALVING_DIR",
+                     help="continue this interrupted halving (same scenario, --set, --grid, "
+                          "--budget and --eta); finished rung steps are not run again")
 
     swp = sub.add_parser("sweep", help="run a scenario for several seeds (× grid points); "
                                        "resumable, failures recorded",

@@ -13,8 +13,13 @@ is its last round's ``client_val_loss`` (federated evaluation of the global mode
 clients' val splits) or, when absent, ``val_loss`` (the clients' post-training val loss that
 FedEx asks for); the test split is never used for selection.
 
-Layout: ``<out-dir>/<name>-halving-<time>/`` holds one run dir per candidate (``c00-…``)
-and ``halving.json`` (plan, rungs, scores, best candidate, rounds used, its test accuracy).
+Layout: ``<out-dir>/<name>-halving-<time>/`` holds one run dir per candidate (``c00-…``),
+``progress.json`` (the plan, and each candidate's run dir and score at every rung it finished;
+rewritten after every rung step) and, at the end, ``halving.json`` (plan, rungs, scores, best
+candidate, rounds used, its test accuracy). An interrupted halving continues with
+``resume=<that dir>``: the rung steps in ``progress.json`` are not run again, and a candidate
+interrupted between rung boundaries continues from its last checkpoint (the pause at the
+previous boundary).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ ROUND_KEYS = {"search": "federation.rounds", "baseline": "federation.subnet-roun
 FIXED_KEYS = ("federation.rounds", "federation.subnet-rounds", "phases", "mode", "name",
               "runtime.out-dir")
 SCORE_KEYS = ("client_val_loss", "val_loss")
+PROGRESS = "progress.json"
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
@@ -81,12 +87,14 @@ def run_halving(scenario: Path | None, overrides: list[str], grid_specs: list[st
                 budget: int, eta: int = 3, console=None,
                 cands: list[dict[str, str]] | None = None,
                 score_keys: tuple[str, ...] = SCORE_KEYS,
-                maximize: bool = False) -> dict[str, Any]:
+                maximize: bool = False, resume: Path | None = None) -> dict[str, Any]:
     """Run successive halving; returns (and writes to ``halving.json``) its record.
 
     ``cands`` (key -> value, as ``--set`` writes them) replaces the grid's product, e.g. with
     randomly sampled configurations; ``score_keys``/``maximize`` rank by another metric
-    (``("client_val_acc",)``, True: the clients' validation accuracy).
+    (``("client_val_acc",)``, True: the clients' validation accuracy). ``resume``: the dir of
+    an interrupted halving of the same plan (scenario overrides, candidates, budget, eta and
+    score), continued where it stopped.
     """
     from rich.console import Console
 
@@ -98,8 +106,15 @@ def run_halving(scenario: Path | None, overrides: list[str], grid_specs: list[st
     cands = candidates(parse_grid(grid_specs)) if cands is None else cands
     plan = schedule(len(cands), budget, eta)
     horizon = plan[-1][1]
-    root = Path(base.runtime.out_dir) / f"{base.name}-halving-{time.strftime('%Y%m%d-%H%M%S')}"
-    check_output_dir(root, "runtime.out-dir")
+    key = {"overrides": list(overrides), "candidates": cands, "budget": budget, "eta": eta,
+           "score_keys": list(score_keys), "maximize": maximize}
+    if resume is None:
+        root = (Path(base.runtime.out_dir) /
+                f"{base.name}-halving-{time.strftime('%Y%m%d-%H%M%S')}")
+        check_output_dir(root, "runtime.out-dir")
+        progress: dict[str, Any] = {"plan": key, "done": {}}
+    else:
+        root, progress = Path(resume), resumable(Path(resume), key)
     configs = []
     for i, cand in enumerate(cands):  # validate every candidate before any work
         sets = [*overrides, *(f"{k}={v}" for k, v in cand.items()),
@@ -109,23 +124,34 @@ def run_halving(scenario: Path | None, overrides: list[str], grid_specs: list[st
             configs.append(load_config(scenario, sets))
         except ConfigError as exc:
             raise ConfigError(f"halving candidate {cand}: {exc}") from exc
-    root.mkdir(parents=True, exist_ok=False)
-    run_dirs: dict[int, Path] = {}
-    reached: dict[int, int] = {}
+    root.mkdir(parents=True, exist_ok=resume is not None)
+    atomic_write_text(root / PROGRESS, json.dumps(progress, indent=1) + "\n")
+    done = progress["done"]
+    run_dirs = {int(i): Path(d["run_dir"]) for i, d in done.items()}
+    reached = {int(i): max(int(r) for r in d["scores"]) for i, d in done.items()}
 
     def advance(i: int, _cand: dict[str, str], rounds: int) -> float:
+        if str(rounds) in done.get(str(i), {}).get("scores", {}):  # done before a resume
+            return float(done[str(i)]["scores"][str(rounds)])
         stop = (phase, rounds) if rounds < horizon else None
         console.print(f"[bold]halving[/] candidate {i} {cands[i]}: to round {rounds}")
         run_dir, _ = run_federated(configs[i], console, resume_dir=run_dirs.get(i),
                                    stop_after=stop)
         run_dirs[i], reached[i] = run_dir, rounds
-        return score(run_dir, phase, score_keys)
+        value = score(run_dir, phase, score_keys)
+        entry = done.setdefault(str(i), {"scores": {}})
+        entry["run_dir"] = str(run_dir)
+        entry["scores"][str(rounds)] = _finite(value)
+        atomic_write_text(root / PROGRESS, json.dumps(progress, indent=1) + "\n")
+        return value
 
     try:
         result = successive_halving(cands, advance, budget=budget, eta=eta, maximize=maximize)
     except FedNASError:  # e.g. a data error of the first candidate: leave nothing behind
-        if not any(root.iterdir()):
-            root.rmdir()
+        if resume is None and not done:
+            (root / PROGRESS).unlink(missing_ok=True)
+            if not any(root.iterdir()):
+                root.rmdir()
         raise
     best_dir = run_dirs[result.best]
     summary = json.loads((best_dir / "summary.json").read_text())
@@ -153,6 +179,23 @@ def run_halving(scenario: Path | None, overrides: list[str], grid_specs: list[st
 
 def _finite(x: float) -> float | str:
     return x if math.isfinite(x) else str(x)
+
+
+def resumable(root: Path, key: dict[str, Any]) -> dict[str, Any]:
+    """The progress record of an interrupted halving in ``root``, checked against ``key``
+    (the plan of the halving asked for); a ConfigError names what does not fit."""
+    if (root / "halving.json").is_file():
+        raise ConfigError(f"halving: {root} has finished (halving.json); nothing to resume")
+    try:
+        progress = json.loads((root / PROGRESS).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"halving: cannot resume {root}: no readable {PROGRESS} "
+                          f"({exc})") from exc
+    differ = sorted(k for k in key if progress.get("plan", {}).get(k) != key[k])
+    if differ:
+        raise ConfigError(f"halving: {root} was started with another {', '.join(differ)}; "
+                          "resume it with the same plan, or start a new halving")
+    return progress
 
 
 def print_halving(record: dict[str, Any], console) -> None:
