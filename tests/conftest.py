@@ -19,6 +19,17 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 
 
+def bench_module(name: str):
+    """``bench/<name>.py`` imported as a module (the bench scripts are not a package; some
+    import ``bench/_common.py``, so the caller puts ``bench/`` on sys.path first)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     old = torch.get_num_threads()

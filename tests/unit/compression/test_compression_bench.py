@@ -4,12 +4,11 @@ configs are only planned (the real runs take hours: the lead runs the bench)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import REPO, bench_module
 
 from simulations.sweep import plan
 
@@ -23,11 +22,7 @@ REQUIRED = {"width_greedy_acc_mean", "width_greedy_acc_std", "width_dap_acc_mean
 @pytest.fixture
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "bench"))  # compression.py imports _common
-    spec = importlib.util.spec_from_file_location("compression_bench",
-                                                  REPO / "bench" / "compression.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("compression")
 
 
 def summary(seed: int, distilled: float, params: int, *, same_size_ok: bool = True,

@@ -3,22 +3,17 @@ figures computed by hand (the real runs take ~25 minutes per seed: the lead runs
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
-from conftest import REPO
+from conftest import bench_module
 
 UNIFORM_ALPHA = {"normal": [[0.2] * 5, [0.2] * 5]}
 
 
 @pytest.fixture
 def bench():
-    spec = importlib.util.spec_from_file_location("search_vs_random_bench",
-                                                  REPO / "bench" / "search_vs_random.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return bench_module("search_vs_random")
 
 
 def run_a(seed: int, searched: float, random: float, cnn: float, entropy: float) -> dict:

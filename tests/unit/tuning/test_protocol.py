@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import bench_module
 
 import simulations.simulation
 from fednas.errors import ConfigError
@@ -118,21 +118,13 @@ def test_halving_over_given_configs_ranks_by_val_accuracy(tmp_path, monkeypatch)
     assert "higher=better" in record["score"]
 
 
-def _bench_module():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("fedex_protocol_bench",
-                                                  REPO / "bench" / "fedex_protocol.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bench_prints_the_keys_and_reuses_its_records(tmp_path, monkeypatch, capsys):
     """The bench's bookkeeping in-process, its federated runs replaced by fakes (the real
     runners are tested with the sweep and halving runners; ``--quick`` runs them all in
     ~20 minutes): every key, equal budgets, the records, and a rerun that reuses them."""
-    bench = _bench_module()
+    bench = bench_module("fedex_protocol")
     calls = []
 
     def accuracy(sets: list[str], config: dict) -> float:
