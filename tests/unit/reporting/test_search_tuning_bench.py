@@ -50,3 +50,4 @@ def test_the_default_sweep_plans_valid_configs(bench, tmp_path):
     assert len(runs) == 12  # 3 arch-lr × 2 warm-up × 2 seeds
     assert {r.values["federation.warmup-rounds"] for r in runs} == {"0", "1"}
     assert "federation.fraction-evaluate=0.5" in bench.SETS  # the score needs client val
+    assert "random.params-tolerance=0.15" in bench.SETS  # size-matched, else any size
