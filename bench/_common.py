@@ -36,6 +36,15 @@ def bench_parser(doc: str, seeds: str = "0,1,2") -> argparse.ArgumentParser:
     return parser
 
 
+def finished_runs(bench: str, root: Path) -> list[dict[str, Any]]:
+    """The finished runs of the sweep dir ``root`` (``collect`` records: ``summary``,
+    ``metrics``, ``seed``, ``group``, ...). Exits naming ``bench`` if a run failed."""
+    runs, failed = collect([root])
+    if failed:
+        raise SystemExit(f"bench/{bench}: failed runs in {root}: {failed}")
+    return runs
+
+
 def sweep(bench: str, scenario: str, overrides: list[str], grid: list[str], seeds: str,
           out_dir: str) -> tuple[Path, list[dict[str, Any]]]:
     """Sweep ``simulations/<scenario>.toml`` over ``grid`` (``KEY=V1,V2`` specs, values as
@@ -45,9 +54,7 @@ def sweep(bench: str, scenario: str, overrides: list[str], grid: list[str], seed
     root, manifest = run_sweep(SIMULATIONS / f"{scenario}.toml",
                                ["runtime.progress=false", *overrides], grid,
                                parse_seeds(seeds), out_dir=out_dir)
-    _, failed = collect([root])
-    if failed:
-        raise SystemExit(f"bench/{bench}: failed runs: {failed}")
+    finished_runs(bench, root)
     return root, [{**r, "summary": json.loads((Path(r["run_dir"]) / "summary.json").read_text())}
                   for r in manifest["runs"]]
 

@@ -34,7 +34,8 @@ import json
 import statistics
 from pathlib import Path
 
-from fednas.reporting.sweep_report import collect
+from _common import finished_runs
+
 from simulations.sweep import parse_seeds, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,10 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     root, _ = run_sweep(SCENARIO, [*SETS, *args.overrides], args.grid or GRID,
                         parse_seeds(args.seeds), out_dir=args.out_dir)
-    runs, failed = collect([root])
-    if failed:
-        raise SystemExit(f"bench/search_tuning: failed runs in {root}: {failed}")
-    print(json.dumps(summarise(runs)))
+    print(json.dumps(summarise(finished_runs("search_tuning", root))))
 
 
 if __name__ == "__main__":

@@ -42,9 +42,9 @@ import math
 import statistics
 from pathlib import Path
 
+from _common import finished_runs
 from scipy import stats
 
-from fednas.reporting.sweep_report import collect
 from simulations.sweep import parse_seeds, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,13 +60,6 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
     half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(
         len(values))
     return mean, float(half)
-
-
-def finished(root: Path) -> list[dict]:
-    runs, failed = collect([root])
-    if failed:
-        raise SystemExit(f"bench/search_vs_random: failed runs in {root}: {failed}")
-    return runs
 
 
 def main() -> None:
@@ -87,11 +80,11 @@ def main() -> None:
         root_a, _ = run_sweep(SCENARIO, ['phases=["search", "retrain", "random", "baseline"]',
                                          "random.draw=0", *matched], [], [seed],
                               out_dir=args.out_dir)
-        runs_a += finished(root_a)
+        runs_a += finished_runs("search_vs_random", root_a)
         if args.random_draws > 1:
             root_b, _ = run_sweep(SCENARIO, ['phases=["search", "random"]', *matched],
                                   [f"random.draw={draws}"], [seed], out_dir=args.out_dir)
-            runs_b += finished(root_b)
+            runs_b += finished_runs("search_vs_random", root_b)
     print(json.dumps(summarise(runs_a, runs_b, seeds, args.random_draws, args.tolerance)))
 
 

@@ -20,9 +20,13 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 
 def bench_module(name: str):
-    """``bench/<name>.py`` imported as a module (the bench scripts are not a package; some
-    import ``bench/_common.py``, so the caller puts ``bench/`` on sys.path first)."""
+    """``bench/<name>.py`` imported as a module (the bench scripts are not a package; those
+    that import ``bench/_common.py`` need ``bench/`` on sys.path, which this adds)."""
     import importlib.util
+    import sys
+
+    if str(REPO / "bench") not in sys.path:
+        sys.path.insert(0, str(REPO / "bench"))
 
     spec = importlib.util.spec_from_file_location(f"{name}_bench", REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
