@@ -16,16 +16,25 @@ clients. Per seed and starting point (:mod:`fednas.tuning.protocol`):
   configurations (lr, momentum, weight decay) around the run's own, perturbed by ±⅛ of the
   space's width (±½ decade of lr); the server keys and local epochs stay as drawn.
 
+Every method's pick is also measured in the FedEx paper's *refine* setting
+(:mod:`fednas.federated.refine`): each client fine-tunes the pick's final model on its own
+training data (its local epochs; a FedEx run's θ's most likely local configuration, else the
+run's own) and tests it on its shard of the test split, shards that follow the clients'
+training label counts. Stored per seed in ``refine.json`` (the pick's weights are needed once;
+they are not kept in git, ``--no-refine`` leaves it out).
+
 Prints one JSON line (accuracies in %, mean and std over seeds): ``<m>_acc_mean/_std`` for m
 in rs, sha, rs_fedex, sha_fedex (default start) and ``poor_<m>_acc_mean/_std`` (per seed the
-mean of the two poor starts; each one under ``poor_by_factor``), ``start_acc_mean`` /
+mean of the two poor starts; each one under ``poor_by_factor``), the same with
+``refine_acc`` for the refine setting, ``start_acc_mean`` /
 ``poor_start_acc_mean`` (the starting point alone, ``rounds`` rounds), ``budget_rounds``,
 the aims, ``protocol``, ``seeds``, ``wall_s``. Records: ``<out-dir>/<digest>/seed-<s>/``
 (``summary.json`` and one run dir per run), the line as ``<out-dir>/<digest>/summary.json``;
 a rerun with the same protocol reuses finished seeds and runs.
 
 Usage: ``python bench/fedex_protocol.py [--seeds 0,1,2] [--quick] [--configs 9] [--rounds 3]
-[--eta 3] [--perturbation 0.125] [--set KEY=VALUE ...] [--out-dir bench/results/fedex_protocol]``
+[--eta 3] [--perturbation 0.125] [--set KEY=VALUE ...] [--no-refine]
+[--out-dir bench/results/fedex_protocol]``
 """
 
 from __future__ import annotations
@@ -42,12 +51,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from rich.console import Console
 
 from fednas.config.loading import load_config
-from fednas.reporting.rundir import atomic_write_text
+from fednas.federated.refine import client_test_shards, refine_accuracy
+from fednas.reporting.rundir import atomic_write_text, read_metrics
 from fednas.reporting.sweep_report import collect
 from fednas.tuning.protocol import LOCAL, SPACE, equal_budget, poor_start, sample_configs
+from simulations.client_app import local_clients
 from simulations.halving_runs import run_halving
 from simulations.sweep import parse_seeds, run_sweep
 
@@ -179,24 +191,90 @@ def run_seed(seed: int, protocol: dict[str, Any], sets: list[str], out: Path) ->
     return record
 
 
+def pick_dir(out: Path, start: str, method: str, best: int) -> Path:
+    """The run dir of a method's pick (the run whose final model it reports)."""
+    base = out / start / method
+    if method.startswith("rs"):
+        found = [p.parent for p in sorted(base.glob(f"c{best:02d}/*/*/*/summary.json"))
+                 if not p.parent.name.endswith(".incomplete")]
+    else:
+        halvings = sorted(base.glob("*-halving-*/halving.json"))
+        name = Path(json.loads(halvings[-1].read_text())["best"]["run_dir"]).name if halvings \
+            else ""
+        found = [p for p in base.glob(f"*-halving-*/{name}") if name and p.is_dir()]
+    if not found:
+        raise SystemExit(f"bench/fedex_protocol: no finished run of {method}'s pick "
+                         f"(candidate {best}) under {base}")
+    return found[-1]
+
+
+def refine_run(run_dir: Path, seed: int) -> dict[str, Any]:
+    """The pick's final model, global and fine-tuned on the clients' test shards
+    (:mod:`fednas.federated.refine`): with θ's most likely local configuration for a FedEx
+    run (``fedex_best`` of its last round), else with the run's own."""
+    weights = run_dir / "baseline.pt"
+    if not weights.is_file():
+        raise SystemExit(f"bench/fedex_protocol: {weights} is missing: the refine figures "
+                         "need the final weights of the picks (weights are not kept in git)")
+    cfg = load_config(run_dir / "config.toml")
+    metrics = read_metrics(run_dir)
+    best = metrics[-1].get("fedex_best") or {}
+    conf = {f"hp.{k}": float(v) for k, v in best.items()}
+    clients = local_clients(cfg)
+    data = clients.data
+    labels = [clients.splits(pid)[0][1].numpy() for pid in range(cfg.partition.num_clients)]
+    shards = client_test_shards(labels, data.test_y.numpy(), data.num_classes, seed)
+    state = torch.load(weights, weights_only=True)["state_dict"]
+    rounds = sum(m.get("phase") == "baseline" for m in metrics)
+    out = refine_accuracy(clients, state, {"kind": "baseline"}, conf, rounds + 1,
+                          (data.test_x, data.test_y), shards, device=torch.device("cpu"),
+                          batch_size=cfg.runtime.eval_batch_size)
+    return {"conf": conf, **{k: out[k] for k in ("global_acc", "refine_acc", "samples",
+                                                  "diverged")}}
+
+
+def refine_seed(record: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Refine figures of every start × method pick of one seed (``out/refine.json``, reused
+    when there)."""
+    path = out / "refine.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    res: dict[str, Any] = {}
+    for start, methods in record["starts"].items():
+        res[start] = {}
+        for m in METHODS:
+            run_dir = pick_dir(out, start, m, methods[m]["best"])
+            res[start][m] = {"run": str(run_dir.relative_to(out)),
+                             **refine_run(run_dir, record["seed"])}
+    atomic_write_text(path, json.dumps(res, indent=1) + "\n")
+    return res
+
+
 def mean_sd(xs: list[float]) -> tuple[float, float]:
     return (round(100 * statistics.mean(xs), 2),
             round(100 * (statistics.stdev(xs) if len(xs) > 1 else 0.0), 2))
 
 
-def summarise(records: list[dict], protocol: dict[str, Any]) -> dict[str, Any]:
-    """The JSON line: per method mean ± std over seeds, good and poor starts, and the aims."""
+def summarise(records: list[dict], protocol: dict[str, Any],
+              refines: list[dict] | None = None) -> dict[str, Any]:
+    """The JSON line: per method mean ± std over seeds, good and poor starts, and the aims;
+    with ``refines`` (per seed, :func:`refine_seed`) the same for the refine accuracy."""
     poor = [f"lr-x{f:g}" for f in protocol["poor"]]
     out: dict[str, Any] = {"budget_rounds": records[0]["budget_rounds"]}
     by_factor: dict[str, dict[str, float]] = {p: {} for p in poor}
-    for m in METHODS:
-        good = [r["starts"]["default"][m]["test_acc"] for r in records]
-        out[f"{m}_acc_mean"], out[f"{m}_acc_std"] = mean_sd(good)
-        pooled = [statistics.mean(r["starts"][p][m]["test_acc"] for p in poor) for r in records]
-        out[f"poor_{m}_acc_mean"], out[f"poor_{m}_acc_std"] = mean_sd(pooled)
-        for p in poor:
-            by_factor[p][f"{m}_acc_mean"], by_factor[p][f"{m}_acc_std"] = mean_sd(
-                [r["starts"][p][m]["test_acc"] for r in records])
+    figures: list[tuple[str, list[dict], Any]] = [
+        ("acc", records, lambda r, s, m: r["starts"][s][m]["test_acc"])]
+    if refines is not None:
+        figures.append(("refine_acc", refines, lambda r, s, m: r[s][m]["refine_acc"]))
+    for name, recs, get in figures:
+        for m in METHODS:
+            out[f"{m}_{name}_mean"], out[f"{m}_{name}_std"] = mean_sd(
+                [get(r, "default", m) for r in recs])
+            out[f"poor_{m}_{name}_mean"], out[f"poor_{m}_{name}_std"] = mean_sd(
+                [statistics.mean(get(r, p, m) for p in poor) for r in recs])
+            for p in poor:
+                by_factor[p][f"{m}_{name}_mean"], by_factor[p][f"{m}_{name}_std"] = mean_sd(
+                    [get(r, p, m) for r in recs])
     start = [r["starts"]["default"]["rs"]["runs"][0]["test_acc"] for r in records]
     poor_start_acc = [statistics.mean(r["starts"][p]["rs"]["runs"][0]["test_acc"] for p in poor)
                       for r in records]
@@ -206,6 +284,9 @@ def summarise(records: list[dict], protocol: dict[str, Any]) -> dict[str, Any]:
     out["aim_sha_fedex_ge_sha_plus_1"] = out["sha_fedex_acc_mean"] >= out["sha_acc_mean"] + 1
     out["aim_poor_fedex_within_2"] = all(
         out[f"poor_{m}_acc_mean"] >= out[f"{m}_acc_mean"] - 2 for m in ("rs_fedex", "sha_fedex"))
+    if refines is not None:
+        out["aim_sha_fedex_ge_sha_plus_1_refine"] = (out["sha_fedex_refine_acc_mean"]
+                                                     >= out["sha_refine_acc_mean"] + 1)
     out["protocol"] = protocol
     out["seeds"] = [r["seed"] for r in records]
     out["wall_s"] = round(sum(r["wall_s"] for r in records), 1)
@@ -228,6 +309,8 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="scenario override for every run (KEY=VALUE)")
     parser.add_argument("--out-dir", default=str(OUT))
+    parser.add_argument("--no-refine", dest="refine", action="store_false",
+                        help="leave out the refine evaluation (it needs the picks' weights)")
     args = parser.parse_args()
     protocol = {**DEFAULTS, **(QUICK if args.quick else {}),
                 **{k: v for k, v in (("configs", args.configs), ("rounds", args.rounds),
@@ -243,7 +326,9 @@ def main() -> None:
     records = []
     for seed in parse_seeds(args.seeds):
         records.append(run_seed(seed, protocol, sets, root / f"seed-{seed}"))
-    line = summarise(records, protocol)
+    refines = ([refine_seed(r, root / f"seed-{r['seed']}") for r in records] if args.refine
+               else None)
+    line = summarise(records, protocol, refines)
     atomic_write_text(root / "summary.json", json.dumps({**line, "sets": sets}, indent=1) + "\n")
     print(json.dumps(line))
 

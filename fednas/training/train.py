@@ -111,7 +111,7 @@ def checked_loss(logits: torch.Tensor, y: torch.Tensor, what: str, hint: str,
     (the client reports itself diverged)."""
     loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"{what} loss became {float(loss)}; {hint}")
+        raise FloatingPointError(f"{what} loss became {float(loss.detach())}; {hint}")
     return loss
 
 

@@ -142,8 +142,16 @@ def test_bench_prints_the_keys_and_reuses_its_records(tmp_path, monkeypatch, cap
         return {"best": 0, "test_acc": accuracy(sets, configs[0]) + 0.02, "rounds_used": budget,
                 "rungs": []}
 
+    def fake_refine(run_dir, seed):
+        calls.append(("refine", seed))
+        fedex = "fedex" in run_dir.parts[-2]
+        return {"conf": {}, "global_acc": 0.5, "refine_acc": 0.7 + 0.02 * fedex, "samples": 10,
+                "diverged": 0}
+
     monkeypatch.setattr(bench, "random_search", fake_rs)
     monkeypatch.setattr(bench, "halving", fake_sha)
+    monkeypatch.setattr(bench, "pick_dir", lambda out, start, m, best: out / start / m / "run")
+    monkeypatch.setattr(bench, "refine_run", fake_refine)
     argv = ["fedex_protocol.py", "--seeds", "0,1", "--out-dir", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", argv)
     bench.main()
@@ -157,7 +165,30 @@ def test_bench_prints_the_keys_and_reuses_its_records(tmp_path, monkeypatch, cap
     assert line["sha_fedex_acc_mean"] == pytest.approx(line["sha_acc_mean"] + 5)
     assert line["aim_sha_fedex_ge_sha_plus_1"] is True
     assert line["budget_rounds"] == 27 and line["seeds"] == [0, 1]
-    assert len(calls) == 2 * 3 * 4  # seeds × starts × (rs, sha) × (with, without FedEx)
+    assert line["sha_fedex_refine_acc_mean"] == pytest.approx(72.0)
+    assert line["poor_rs_refine_acc_mean"] == pytest.approx(70.0)
+    assert line["aim_sha_fedex_ge_sha_plus_1_refine"] is True  # 72 vs 70
+    assert line["poor_by_factor"]["lr-x10"]["rs_fedex_refine_acc_mean"] == pytest.approx(72.0)
+    # seeds × starts × (rs, sha) × (with, without FedEx), then every pick's refine evaluation
+    assert len([c for c in calls if c[0] != "refine"]) == 2 * 3 * 4
+    assert len([c for c in calls if c[0] == "refine"]) == 2 * 3 * 4
     calls.clear()
     bench.main()  # the records are reused: no run at all, the same line
     assert calls == [] and json.loads(capsys.readouterr().out.splitlines()[-1]) == line
+
+
+def test_pick_dir_finds_the_finished_run_of_each_pick(tmp_path):
+    bench = bench_module("fedex_protocol")
+    rs = tmp_path / "default" / "rs" / "c02" / "sweep-1" / "p00-s0"
+    (rs / "p00-s0-1.incomplete").mkdir(parents=True)
+    (rs / "p00-s0-1.incomplete" / "summary.json").write_text("{}")
+    (rs / "p00-s0-2").mkdir()
+    (rs / "p00-s0-2" / "summary.json").write_text("{}")
+    assert bench.pick_dir(tmp_path, "default", "rs", 2) == rs / "p00-s0-2"
+    halving = tmp_path / "default" / "sha" / "x-halving-1"
+    (halving / "c03-1").mkdir(parents=True)
+    (halving / "halving.json").write_text(json.dumps(
+        {"best": {"run_dir": "/elsewhere/x-halving-1/c03-1"}}))
+    assert bench.pick_dir(tmp_path, "default", "sha", 3) == halving / "c03-1"
+    with pytest.raises(SystemExit, match="candidate 1"):
+        bench.pick_dir(tmp_path, "default", "rs", 1)
