@@ -287,6 +287,9 @@ def summarise(records: list[dict], protocol: dict[str, Any],
     if refines is not None:
         out["aim_sha_fedex_ge_sha_plus_1_refine"] = (out["sha_fedex_refine_acc_mean"]
                                                      >= out["sha_refine_acc_mean"] + 1)
+        out["aim_poor_fedex_within_2_refine"] = all(
+            out[f"poor_{m}_refine_acc_mean"] >= out[f"{m}_refine_acc_mean"] - 2
+            for m in ("rs_fedex", "sha_fedex"))
     out["protocol"] = protocol
     out["seeds"] = [r["seed"] for r in records]
     out["wall_s"] = round(sum(r["wall_s"] for r in records), 1)

@@ -168,6 +168,7 @@ def test_bench_prints_the_keys_and_reuses_its_records(tmp_path, monkeypatch, cap
     assert line["sha_fedex_refine_acc_mean"] == pytest.approx(72.0)
     assert line["poor_rs_refine_acc_mean"] == pytest.approx(70.0)
     assert line["aim_sha_fedex_ge_sha_plus_1_refine"] is True  # 72 vs 70
+    assert line["aim_poor_fedex_within_2_refine"] is True  # the fake ignores the start
     assert line["poor_by_factor"]["lr-x10"]["rs_fedex_refine_acc_mean"] == pytest.approx(72.0)
     # seeds × starts × (rs, sha) × (with, without FedEx), then every pick's refine evaluation
     assert len([c for c in calls if c[0] != "refine"]) == 2 * 3 * 4
