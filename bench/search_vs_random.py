@@ -93,11 +93,14 @@ def summarise(runs_a: list[dict], runs_b: list[dict], seeds: list[int], draws: i
     """The JSON line from the finished runs (``collect`` records of runs A and B)."""
     acc: dict[str, dict] = {"searched": {}, "cnn": {}, "random": {s: [] for s in seeds}}
     entropy, uniform, walls = [], 0.0, {s: 0.0 for s in seeds}
+    params: dict[str, dict] = {"searched": {}, "random": {s: [] for s in seeds}}
     for run in runs_a:
         seed, summary = run["seed"], run["summary"]
         acc["searched"][seed] = 100 * summary["models"]["searched"]["test_acc"]
         acc["cnn"][seed] = 100 * summary["models"]["baseline"]["test_acc"]
         acc["random"][seed].append(100 * summary["models"]["random"]["test_acc"])
+        params["searched"][seed] = summary["models"]["searched"]["params"]
+        params["random"][seed].append(summary["models"]["random"]["params"])
         walls[seed] += sum(summary["timings"].values())
         search = [m for m in run["metrics"] if m["phase"] == "search"]
         entropy.append(search[-1]["alpha_entropy"])
@@ -105,6 +108,7 @@ def summarise(runs_a: list[dict], runs_b: list[dict], seeds: list[int], draws: i
         uniform = math.log(k)
     for run in runs_b:
         acc["random"][run["seed"]].append(100 * run["summary"]["models"]["random"]["test_acc"])
+        params["random"][run["seed"]].append(run["summary"]["models"]["random"]["params"])
         walls[run["seed"]] += sum(run["summary"]["timings"].values())
     random_mean = {s: statistics.fmean(v) for s, v in acc["random"].items() if v}
     figures = {}
@@ -125,6 +129,9 @@ def summarise(runs_a: list[dict], runs_b: list[dict], seeds: list[int], draws: i
         "paired_gap_mean": round(paired, 2), "paired_gap_ci95": round(paired_half, 2),
         "searched_beats_all_draws": sum(acc["searched"][s] > max(acc["random"][s])
                                         for s in seeds),
+        # the draws' mean params ÷ the searched subnet's, averaged over seeds (1 = no bias)
+        "random_params_ratio": round(statistics.fmean(
+            statistics.fmean(params["random"][s]) / params["searched"][s] for s in seeds), 4),
         "seeds": len(seeds), "random_per_seed": draws, "params_tolerance": tolerance,
         "search_rounds": int(runs_a[0]["summary"]["rounds"]["search"]),
         "wall_s_per_seed": round(statistics.fmean(walls.values()), 1),

@@ -18,7 +18,8 @@ def bench():
 
 def run_a(seed: int, searched: float, random: float, cnn: float, entropy: float) -> dict:
     return {"seed": seed, "summary": {
-        "models": {"searched": {"test_acc": searched}, "random": {"test_acc": random},
+        "models": {"searched": {"test_acc": searched, "params": 100},
+                   "random": {"test_acc": random, "params": 90 + 20 * seed},
                    "baseline": {"test_acc": cnn}},
         "timings": {"search": 100.0, "retrain": 50.0}, "rounds": {"search": 3}},
         "metrics": [{"phase": "search", "alpha_entropy": 9.0, "alpha": UNIFORM_ALPHA},
@@ -27,7 +28,7 @@ def run_a(seed: int, searched: float, random: float, cnn: float, entropy: float)
 
 
 def run_b(seed: int, random: float) -> dict:
-    return {"seed": seed, "summary": {"models": {"random": {"test_acc": random}},
+    return {"seed": seed, "summary": {"models": {"random": {"test_acc": random, "params": 120}},
                                       "timings": {"search": 100.0, "random": 50.0}}}
 
 
@@ -51,6 +52,8 @@ def test_the_line_from_hand_computed_figures(bench):
     assert line["alpha_entropy_final"] == pytest.approx(1.4)  # the last search round's
     assert line["alpha_entropy_uniform"] == pytest.approx(math.log(5), abs=1e-5)
     assert line["wall_s_per_seed"] == pytest.approx(300.0)
+    # draws of 90 and 120 params (seed 0), 110 and 120 (seed 1) vs 100 searched
+    assert line["random_params_ratio"] == pytest.approx(1.1)
     assert (line["seeds"], line["random_per_seed"], line["search_rounds"]) == (2, 2, 3)
 
 
