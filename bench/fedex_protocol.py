@@ -55,12 +55,11 @@ import torch
 from rich.console import Console
 
 from fednas.config.loading import load_config
-from fednas.federated.refine import client_test_shards, refine_accuracy
-from fednas.reporting.rundir import atomic_write_text, read_metrics
+from fednas.reporting.rundir import atomic_write_text
 from fednas.reporting.sweep_report import collect
 from fednas.tuning.protocol import LOCAL, SPACE, equal_budget, poor_start, sample_configs
-from simulations.client_app import local_clients
 from simulations.halving_runs import run_halving
+from simulations.refine_runs import refine_run_dir
 from simulations.sweep import parse_seeds, run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,28 +208,13 @@ def pick_dir(out: Path, start: str, method: str, best: int) -> Path:
 
 
 def refine_run(run_dir: Path, seed: int) -> dict[str, Any]:
-    """The pick's final model, global and fine-tuned on the clients' test shards
-    (:mod:`fednas.federated.refine`): with θ's most likely local configuration for a FedEx
-    run (``fedex_best`` of its last round), else with the run's own."""
-    weights = run_dir / "baseline.pt"
-    if not weights.is_file():
-        raise SystemExit(f"bench/fedex_protocol: {weights} is missing: the refine figures "
-                         "need the final weights of the picks (weights are not kept in git)")
-    cfg = load_config(run_dir / "config.toml")
-    metrics = read_metrics(run_dir)
-    best = metrics[-1].get("fedex_best") or {}
-    conf = {f"hp.{k}": float(v) for k, v in best.items()}
-    clients = local_clients(cfg)
-    data = clients.data
-    labels = [clients.splits(pid)[0][1].numpy() for pid in range(cfg.partition.num_clients)]
-    shards = client_test_shards(labels, data.test_y.numpy(), data.num_classes, seed)
-    state = torch.load(weights, weights_only=True)["state_dict"]
-    rounds = sum(m.get("phase") == "baseline" for m in metrics)
-    out = refine_accuracy(clients, state, {"kind": "baseline"}, conf, rounds + 1,
-                          (data.test_x, data.test_y), shards, device=torch.device("cpu"),
-                          batch_size=cfg.runtime.eval_batch_size)
-    return {"conf": conf, **{k: out[k] for k in ("global_acc", "refine_acc", "samples",
-                                                  "diverged")}}
+    """The pick's final model in the refine setting (:func:`refine_run_dir`: with θ's most
+    likely local configuration for a FedEx run, else with the run's own)."""
+    try:
+        return refine_run_dir(run_dir, device=torch.device("cpu"))
+    except FileNotFoundError as err:
+        raise SystemExit(f"bench/fedex_protocol: {err} (weights are not kept in git; "
+                         "--no-refine leaves the refine figures out)") from None
 
 
 def refine_seed(record: dict[str, Any], out: Path) -> dict[str, Any]:
