@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from fednas.errors import FedNASError
+from fednas.errors import ConfigError, FedNASError
 from simulations.cli_parser import build_parser
 
 
@@ -175,6 +175,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refine(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from fednas.reporting.rundir import atomic_write_text
+    from simulations.refine_runs import refine_run_dir
+
+    if not (args.run_dir / "config.toml").is_file():
+        raise ConfigError(f"refine: {args.run_dir} is not a run directory (no config.toml)")
+    try:
+        out = refine_run_dir(args.run_dir, args.phase, device=torch.device("cpu"))
+    except FileNotFoundError as err:
+        raise ConfigError(f"refine: {err}") from None
+    path = args.run_dir / f"refine-{args.phase}.json"
+    atomic_write_text(path, json.dumps(out, indent=1) + "\n")
+    hps = ", ".join(f"{k[3:]} {v:.4g}" for k, v in out["conf"].items()) or "the run's own"
+    print(f"{args.phase}: global {100 * out['global_acc']:.2f} %, refine "
+          f"{100 * out['refine_acc']:.2f} % on {out['samples']} test samples "
+          f"(local hyperparameters: {hps}; {out['diverged']} diverged); wrote {path}")
+    return 0
+
+
 #: Integer options and their minimum: (attribute, option, minimum).
 COUNTS = (("budget", "--budget", 1), ("eta", "--eta", 2), ("parallel", "--parallel", 0))
 
@@ -196,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     handler = {"run": cmd_run, "resume": cmd_resume, "config": cmd_config,
                "halving": cmd_halving, "sweep": cmd_sweep, "report": cmd_report,
-               "datasets": cmd_datasets, "meta": cmd_meta, "export": cmd_export}[args.command]
+               "datasets": cmd_datasets, "meta": cmd_meta, "export": cmd_export,
+               "refine": cmd_refine}[args.command]
     try:
         for attr, option, low in COUNTS:  # CLI integers, checked before any work
             if getattr(args, attr, None) is not None:

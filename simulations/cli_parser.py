@@ -112,6 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", type=Path, help="file to write (default: RUN_DIR/MODEL.fednas.pt)")
     exp.add_argument("--no-verify", action="store_true", help="skip the re-evaluation")
 
+    ref = sub.add_parser("refine", help="a federated run's model fine-tuned by every client "
+                                        "(FedEx's refine setting)",
+                         description="Every client of a finished federated run fine-tunes the "
+                                     "model of PHASE on its own training data with its local "
+                                     "hyperparameters (FedEx's most likely configuration in a "
+                                     "FedEx run) and tests it on its shard of the test split "
+                                     "(shards follow the clients' label counts). Prints the "
+                                     "global and the refine accuracy and writes them to "
+                                     "RUN_DIR/refine-PHASE.json.")
+    ref.add_argument("run_dir", type=Path, help="a finished federated run directory")
+    ref.add_argument("--phase", default="baseline", choices=("baseline", "retrain", "random"),
+                     help="the fixed-model phase whose model is refined (default: baseline)")
+
     sub.add_parser("datasets", help="list the dataset names fednas can load",
                    description="List the names data.dataset and meta.dataset accept.")
     return parser

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from fednas.config.loading import load_config
+from fednas.errors import ConfigError
 from fednas.federated.refine import client_test_shards, refine_accuracy
 from fednas.reporting.rundir import read_metrics
 from simulations.client_app import local_clients
@@ -36,12 +37,16 @@ def refine_run_dir(run_dir: str | Path, phase: str = "baseline", *,
     ------
     FileNotFoundError
         When the run dir lacks the model's weights (``<model>.pt``) or its config.
+    ConfigError
+        When the run is not federated.
     """
     run_dir = Path(run_dir)
     weights = run_dir / f"{MODEL_NAME[phase]}.pt"
     if not weights.is_file():
         raise FileNotFoundError(f"{weights}: the refine evaluation needs the run's weights")
     cfg = load_config(run_dir / "config.toml")
+    if cfg.mode != "federated":
+        raise ConfigError(f"{run_dir}: a {cfg.mode} run has no clients to fine-tune the model")
     rows = [m for m in read_metrics(run_dir) if m.get("phase") == phase]
     best = (rows[-1].get("fedex_best") if rows else None) or {}
     conf = {f"hp.{k}": float(v) for k, v in best.items()}

@@ -13,14 +13,15 @@ from fednas.config.tools import dumps_toml, to_dict
 from fednas.data.run_data import run_dataset
 from fednas.federated.setup import build_fixed_model
 from fednas.training.train import evaluate
+from simulations.cli import main
 from simulations.client_app import client_setup
 from simulations.refine_runs import refine_run_dir
 
 CPU = torch.device("cpu")
 
 
-def write_run(path, overrides, metrics):
-    cfg = load_config(None, [*overrides, "partition.num-clients=3",
+def write_run(path, overrides, metrics, mode="federated"):
+    cfg = load_config(None, [*overrides, f"mode={json.dumps(mode)}", "partition.num-clients=3",
                              "partition.scheme=dirichlet", "retrain.batch-size=16"])
     path.mkdir()
     (path / "config.toml").write_text(dumps_toml(to_dict(cfg)))
@@ -57,3 +58,21 @@ def test_a_run_without_weights_is_named(tmp_path, tiny_overrides):
     (tmp_path / "run" / "baseline.pt").unlink()
     with pytest.raises(FileNotFoundError, match="baseline.pt"):
         refine_run_dir(tmp_path / "run", device=CPU)
+
+
+def test_the_refine_command_prints_and_writes_and_refuses_what_it_cannot_refine(
+        tmp_path, tiny_overrides, capsys):
+    write_run(tmp_path / "run", tiny_overrides, [{"phase": "baseline", "step": 1}])
+    assert main(["refine", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((tmp_path / "run" / "refine-baseline.json").read_text())
+    assert f"global {100 * record['global_acc']:.2f} %" in printed
+    assert "local hyperparameters: the run's own" in printed
+
+    assert main(["refine", str(tmp_path / "run"), "--phase", "retrain"]) == 2
+    assert "searched.pt" in capsys.readouterr().err
+    assert main(["refine", str(tmp_path / "nowhere")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    write_run(tmp_path / "central", tiny_overrides, [], mode="centralised")
+    assert main(["refine", str(tmp_path / "central")]) == 2
+    assert "centralised run has no clients" in capsys.readouterr().err
