@@ -207,7 +207,7 @@ def pick_dir(out: Path, start: str, method: str, best: int) -> Path:
     return found[-1]
 
 
-def refine_run(run_dir: Path, seed: int) -> dict[str, Any]:
+def refine_run(run_dir: Path) -> dict[str, Any]:
     """The pick's final model in the refine setting (:func:`refine_run_dir`: with θ's most
     likely local configuration for a FedEx run, else with the run's own)."""
     try:
@@ -229,7 +229,7 @@ def refine_seed(record: dict[str, Any], out: Path) -> dict[str, Any]:
         for m in METHODS:
             run_dir = pick_dir(out, start, m, methods[m]["best"])
             res[start][m] = {"run": str(run_dir.relative_to(out)),
-                             **refine_run(run_dir, record["seed"])}
+                             **refine_run(run_dir)}
     atomic_write_text(path, json.dumps(res, indent=1) + "\n")
     return res
 

@@ -142,8 +142,8 @@ def test_bench_prints_the_keys_and_reuses_its_records(tmp_path, monkeypatch, cap
         return {"best": 0, "test_acc": accuracy(sets, configs[0]) + 0.02, "rounds_used": budget,
                 "rungs": []}
 
-    def fake_refine(run_dir, seed):
-        calls.append(("refine", seed))
+    def fake_refine(run_dir):
+        calls.append(("refine", run_dir))
         fedex = "fedex" in run_dir.parts[-2]
         return {"conf": {}, "global_acc": 0.5, "refine_acc": 0.7 + 0.02 * fedex, "samples": 10,
                 "diverged": 0}
