@@ -198,9 +198,11 @@ def pick_dir(out: Path, start: str, method: str, best: int) -> Path:
                  if not p.parent.name.endswith(".incomplete")]
     else:
         halvings = sorted(base.glob("*-halving-*/halving.json"))
-        name = Path(json.loads(halvings[-1].read_text())["best"]["run_dir"]).name if halvings \
-            else ""
-        found = [p for p in base.glob(f"*-halving-*/{name}") if name and p.is_dir()]
+        found = []
+        if halvings:  # the winner's dir sits beside the record (which holds an absolute path)
+            best = json.loads(halvings[-1].read_text())["best"]["run_dir"]
+            winner = halvings[-1].parent / Path(best).name
+            found = [winner] if winner.is_dir() else []
     if not found:
         raise SystemExit(f"bench/fedex_protocol: no finished run of {method}'s pick "
                          f"(candidate {best}) under {base}")
