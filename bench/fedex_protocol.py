@@ -196,13 +196,10 @@ def pick_dir(out: Path, start: str, method: str, best: int) -> Path:
     if method.startswith("rs"):
         found = [p.parent for p in sorted(base.glob(f"c{best:02d}/*/*/*/summary.json"))
                  if not p.parent.name.endswith(".incomplete")]
-    else:
-        halvings = sorted(base.glob("*-halving-*/halving.json"))
-        found = []
-        if halvings:  # the winner's dir sits beside the record (which holds an absolute path)
-            best = json.loads(halvings[-1].read_text())["best"]["run_dir"]
-            winner = halvings[-1].parent / Path(best).name
-            found = [winner] if winner.is_dir() else []
+    else:  # the winner's dir sits beside its halving.json (which holds an absolute path)
+        found = [record.parent / Path(json.loads(record.read_text())["best"]["run_dir"]).name
+                 for record in sorted(base.glob("*-halving-*/halving.json"))[-1:]]
+        found = [d for d in found if d.is_dir()]
     if not found:
         raise SystemExit(f"bench/fedex_protocol: no finished run of {method}'s pick "
                          f"(candidate {best}) under {base}")
@@ -267,14 +264,12 @@ def summarise(records: list[dict], protocol: dict[str, Any],
     out["start_acc_mean"], out["start_acc_std"] = mean_sd(start)
     out["poor_start_acc_mean"], out["poor_start_acc_std"] = mean_sd(poor_start_acc)
     out["poor_by_factor"] = by_factor
-    out["aim_sha_fedex_ge_sha_plus_1"] = out["sha_fedex_acc_mean"] >= out["sha_acc_mean"] + 1
-    out["aim_poor_fedex_within_2"] = all(
-        out[f"poor_{m}_acc_mean"] >= out[f"{m}_acc_mean"] - 2 for m in ("rs_fedex", "sha_fedex"))
-    if refines is not None:
-        out["aim_sha_fedex_ge_sha_plus_1_refine"] = (out["sha_fedex_refine_acc_mean"]
-                                                     >= out["sha_refine_acc_mean"] + 1)
-        out["aim_poor_fedex_within_2_refine"] = all(
-            out[f"poor_{m}_refine_acc_mean"] >= out[f"{m}_refine_acc_mean"] - 2
+    for name, _, _ in figures:
+        tag = "" if name == "acc" else "_refine"
+        out[f"aim_sha_fedex_ge_sha_plus_1{tag}"] = (out[f"sha_fedex_{name}_mean"]
+                                                    >= out[f"sha_{name}_mean"] + 1)
+        out[f"aim_poor_fedex_within_2{tag}"] = all(
+            out[f"poor_{m}_{name}_mean"] >= out[f"{m}_{name}_mean"] - 2
             for m in ("rs_fedex", "sha_fedex"))
     out["protocol"] = protocol
     out["seeds"] = [r["seed"] for r in records]

@@ -20,8 +20,8 @@ from fednas.federated.client import LocalClients
 from fednas.training.train import evaluate
 
 
-def client_test_shards(client_labels: list[np.ndarray], test_labels: np.ndarray, num_classes: int,
-                seed: int) -> list[np.ndarray]:
+def client_test_shards(client_labels: list[np.ndarray], test_labels: np.ndarray,
+                       num_classes: int, seed: int) -> list[np.ndarray]:
     """Split the test indices among clients in proportion to their training label counts.
 
     For every class, its test indices (shuffled with ``seed``) are cut into consecutive
